@@ -1,0 +1,1 @@
+"""Code shared by every service: settings, the feature contract, storage helpers, logging."""

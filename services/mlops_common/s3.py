@@ -1,0 +1,72 @@
+"""S3 helpers: one way to build clients, create buckets and publish objects atomically."""
+
+import uuid
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from mlops_common.settings import S3Settings
+
+STAGING_PREFIX = "_staging"
+
+
+def s3_client(settings: S3Settings, *, timeout_s: float = 30.0) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=(
+            settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
+        ),
+        region_name=settings.aws_default_region,
+        config=Config(
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            retries={"max_attempts": 3, "mode": "standard"},
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+def storage_options(settings: S3Settings) -> dict[str, Any]:
+    """fsspec/s3fs options for ``pandas.read_*("s3://…", storage_options=…)``."""
+    options: dict[str, Any] = {"client_kwargs": {"region_name": settings.aws_default_region}}
+    if settings.s3_endpoint_url:
+        options["client_kwargs"]["endpoint_url"] = settings.s3_endpoint_url
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        options["key"] = settings.aws_access_key_id
+        options["secret"] = settings.aws_secret_access_key.get_secret_value()
+    return options
+
+
+def ensure_bucket(client: Any, bucket: str) -> None:
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError:
+        client.create_bucket(Bucket=bucket)
+
+
+def object_exists(client: Any, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def publish_atomically(client: Any, bucket: str, key: str, body: bytes) -> None:
+    """Upload to a staging key, then copy onto ``key`` in one server-side step.
+
+    Readers of ``key`` see either the previous complete object or the new complete one, never a
+    partial upload, and a failure before the copy leaves ``key`` untouched.
+    """
+    staging_key = f"{STAGING_PREFIX}/{uuid.uuid4().hex}/{key}"
+    client.put_object(Bucket=bucket, Key=staging_key, Body=body)
+    try:
+        client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": staging_key})
+    finally:
+        client.delete_object(Bucket=bucket, Key=staging_key)

@@ -1,0 +1,70 @@
+"""Settings shared by several services. Each service composes the blocks it needs into its own
+``Settings`` class; these classes are the only place the platform reads environment variables.
+
+Field names map to upper-case environment variables (``s3_endpoint_url`` <- ``S3_ENDPOINT_URL``).
+"""
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class PlatformSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    log_level: str = "INFO"
+
+
+class S3Settings(PlatformSettings):
+    """Object storage: SeaweedFS locally, MinIO or AWS S3 in the cluster."""
+
+    # Leave unset for AWS S3; set to the gateway's URL for SeaweedFS/MinIO.
+    s3_endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_default_region: str = "us-east-1"
+
+
+class DataSettings(S3Settings):
+    """Where raw tables and the offline feature store live."""
+
+    raw_bucket: str = "mlops-raw"
+    raw_prefix: str = "home-credit"
+    offline_bucket: str = "mlops-offline"
+    offline_prefix: str = "features"
+
+
+class FeastSettings(DataSettings):
+    """Values substituted into the ``${...}`` placeholders of the environment's feature_store.yaml."""
+
+    feast_repo_path: Path = REPO_ROOT / "feature_repo"
+    # Which feature_store.yaml to use (one per environment); relative paths are under feast_repo_path.
+    feast_config_file: Path = Path("feature_store.yaml")
+    feast_project: str = "credit_default"
+    # A local path, s3://bucket/key (needs feast_s3_endpoint_url off AWS) or a SQL URL.
+    feast_registry_path: str = str(REPO_ROOT / ".stack" / "feast" / "registry.db")
+    feast_redis_connection: str = "127.0.0.1:6379,db=0"
+    feast_sqlite_path: str = str(REPO_ROOT / ".stack" / "feast" / "online.db")
+    # Read by Feast itself for an S3 registry on a non-AWS endpoint.
+    feast_s3_endpoint_url: str | None = None
+
+
+class MlflowSettings(PlatformSettings):
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    registered_model_name: str = "credit-default"
+    mlflow_http_request_timeout: int = 30
+
+
+class TritonSettings(PlatformSettings):
+    triton_grpc_url: str = "127.0.0.1:8001"
+    triton_http_url: str = "127.0.0.1:8000"
+    triton_model_name: str = "credit_default"
+
+
+class RabbitSettings(PlatformSettings):
+    rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    inference_log_exchange: str = "inference-logs"
+    inference_log_queue: str = "inference-logs"

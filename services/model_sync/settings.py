@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from pydantic import Field
+
+from mlops_common.settings import REPO_ROOT, MlflowSettings, TritonSettings
+from mlops_common.triton_config import TritonRuntime
+
+
+class Settings(MlflowSettings, TritonSettings):
+    """Settings of the model sync loop that keeps Triton on the current champion."""
+
+    model_repository: Path = REPO_ROOT / ".stack" / "model_repository"
+    champion_alias: str = "champion"
+    triton_runtime: TritonRuntime = TritonRuntime.ONNXRUNTIME
+    sync_interval_s: float = Field(15.0, gt=0)
+    triton_load_timeout_s: float = Field(120.0, gt=0)
+    model_sync_metrics_port: int = 9102

@@ -1,0 +1,130 @@
+"""Log a trained model to MLflow, register it, and decide whether it becomes the champion."""
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import onnx
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from mlops_common.features import FEATURE_DTYPE, FEATURE_NAMES, FEATURE_SERVICE, MODEL_INPUT, MODEL_OUTPUT
+from mlops_common.triton_config import TritonModelSpec, TritonRuntime, render_config
+from trainer.model import evaluate, onnx_probabilities
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+FEATURES_TAG = "feature_names"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promoted: bool
+    challenger_auc: float
+    champion_auc: float | None
+    champion_version: str | None
+    reason: str
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "gate.decision": "promoted" if self.promoted else "kept_as_challenger",
+            "gate.challenger_auc": f"{self.challenger_auc:.6f}",
+            "gate.champion_auc": "none" if self.champion_auc is None else f"{self.champion_auc:.6f}",
+            "gate.champion_version": self.champion_version or "none",
+            "gate.reason": self.reason,
+        }
+
+
+def feature_contract() -> dict[str, Any]:
+    return {
+        "feature_service": FEATURE_SERVICE,
+        "feature_names": list(FEATURE_NAMES),
+        "dtype": np.dtype(FEATURE_DTYPE).name,
+        "input": MODEL_INPUT,
+        "output": MODEL_OUTPUT,
+    }
+
+
+def log_and_register(
+    *,
+    model_name: str,
+    exported: onnx.ModelProto,
+    holdout_features: np.ndarray,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+) -> str:
+    """Log params, metrics, the ONNX model and its contract in the active run; returns the new version."""
+    mlflow.log_params(params)
+    mlflow.log_metrics(metrics)
+    example = holdout_features[:2]
+    signature = infer_signature(example, onnx_probabilities(exported, example))
+    info = mlflow.onnx.log_model(
+        exported,
+        name="model",
+        signature=signature,
+        input_example=example,
+        registered_model_name=model_name,
+        save_as_external_data=False,
+    )
+    mlflow.log_dict(feature_contract(), "features.json")
+    spec = TritonModelSpec()
+    for runtime in TritonRuntime:
+        mlflow.log_text(render_config(spec, runtime), f"triton/{runtime.value}/config.pbtxt")
+    version = str(info.registered_model_version)
+    MlflowClient().set_model_version_tag(model_name, version, FEATURES_TAG, ",".join(FEATURE_NAMES))
+    return version
+
+
+def _champion_auc_on(client: MlflowClient, model_name: str, features: np.ndarray, labels: np.ndarray):
+    """The current champion's AUC on *this* holdout, so both models are judged on the same rows."""
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None, None
+    if champion.tags.get(FEATURES_TAG) != ",".join(FEATURE_NAMES):
+        # Different inputs: it cannot score these rows, so fall back to its own recorded holdout AUC.
+        recorded = client.get_run(champion.run_id).data.metrics.get("holdout_roc_auc")
+        return champion.version, recorded
+    model = mlflow.onnx.load_model(f"models:/{model_name}@{CHAMPION}")
+    return champion.version, evaluate(labels, onnx_probabilities(model, features)[:, 1]).roc_auc
+
+
+def gate_and_alias(
+    *,
+    model_name: str,
+    version: str,
+    challenger_auc: float,
+    min_auc: float,
+    holdout_features: np.ndarray,
+    holdout_labels: np.ndarray,
+) -> GateDecision:
+    """Alias the new version ``challenger``; move ``champion`` to it only if it is at least as good."""
+    client = MlflowClient()
+    champion_version, champion_auc = _champion_auc_on(client, model_name, holdout_features, holdout_labels)
+    if challenger_auc < min_auc:
+        decision = GateDecision(
+            False, challenger_auc, champion_auc, champion_version, f"holdout AUC below floor {min_auc}"
+        )
+    elif champion_auc is None:
+        decision = GateDecision(True, challenger_auc, None, None, "no champion yet")
+    elif challenger_auc >= champion_auc:
+        decision = GateDecision(
+            True, challenger_auc, champion_auc, champion_version, "at least as good as the champion"
+        )
+    else:
+        decision = GateDecision(False, challenger_auc, champion_auc, champion_version, "worse than the champion")
+
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    if decision.promoted:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    for key, value in decision.tags().items():
+        client.set_model_version_tag(model_name, version, key, value)
+    mlflow.set_tags(decision.tags())
+    log.info("quality gate: %s", json.dumps(decision.tags()))
+    return decision

@@ -1,0 +1,13 @@
+from pydantic import Field
+
+from mlops_common.settings import FeastSettings, MlflowSettings
+
+
+class Settings(FeastSettings, MlflowSettings):
+    """Settings of the training job; hyperparameters come from the command line or a config file."""
+
+    mlflow_experiment_name: str = "credit-default"
+    # Absolute floor of the quality gate: below it a model is never made champion.
+    min_holdout_auc: float = Field(0.6, ge=0.0, le=1.0)
+    # ONNX and scikit-learn probabilities may differ by at most this on the holdout.
+    onnx_parity_tolerance: float = Field(1e-5, gt=0)
