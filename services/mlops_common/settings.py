@@ -4,6 +4,7 @@
 Field names map to upper-case environment variables (``s3_endpoint_url`` <- ``S3_ENDPOINT_URL``).
 """
 
+import os
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -55,7 +56,14 @@ class FeastSettings(DataSettings):
 class MlflowSettings(PlatformSettings):
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     registered_model_name: str = "credit-default"
-    mlflow_http_request_timeout: int = 30
+    # MLflow's client reads these two itself; the defaults keep a down server from stalling a loop for minutes.
+    mlflow_http_request_timeout: int = 10
+    mlflow_http_request_max_retries: int = 2
+
+    def export_mlflow_client_env(self) -> None:
+        """Hand the client limits to MLflow, which only reads them from the process environment."""
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(self.mlflow_http_request_timeout)
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(self.mlflow_http_request_max_retries)
 
 
 class TritonSettings(PlatformSettings):

@@ -39,14 +39,19 @@ class TritonModelSpec:
     extra_parameters: dict[str, str] = field(default_factory=dict)
 
 
-def model_config(spec: TritonModelSpec, runtime: TritonRuntime) -> mc.ModelConfig:
+def model_config(spec: TritonModelSpec, runtime: TritonRuntime, *, version: int | None = None) -> mc.ModelConfig:
+    """The model configuration; ``version`` pins the served version (else the newest one is served)."""
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     config.input.add(name=MODEL_INPUT, data_type=mc.TYPE_FP32, dims=[N_FEATURES])
     config.output.add(name=MODEL_OUTPUT, data_type=mc.TYPE_FP32, dims=[2])
     config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
     config.instance_group.add(count=spec.instance_count, kind=mc.ModelInstanceGroup.Kind.Value(spec.instance_kind))
-    config.version_policy.latest.num_versions = 1
+    if version is None:
+        config.version_policy.latest.num_versions = 1
+    else:
+        # Pinned, so that moving the champion back to an older version number is served too.
+        config.version_policy.specific.versions.append(version)
     if runtime is TritonRuntime.ONNXRUNTIME:
         config.backend = "onnxruntime"
         config.default_model_filename = ONNX_FILENAME
@@ -60,8 +65,8 @@ def model_config(spec: TritonModelSpec, runtime: TritonRuntime) -> mc.ModelConfi
     return config
 
 
-def render_config(spec: TritonModelSpec, runtime: TritonRuntime) -> str:
-    return text_format.MessageToString(model_config(spec, runtime))
+def render_config(spec: TritonModelSpec, runtime: TritonRuntime, *, version: int | None = None) -> str:
+    return text_format.MessageToString(model_config(spec, runtime, version=version))
 
 
 def parse_config(text: str) -> mc.ModelConfig:

@@ -14,4 +14,6 @@ class Settings(MlflowSettings, TritonSettings):
     triton_runtime: TritonRuntime = TritonRuntime.ONNXRUNTIME
     sync_interval_s: float = Field(15.0, gt=0)
     triton_load_timeout_s: float = Field(120.0, gt=0)
+    # How long `--once` (the init container) waits for a first champion before failing the pod.
+    champion_wait_timeout_s: float = Field(1800.0, ge=0)
     model_sync_metrics_port: int = 9102

@@ -1,0 +1,24 @@
+"""python -m bff: serve the prediction API with uvicorn."""
+
+import uvicorn
+
+from bff.app import create_app
+from bff.settings import Settings
+from mlops_common.logging import configure_logging
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bff_host,
+        port=settings.bff_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # request counts and latencies are in /metrics; a line per request costs CPU
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

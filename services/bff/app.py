@@ -1,0 +1,194 @@
+"""The prediction BFF: validated requests -> online features -> one Triton call -> answer + log."""
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bff.errors import DependencyUnavailableError, EntityNotFoundError
+from bff.inference_log import InferenceLogPublisher
+from bff.metrics import ROWS, PredictionTrafficMiddleware
+from bff.online_features import FeatureRows, OnlineFeatures, assemble
+from bff.schemas import BatchPrediction, Prediction, PredictRequest, Readiness
+from bff.settings import Settings
+from bff.triton import TritonPredictor
+from mlops_common.feast_store import open_feature_store
+from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
+from mlops_common.inference_log import InferenceRecord
+
+log = logging.getLogger(__name__)
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+class Platform:
+    """Clients created once per process in the lifespan and shared by every request."""
+
+    def __init__(
+        self, settings: Settings, triton: TritonPredictor, online: OnlineFeatures, logs: InferenceLogPublisher | None
+    ):
+        self.settings = settings
+        self.triton = triton
+        self.online = online
+        self.logs = logs
+
+
+def get_platform(request: Request) -> Platform:
+    return request.app.state.platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def _missing_feature_errors(requests: list, *, batch: bool) -> list[dict]:
+    errors = []
+    for index, request in enumerate(requests):
+        if getattr(request, ENTITY_KEY) is not None:
+            continue
+        for name in FEATURE_NAMES:
+            if getattr(request, name) is None:
+                loc = ["body", index, name] if batch else ["body", name]
+                errors.append(
+                    {
+                        "type": "missing",
+                        "loc": loc,
+                        "msg": f"Field required when {ENTITY_KEY} is not given",
+                        "input": None,
+                    }
+                )
+    return errors
+
+
+async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[Prediction]:
+    errors = _missing_feature_errors(requests, batch=batch)
+    if errors:
+        raise RequestValidationError(errors)
+    started = time.perf_counter()
+    rows = await assemble(requests, platform.online)
+    probabilities, version = await platform.triton.predict(rows.matrix)
+    latency_ms = (time.perf_counter() - started) * 1000
+    ROWS.inc(len(requests))
+    threshold = platform.settings.decision_threshold
+    predictions = [
+        Prediction(
+            request_id=uuid.uuid4().hex,
+            probability=float(p),
+            decision="reject" if p >= threshold else "approve",
+            threshold=threshold,
+            model_name=platform.triton.model_name,
+            model_version=version,
+            features_from_store=rows.from_store[i],
+        )
+        for i, p in enumerate(probabilities)
+    ]
+    if platform.logs is not None:
+        _log_inferences(platform.logs, rows, predictions, latency_ms)
+    return predictions
+
+
+def _log_inferences(logs: InferenceLogPublisher, rows: FeatureRows, predictions: list[Prediction], latency_ms: float):
+    now = datetime.now(UTC)
+    for i, prediction in enumerate(predictions):
+        # model_construct: the values are already validated; the request path pays no second validation.
+        logs.submit(
+            InferenceRecord.model_construct(
+                request_id=prediction.request_id,
+                timestamp=now,
+                entity_id=rows.entity_ids[i],
+                features={
+                    name: (None if v != v else float(v))
+                    for name, v in zip(FEATURE_NAMES, rows.matrix[i].tolist(), strict=True)
+                },
+                store_features=prediction.features_from_store,
+                model_name=prediction.model_name,
+                model_version=prediction.model_version,
+                probability=prediction.probability,
+                decision=prediction.decision,
+                latency_ms=latency_ms,
+            )
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_feature_store(settings)
+        await store.initialize()
+        triton = TritonPredictor(settings.triton_grpc_url, settings.triton_model_name, settings.triton_timeout_s)
+        logs = InferenceLogPublisher(settings) if settings.inference_logging_enabled else None
+        if logs is not None:
+            await logs.start()
+        online = OnlineFeatures(store, settings.online_store_timeout_s)
+        await online.warm_up()
+        app.state.platform = Platform(settings, triton, online, logs)
+        try:
+            yield
+        finally:
+            if logs is not None:
+                await logs.close()
+            await triton.close()
+            await store.close()
+
+    app = FastAPI(
+        title="Credit default prediction API",
+        version="1.0",
+        description="Scores Home Credit applications with the champion model served by Triton.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(PredictionTrafficMiddleware, max_in_flight=settings.max_in_flight)
+
+    @app.exception_handler(EntityNotFoundError)
+    async def entity_not_found(_: Request, err: EntityNotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(err), "SK_ID_CURR": err.entity_ids}, status_code=404)
+
+    @app.exception_handler(DependencyUnavailableError)
+    async def dependency_unavailable(_: Request, err: DependencyUnavailableError) -> JSONResponse:
+        log.warning("dependency unavailable: %s", err)
+        return JSONResponse({"detail": f"temporarily unavailable: {err}"}, status_code=503, headers=RETRY_AFTER)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
+
+    @app.post("/predict", response_model=Prediction, responses={404: {}, 422: {}, 503: {}})
+    async def predict(body: PredictRequest, platform: PlatformDep) -> Prediction:
+        return (await _predict(platform, [body], batch=False))[0]
+
+    @app.post("/predict/batch", response_model=BatchPrediction, responses={404: {}, 413: {}, 422: {}, 503: {}})
+    async def predict_batch(body: list[PredictRequest], platform: PlatformDep):
+        if not body:
+            raise RequestValidationError([{"type": "too_short", "loc": ["body"], "msg": "batch is empty", "input": []}])
+        if len(body) > platform.settings.max_batch_size:
+            return JSONResponse(
+                {"detail": f"batch of {len(body)} rows exceeds the maximum of {platform.settings.max_batch_size}"},
+                status_code=413,
+            )
+        return BatchPrediction(predictions=await _predict(platform, body, batch=True))
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def ready(platform: PlatformDep):
+        state = Readiness(
+            ready=False, triton_model=await platform.triton.model_ready(), online_store=await platform.online.ping()
+        )
+        state.ready = state.triton_model and state.online_store
+        return JSONResponse(state.model_dump(), status_code=200 if state.ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,66 @@
+"""Prometheus metrics of the BFF, and the ASGI middleware that records them and sheds load."""
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("bff_requests", "Prediction API requests", ["endpoint", "status"])
+DURATION = Histogram(
+    "bff_request_duration_seconds",
+    "Prediction API latency",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+ROWS = Counter("bff_rows_predicted", "Rows scored by the model")
+IN_FLIGHT = Gauge("bff_in_flight_requests", "Prediction requests being processed")
+
+PREDICTION_PATHS = frozenset({"/predict", "/predict/batch"})
+OVERLOADED_BODY = b'{"detail":"overloaded: too many requests in flight, retry shortly"}'
+
+
+class PredictionTrafficMiddleware:
+    """Counts and times prediction requests, and answers 503 + Retry-After past ``max_in_flight``.
+
+    Refusing at the door keeps latency bounded for the requests already admitted instead of
+    letting a queue build up behind a saturated Triton. Plain ASGI: no per-request task overhead.
+    """
+
+    def __init__(self, app, max_in_flight: int):
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path")
+        if scope["type"] != "http" or path not in PREDICTION_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            REQUESTS.labels(path, "503").inc()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")],
+                }
+            )
+            await send({"type": "http.response.body", "body": OVERLOADED_BODY})
+            return
+        status = "500"
+
+        async def send_with_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        self.in_flight += 1
+        IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.in_flight -= 1
+            IN_FLIGHT.dec()
+            DURATION.labels(path).observe(time.perf_counter() - started)
+            REQUESTS.labels(path, status).inc()

@@ -1,0 +1,93 @@
+"""Feature vectors for a request: from the online store, the body, or both (body wins)."""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from feast import FeatureStore
+
+from bff.errors import DependencyUnavailableError, EntityNotFoundError
+from mlops_common.features import ENTITY_KEY, FEATURE_DTYPE, FEATURE_NAMES, FEATURE_SERVICE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    matrix: np.ndarray  # float32 [n, N_FEATURES], FEATURE_NAMES order; NaN where the store has no value
+    from_store: list[list[str]]
+    entity_ids: list[int | None]
+
+
+class OnlineFeatures:
+    """Async reads of the FeatureService from the online store, with a timeout."""
+
+    def __init__(self, store: FeatureStore, timeout_s: float):
+        self.store = store
+        self.timeout_s = timeout_s
+        self.service = store.get_feature_service(FEATURE_SERVICE)
+
+    async def fetch(self, entity_ids: list[int]) -> dict[int, dict[str, Any]]:
+        unique = list(dict.fromkeys(entity_ids))
+        try:
+            response = await asyncio.wait_for(
+                self.store.get_online_features_async(
+                    features=self.service, entity_rows=[{ENTITY_KEY: i} for i in unique]
+                ),
+                self.timeout_s,
+            )
+            columns = response.to_dict()
+        except (TimeoutError, OSError, ConnectionError) as err:
+            raise DependencyUnavailableError(f"online store: {type(err).__name__}: {err}") from err
+        except Exception as err:  # the Redis client raises its own ConnectionError/TimeoutError types
+            if type(err).__module__.startswith("redis"):
+                raise DependencyUnavailableError(f"online store: {type(err).__name__}: {err}") from err
+            raise
+        rows = {i: {name: columns[name][k] for name in FEATURE_NAMES} for k, i in enumerate(unique)}
+        missing = [i for i, values in rows.items() if all(v is None for v in values.values())]
+        if missing:
+            raise EntityNotFoundError(missing)
+        return rows
+
+    async def warm_up(self) -> None:
+        """The first read imports and connects lazily (~1 s); pay that at start, not in a request."""
+        try:
+            await self.store.get_online_features_async(features=self.service, entity_rows=[{ENTITY_KEY: -1}])
+        except Exception as err:
+            log.warning("online store not reachable at start (%s); requests will get 503 until it is", err)
+
+    async def ping(self) -> bool:
+        """The store answers (an unknown id is a valid answer)."""
+        try:
+            await asyncio.wait_for(
+                self.store.get_online_features_async(features=self.service, entity_rows=[{ENTITY_KEY: -1}]),
+                self.timeout_s,
+            )
+        except Exception:
+            return False
+        return True
+
+
+async def assemble(requests: list[Any], online: OnlineFeatures) -> FeatureRows:
+    """One float32 row per request. Entity rows are read from the store in one call for the batch."""
+    entity_ids = [getattr(r, ENTITY_KEY) for r in requests]
+    stored = (
+        await online.fetch([i for i in entity_ids if i is not None]) if any(i is not None for i in entity_ids) else {}
+    )
+    matrix = np.empty((len(requests), len(FEATURE_NAMES)), dtype=FEATURE_DTYPE)
+    from_store: list[list[str]] = []
+    for row, (request, entity_id) in enumerate(zip(requests, entity_ids, strict=True)):
+        values = stored.get(entity_id, {}) if entity_id is not None else {}
+        used_store = []
+        for column, name in enumerate(FEATURE_NAMES):
+            given = getattr(request, name)
+            if given is not None:
+                matrix[row, column] = given
+            else:
+                value = values.get(name)
+                matrix[row, column] = np.nan if value is None else value
+                used_store.append(name)
+        from_store.append(used_store if entity_id is not None else [])
+    return FeatureRows(matrix, from_store, entity_ids)
