@@ -1,0 +1,72 @@
+"""The trainer against the real Feast offline store and MLflow server (PostgreSQL + S3 artifacts)."""
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from platform_fixtures import QUICK_MODEL
+
+from mlops_common.features import FEATURE_NAMES
+from trainer.__main__ import main as trainer_main
+from trainer.model import onnx_probabilities
+from trainer.registry import CHALLENGER, CHAMPION
+from trainer.settings import Settings
+from trainer.train import TrainingRequest, train
+
+pytestmark = pytest.mark.integration
+
+WEAK_MODEL = {"max_iter": 1, "max_leaf_nodes": 2, "early_stopping": False}
+
+
+def test_registered_model_carries_its_contract(trained_platform):
+    settings = trained_platform.settings(Settings)
+    result = trained_platform.first_model
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias(settings.registered_model_name, CHAMPION)
+    assert champion.version == result.version
+    assert result.metrics["holdout_roc_auc"] > 0.7
+    assert result.parity_max_abs_diff <= 1e-5
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["holdout_roc_auc"] == pytest.approx(result.metrics["holdout_roc_auc"])
+    assert "holdout_log_loss" in run.data.metrics
+    assert run.data.tags["gate.decision"] == "promoted"
+    artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
+    assert {"features.json", "triton"} <= artifacts  # MLflow 3 keeps the model itself as a LoggedModel
+    contract = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/features.json")
+    assert contract["feature_names"] == list(FEATURE_NAMES)
+    model = mlflow.onnx.load_model(f"models:/{settings.registered_model_name}@{CHAMPION}")
+    assert onnx_probabilities(model, np.zeros((3, len(FEATURE_NAMES)), np.float32)).shape == (3, 2)
+
+
+def test_champion_gate_in_both_directions(trained_platform, unique_name):
+    settings = trained_platform.settings(Settings, registered_model_name=unique_name("gate"))
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    name = settings.registered_model_name
+
+    first = train(settings, TrainingRequest(hyperparameters=QUICK_MODEL))
+    assert first.decision.promoted
+    assert first.decision.reason == "no champion yet"
+
+    weak = train(settings, TrainingRequest(hyperparameters=WEAK_MODEL))
+    assert not weak.decision.promoted
+    assert weak.decision.reason == "worse than the champion"
+    assert weak.decision.champion_auc > weak.decision.challenger_auc
+    assert client.get_model_version_by_alias(name, CHAMPION).version == first.version
+    assert client.get_model_version_by_alias(name, CHALLENGER).version == weak.version
+    tags = client.get_model_version(name, weak.version).tags
+    assert tags["gate.decision"] == "kept_as_challenger"
+    assert float(tags["gate.challenger_auc"]) == pytest.approx(weak.decision.challenger_auc, abs=1e-6)
+    assert float(tags["gate.champion_auc"]) == pytest.approx(weak.decision.champion_auc, abs=1e-6)
+
+    # The same recipe again scores the same on the same holdout: "at least as good" promotes it.
+    again = train(settings, TrainingRequest(hyperparameters=QUICK_MODEL))
+    assert again.decision.promoted
+    assert again.decision.champion_version == first.version
+    assert client.get_model_version_by_alias(name, CHAMPION).version == again.version
+
+
+def test_cli_refuses_unknown_hyperparameters_clearly(trained_platform, monkeypatch, capsys):
+    for key, value in trained_platform.env.items():
+        monkeypatch.setenv(key, value)
+    assert trainer_main(["--param", "n_estimators=5"]) == 2
+    assert "unknown hyperparameter(s) n_estimators" in capsys.readouterr().err
