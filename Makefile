@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_ROWS ?= 20000
 
-.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-status data features train
+.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-status data features train k8s-tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ lock: | $(UV) ## Re-resolve the pinned lock files from the .in files
 	$(UV) pip compile --quiet --python-version 3.11 requirements.in -o requirements.lock
 	$(UV) pip compile --quiet --python-version 3.11 requirements-triton.in -o requirements-triton.lock
 
+k8s-tools: | $(UV) ## helm, kubectl, kubernetes-validate, checkov, hadolint, CRD validators into .tools/ (idempotent)
+	tools/install-k8s-tools.sh
+
 lint: $(VENV)/.installed ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -57,5 +60,5 @@ stack-down: $(VENV)/.installed ## Stop what stack-up started (system services st
 stack-status: $(VENV)/.installed ## Health of every stack component
 	$(PY) -m devstack status
 
-test: setup lint ## Set up and run every test (unit, integration on the real stack, chart)
+test: setup lint k8s-tools ## Set up and run every test (unit, integration on the real stack, chart)
 	$(VENV)/bin/pytest

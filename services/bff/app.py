@@ -1,6 +1,7 @@
 """The prediction BFF: validated requests -> online features -> one Triton call -> answer + log."""
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +24,7 @@ from bff.settings import Settings
 from bff.triton import TritonPredictor
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
-from mlops_common.inference_log import InferenceRecord
+from mlops_common.inference_log import InferenceLogRecord
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "1"}
@@ -98,7 +100,7 @@ def _log_inferences(logs: InferenceLogPublisher, rows: FeatureRows, predictions:
     for i, prediction in enumerate(predictions):
         # model_construct: the values are already validated; the request path pays no second validation.
         logs.submit(
-            InferenceRecord.model_construct(
+            InferenceLogRecord.model_construct(
                 request_id=prediction.request_id,
                 timestamp=now,
                 entity_id=rows.entity_ids[i],
@@ -114,6 +116,17 @@ def _log_inferences(logs: InferenceLogPublisher, rows: FeatureRows, predictions:
                 latency_ms=latency_ms,
             )
         )
+
+
+def _json_safe(value):
+    """Echoed inputs may hold NaN/Infinity, which JSON cannot carry: send them as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -145,6 +158,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(PredictionTrafficMiddleware, max_in_flight=settings.max_in_flight)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(err.errors()))}, status_code=422)
 
     @app.exception_handler(EntityNotFoundError)
     async def entity_not_found(_: Request, err: EntityNotFoundError) -> JSONResponse:

@@ -18,3 +18,15 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings):
     inference_logging_enabled: bool = True
     log_buffer_size: int = Field(10_000, ge=1)
     log_spool_dir: str = "/tmp/bff-log-spool"
+    # Inference-log publishing (bff.inference_log): records per AMQP message (JSON lines), messages
+    # awaiting confirms at once, and how long to wait for a fuller message before publishing (at
+    # 1,000 records/s, 10 ms costs ~90 us of CPU per record, 50 ms ~30 us: fewer, fuller messages).
+    log_message_max_records: int = Field(100, ge=1)
+    log_publish_max_in_flight: int = Field(20, ge=1)
+    log_publish_linger_s: float = Field(0.05, ge=0)
+    # A confirm slower than this counts as a broker outage: the records go to the spool.
+    log_publish_timeout_s: float = Field(5.0, gt=0)
+    log_connect_timeout_s: float = Field(5.0, gt=0)
+    # Reconnect backoff doubles from 0.1 s up to this.
+    log_reconnect_max_s: float = Field(5.0, gt=0)
+    log_spool_segment_bytes: int = Field(16 << 20, ge=1024)

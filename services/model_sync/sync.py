@@ -78,8 +78,7 @@ class ModelSync:
 
     def served_version(self) -> int | None:
         """The version Triton reports ready (after a restart of this process, Triton still knows)."""
-        name = self.settings.triton_model_name
-        ready = [v for v in self.repository.versions() if self.triton.is_model_ready(name, str(v))]
+        ready = [v for v in self.repository.versions() if self._ready(v)]
         return max(ready) if ready else None
 
     def place_champion(self) -> int | None:
@@ -98,7 +97,16 @@ class ModelSync:
         champion = self.champion()
         if self.served is None:
             self.served = self.served_version()
-        if champion is None or champion.version == self.served:
+            SERVED_VERSION.set(self.served or 0)
+        if champion is None:
+            LAST_SUCCESS.set_to_current_time()
+            return False
+        if champion.version == self.served:
+            if not self._ready(champion.version):
+                # Triton restarted (explicit mode starts empty): load the version already on disk.
+                log.warning("Triton lost version %d; loading it again", champion.version)
+                self._load(champion.version)
+                LOADS.labels("success").inc()
             LAST_SUCCESS.set_to_current_time()
             return False
         log.info("champion is version %d, Triton serves %s: switching", champion.version, self.served)
@@ -121,10 +129,12 @@ class ModelSync:
         log.info("Triton now serves version %d", champion.version)
         return True
 
+    def _ready(self, version: int) -> bool:
+        return self.triton.is_model_ready(self.settings.triton_model_name, str(version))
+
     def _load(self, version: int) -> None:
-        name = self.settings.triton_model_name
-        self.triton.load_model(name, client_timeout=self.settings.triton_load_timeout_s)
-        if not self.triton.is_model_ready(name, str(version)):
+        self.triton.load_model(self.settings.triton_model_name, client_timeout=self.settings.triton_load_timeout_s)
+        if not self._ready(version):
             raise SyncError(f"Triton accepted the load but version {version} is not ready")
 
     def run(self, stop: threading.Event) -> None:

@@ -1,0 +1,229 @@
+{{/* Names and labels, in the style of kube-prometheus-stack and argo-helm. */}}
+{{- define "mlops.name" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mlops.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := .Values.nameOverride | default .Chart.Name }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Per-component names: call with the root context. */}}
+{{- define "mlops.featurePipeline.fullname" -}}{{ printf "%s-feature-pipeline" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+{{- define "mlops.trainer.fullname" -}}{{ printf "%s-trainer" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+{{- define "mlops.triton.fullname" -}}{{ printf "%s-triton" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+{{- define "mlops.modelSync.fullname" -}}{{ printf "%s-model-sync" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+{{- define "mlops.bff.fullname" -}}{{ printf "%s-bff" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+{{- define "mlops.logWorker.fullname" -}}{{ printf "%s-log-worker" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+
+{{/* Selector labels of a component: (dict "ctx" $ "component" "bff"). Selectors use only these three. */}}
+{{- define "mlops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mlops.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* All labels of a component's resources: (dict "ctx" $ "component" "bff"). */}}
+{{- define "mlops.labels" -}}
+helm.sh/chart: {{ include "mlops.chart" .ctx }}
+{{ include "mlops.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: {{ include "mlops.name" .ctx }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Name of a subchart's resources (mirrors the subcharts' own helper): (dict "ctx" $ "chart" "minio"). */}}
+{{- define "mlops.subchartFullname" -}}
+{{- (index .ctx.Values .chart).fullnameOverride | default (printf "%s-%s" .ctx.Release.Name .chart) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Argo CD sync waves: infrastructure (wave 0, the default) -> buckets (1, set in values) -> feature
+pipeline -> trainer -> serving. Argo CD applies a wave only once the previous one is healthy, and a
+Job is healthy once it has completed. Call with the stage name.
+*/}}
+{{- define "mlops.syncWave" -}}
+argocd.argoproj.io/sync-wave: {{ get (dict "feature-pipeline" "2" "trainer" "3" "serving" "4") . | required (printf "unknown sync stage %q" .) | quote }}
+{{- end }}
+
+{{/* Image reference: (dict "image" .Values.bff.image "ctx" $ "path" "bff.image"). */}}
+{{- define "mlops.image" -}}
+{{- $registry := required (printf "%s.registry (or global.imageRegistry) is required" .path) (.image.registry | default .ctx.Values.global.imageRegistry) }}
+{{- if .image.digest }}
+{{- printf "%s/%s@%s" $registry .image.repository .image.digest }}
+{{- else }}
+{{- $tag := required (printf "%s.tag (or global.platformImageTag) is required" .path) (.image.tag | default .ctx.Values.global.platformImageTag) }}
+{{- printf "%s/%s:%s" $registry .image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level settings every platform pod shares: (dict "ctx" $ "values" .Values.bff). */}}
+{{- define "mlops.podDefaults" -}}
+serviceAccountName: {{ include "mlops.fullname" .ctx }}
+# The platform never talks to the Kubernetes API.
+automountServiceAccountToken: false
+{{- with .ctx.Values.global.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .ctx.Values.platform.podSecurityContext | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Connection details of the backing services: the in-cluster subchart or the external endpoint. */}}
+{{- define "mlops.s3.endpoint" -}}
+{{- if .Values.minio.enabled }}
+{{- printf "http://%s:%v" (include "mlops.subchartFullname" (dict "ctx" . "chart" "minio")) .Values.minio.service.port }}
+{{- else }}
+{{- .Values.externalS3.endpoint }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.s3.secretName" -}}
+{{- if .Values.minio.enabled }}
+{{- .Values.minio.auth.existingSecret | default (include "mlops.subchartFullname" (dict "ctx" . "chart" "minio")) }}
+{{- else }}
+{{- .Values.externalS3.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.rabbitmq.secretName" -}}
+{{- if .Values.rabbitmq.enabled }}
+{{- .Values.rabbitmq.auth.existingSecret | default (include "mlops.subchartFullname" (dict "ctx" . "chart" "rabbitmq")) }}
+{{- else }}
+{{- required "externalRabbitmq.existingSecret is required when rabbitmq.enabled is false" .Values.externalRabbitmq.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.redis.secretName" -}}
+{{- if .Values.redis.enabled }}
+{{- .Values.redis.auth.existingSecret | default (include "mlops.subchartFullname" (dict "ctx" . "chart" "redis")) }}
+{{- else }}
+{{- required "externalRedis.existingSecret is required when redis.enabled is false" .Values.externalRedis.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.mlflow.trackingUri" -}}
+{{- if .Values.mlflow.enabled }}
+{{- printf "http://%s:%v" (include "mlops.subchartFullname" (dict "ctx" . "chart" "mlflow")) .Values.mlflow.service.port }}
+{{- else }}
+{{- required "externalMlflow.trackingUri is required when mlflow.enabled is false" .Values.externalMlflow.trackingUri }}
+{{- end }}
+{{- end }}
+
+{{/* Port of a URL: explicit, or the scheme's default. */}}
+{{- define "mlops.urlPort" -}}
+{{- $url := urlParse . }}
+{{- $hostPort := splitList ":" $url.host }}
+{{- if gt (len $hostPort) 1 }}{{ last $hostPort }}{{ else }}{{ eq $url.scheme "http" | ternary 80 443 }}{{ end }}
+{{- end }}
+
+{{/*
+Environment blocks, one per settings class of services/mlops_common/settings.py. Each renders a YAML
+map NAME -> EnvVar source; "mlops.env" merges the blocks a service needs with its own values and its
+`settings` overrides, then renders the sorted env list. Only names the services' Settings classes
+read belong here (tests/charts check that against the classes).
+*/}}
+{{- define "mlops.env.platform" -}}
+LOG_LEVEL: {value: {{ .Values.platform.logLevel | quote }}}
+{{- end }}
+
+{{- define "mlops.env.s3" -}}
+{{- with include "mlops.s3.endpoint" . }}
+S3_ENDPOINT_URL: {value: {{ . | quote }}}
+{{- end }}
+AWS_DEFAULT_REGION: {value: {{ .Values.platform.s3Region | quote }}}
+{{- with include "mlops.s3.secretName" . }}
+AWS_ACCESS_KEY_ID: {valueFrom: {secretKeyRef: {name: {{ . }}, key: access-key-id}}}
+AWS_SECRET_ACCESS_KEY: {valueFrom: {secretKeyRef: {name: {{ . }}, key: secret-access-key}}}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.env.data" -}}
+RAW_BUCKET: {value: {{ .Values.platform.buckets.raw | quote }}}
+RAW_PREFIX: {value: {{ .Values.platform.buckets.rawPrefix | quote }}}
+OFFLINE_BUCKET: {value: {{ .Values.platform.buckets.offline | quote }}}
+OFFLINE_PREFIX: {value: {{ .Values.platform.buckets.offlinePrefix | quote }}}
+{{- end }}
+
+{{- define "mlops.env.feast" -}}
+FEAST_CONFIG_FILE: {value: {{ .Values.platform.feast.configFile | quote }}}
+FEAST_PROJECT: {value: {{ .Values.platform.feast.project | quote }}}
+FEAST_REGISTRY_PATH: {value: {{ .Values.platform.feast.registryPath | quote }}}
+FEAST_REDIS_CONNECTION: {valueFrom: {secretKeyRef: {name: {{ include "mlops.redis.secretName" . }}, key: connection-string}}}
+{{- with include "mlops.s3.endpoint" . }}
+FEAST_S3_ENDPOINT_URL: {value: {{ . | quote }}}
+{{- end }}
+{{- end }}
+
+{{- define "mlops.env.mlflow" -}}
+MLFLOW_TRACKING_URI: {value: {{ include "mlops.mlflow.trackingUri" . | quote }}}
+REGISTERED_MODEL_NAME: {value: {{ .Values.platform.registeredModelName | quote }}}
+{{- end }}
+
+{{- define "mlops.env.rabbitmq" -}}
+RABBITMQ_URL: {valueFrom: {secretKeyRef: {name: {{ include "mlops.rabbitmq.secretName" . }}, key: amqp-url}}}
+{{- end }}
+
+{{- define "mlops.env.triton" -}}
+TRITON_MODEL_NAME: {value: {{ .Values.platform.tritonModelName | quote }}}
+{{- end }}
+
+{{/*
+A container's env: (dict "ctx" $ "blocks" (list "platform" "s3") "own" (dict "BFF_PORT" "8080") "settings" .Values.bff.settings).
+Later sources win: blocks, then the component's own values, then the user's `settings`.
+*/}}
+{{- define "mlops.env" -}}
+{{- $ctx := .ctx }}
+{{- $env := dict }}
+{{- range .blocks }}
+{{- $env = mergeOverwrite $env (include (printf "mlops.env.%s" .) $ctx | fromYaml) }}
+{{- end }}
+{{- range $name, $value := .own }}
+{{- $_ := set $env $name (dict "value" (toString $value)) }}
+{{- end }}
+{{- range $name, $value := .settings }}
+{{- $_ := set $env $name (dict "value" (toString $value)) }}
+{{- end }}
+{{- $list := list }}
+{{- range $name := keys $env | sortAlpha }}
+{{- $list = append $list (merge (dict "name" $name) (get $env $name)) }}
+{{- end }}
+{{- toYaml $list }}
+{{- end }}
+
+{{/* Volumes every platform container writes to: a read-only root filesystem needs a writable /tmp (HOME). */}}
+{{- define "mlops.tmpVolumeMount" -}}
+- {name: tmp, mountPath: /tmp}
+{{- end }}
+{{- define "mlops.tmpVolume" -}}
+- name: tmp
+  emptyDir: {}
+{{- end }}

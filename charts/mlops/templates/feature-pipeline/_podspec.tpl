@@ -1,0 +1,21 @@
+{{/* Pod spec of the feature pipeline: (dict "ctx" $ "command" "run"), shared by the Job and the CronJob. */}}
+{{- define "mlops.featurePipeline.podSpec" -}}
+{{- $values := .ctx.Values.featurePipeline }}
+{{- include "mlops.podDefaults" (dict "ctx" .ctx "values" $values) }}
+restartPolicy: Never
+containers:
+  - name: feature-pipeline
+    image: {{ include "mlops.image" (dict "image" $values.image "ctx" .ctx "path" "featurePipeline.image") }}
+    imagePullPolicy: {{ $values.image.pullPolicy }}
+    command: [python, -m, feature_store, {{ .command }}]
+    env:
+      {{- include "mlops.env" (dict "ctx" .ctx "blocks" (list "platform" "s3" "data" "feast") "settings" $values.settings) | nindent 6 }}
+    resources:
+      {{- toYaml $values.resources | nindent 6 }}
+    securityContext:
+      {{- toYaml .ctx.Values.platform.containerSecurityContext | nindent 6 }}
+    volumeMounts:
+      {{- include "mlops.tmpVolumeMount" . | nindent 6 }}
+volumes:
+  {{- include "mlops.tmpVolume" . | nindent 2 }}
+{{- end }}

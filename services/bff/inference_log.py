@@ -1,0 +1,376 @@
+"""Fire-and-forget publishing of inference logs to RabbitMQ, with an on-disk spool so none is lost.
+
+Request path: ``submit(record)`` appends the record to a bounded in-memory buffer and returns; it does
+no I/O and never raises. Only when the buffer is full does it append the record to the spool itself
+(a write into the page cache).
+
+Background task: publishes the buffer as persistent, ``mandatory`` messages of up to
+``log_message_max_records`` JSON lines each, several in flight, and waits for the broker's confirms.
+What is not confirmed in time (broker down, slow, refusing, message unroutable) goes to the spool
+(``bff.spool``) and the task reconnects with backoff; while the broker is unreachable it moves every
+new record from the buffer to the spool. Once connected, it replays the spool in order, moving the
+spool's cursor only past records the broker confirmed. ``close`` publishes what is buffered, within
+the timeout, and spools the rest.
+
+Accounting (``bff_inference_log_records_total{outcome}``, and ``stats`` per publisher): each submitted
+record is ``enqueued`` once and leaves memory once, as ``confirmed``, ``spooled`` or ``dropped``;
+spooled records are ``replayed`` when the broker confirms them from the spool. ``dropped`` means the
+disk failed (a spool write error, or a spooled record unreadable later) and is logged at ERROR.
+So at rest ``enqueued == confirmed + spooled + dropped(written)`` and the spool holds
+``spooled - replayed - dropped(read)``. A record whose confirm was lost may reach the broker twice:
+delivery is at least once and readers de-duplicate by request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractConnection, AbstractExchange
+from aiormq.exceptions import AMQPError
+from prometheus_client import Counter, Gauge
+
+from bff.settings import Settings
+from bff.spool import Spool
+from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, SCHEMA_VERSION, InferenceLogRecord, encode_message
+from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("enqueued", "confirmed", "spooled", "replayed", "dropped")
+RECORDS = Counter(
+    "bff_inference_log_records",
+    "Inference log records: enqueued by requests, then confirmed by the broker, spooled to disk, "
+    "replayed from the spool, or dropped (disk failure)",
+    ["outcome"],
+)
+SPOOL_BACKLOG = Gauge("bff_inference_log_spool_backlog_bytes", "Spooled inference-log bytes not yet replayed")
+BROKER_CONNECTED = Gauge("bff_inference_log_broker_connected", "1 while the inference-log publisher is connected")
+_RECONNECT_INITIAL_S = 0.1
+# Errors that mean "the broker is not taking messages now", as opposed to a bug.
+_BROKER_ERRORS = (AMQPError, ConnectionError, OSError, TimeoutError)
+
+
+class PublisherState(StrEnum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass
+class PublisherStats:
+    enqueued: int = 0
+    confirmed: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    dropped: int = 0
+
+
+class _BrokerFailure(Exception):
+    """Some messages were not confirmed (they are on disk now): reconnect."""
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # Outcomes are read in bulk; this keeps asyncio from warning about failures read nowhere.
+    if not task.cancelled():
+        task.exception()
+
+
+class InferenceLogPublisher:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._topology = InferenceLogTopology.from_settings(settings)
+        self._buffer: deque[InferenceLogRecord] = deque()
+        self._wakeup = asyncio.Event()
+        self._spool: Spool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connection: AbstractConnection | None = None
+        self._exchange: AbstractExchange | None = None
+        # Messages (lists of serialized records) whose confirms are awaited: spooled if cut short.
+        self._inflight: list[list[bytes]] = []
+        self._closing_connections: set[asyncio.Future[None]] = set()
+        self._state = PublisherState.NEW
+        self._closing = False
+        self._deadline: float | None = None
+        self._outage = False
+        self._backoff = _RECONNECT_INITIAL_S
+        self.stats = PublisherStats()
+        self._counters = {outcome: RECORDS.labels(outcome) for outcome in OUTCOMES}
+
+    # -- public -------------------------------------------------------------------------------------
+    @property
+    def state(self) -> PublisherState:
+        if self._closing and self._state is not PublisherState.CLOSED:
+            return PublisherState.CLOSING
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """Connected to the broker; records are not piling up on disk."""
+        return self.state is PublisherState.CONNECTED
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def spool_backlog_bytes(self) -> int:
+        return self._spool.pending_bytes if self._spool is not None else 0
+
+    async def start(self) -> None:
+        """Open the spool (raises if it cannot) and start publishing in the background."""
+        if self._task is not None:
+            raise RuntimeError("InferenceLogPublisher already started")
+        self._spool = Spool.open_slot(
+            Path(self._settings.log_spool_dir), segment_max_bytes=self._settings.log_spool_segment_bytes
+        )
+        if self._spool.has_pending():
+            log.info("inference-log spool %s holds %d bytes to replay", self._spool.directory, self.spool_backlog_bytes)
+        SPOOL_BACKLOG.set(self.spool_backlog_bytes)
+        self._task = asyncio.create_task(self._run(), name="inference-log-publisher")
+
+    def submit(self, record: InferenceLogRecord) -> None:
+        """Hand a record over for publishing. Never blocks on the network, never raises."""
+        try:
+            self._count("enqueued", 1)
+            if self._state is not PublisherState.CLOSED and len(self._buffer) < self._settings.log_buffer_size:
+                self._buffer.append(record)
+                self._wakeup.set()
+            else:
+                self._spool_bodies([record.to_json_bytes()])
+        except Exception:
+            log.exception("inference log record DROPPED")
+            self._count("dropped", 1)
+
+    # The timeout is not a cancellation: what is unconfirmed when it expires is spooled, not lost.
+    async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Publish what is buffered, spooling whatever the broker has not confirmed after ``timeout``
+        seconds, then disconnect and close the spool."""
+        if self._closing:
+            return
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait([self._task], timeout=timeout + 1.0)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        self._spool_bodies([body for message in self._inflight for body in message])
+        self._inflight = []
+        self._spool_buffer()
+        await self._disconnect()
+        if self._spool is not None:
+            try:
+                self._spool.close()
+            except OSError:
+                log.exception("closing the inference-log spool %s failed", self._spool.directory)
+        self._state = PublisherState.CLOSED
+        log.info("inference-log publisher closed: %s", asdict(self.stats))
+
+    # -- accounting and spooling --------------------------------------------------------------------
+    def _count(self, outcome: str, n: int) -> None:
+        if n:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + n)
+            self._counters[outcome].inc(n)
+
+    def _spool_bodies(self, bodies: list[bytes]) -> None:
+        if not bodies:
+            return
+        try:
+            if self._spool is None:
+                raise OSError("the inference-log spool is not open (publisher not started)")
+            self._spool.append(bodies)
+        except Exception:
+            log.error("inference-log spool write failed: %d records DROPPED", len(bodies), exc_info=True)
+            self._count("dropped", len(bodies))
+        else:
+            self._count("spooled", len(bodies))
+        SPOOL_BACKLOG.set(self.spool_backlog_bytes)
+
+    def _spool_buffer(self) -> None:
+        records = list(self._buffer)
+        self._buffer.clear()
+        self._spool_bodies([record.to_json_bytes() for record in records])
+
+    # -- background task ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        # Closing before the first connection still tries one (the buffer may be full); closing
+        # while the broker is known to be down does not.
+        while not (self._closing and self._state is PublisherState.DISCONNECTED):
+            try:
+                await self._connect()
+            except Exception as err:
+                self._on_unavailable(err)
+                await self._spool_while_waiting(self._next_backoff())
+                continue
+            try:
+                await self._pump()
+            except Exception as err:
+                self._on_unavailable(err)
+            finally:
+                await self._disconnect()
+            if self._closing:
+                return
+            await self._spool_while_waiting(self._next_backoff())
+
+    def _on_unavailable(self, err: Exception) -> None:
+        if not isinstance(err, (_BrokerFailure, *_BROKER_ERRORS)):
+            log.error("inference-log publisher failed unexpectedly; reconnecting", exc_info=err)
+        elif not self._outage:
+            log.warning("inference-log broker unavailable (%r): spooling records until it is back", err)
+        self._outage = True
+        self._state = PublisherState.DISCONNECTED
+        BROKER_CONNECTED.set(0)
+
+    def _next_backoff(self) -> float:
+        delay = self._backoff
+        self._backoff = min(delay * 2, self._settings.log_reconnect_max_s)
+        return delay
+
+    async def _spool_while_waiting(self, delay: float) -> None:
+        """Wait before reconnecting; meanwhile every record submitted goes to disk, not to memory."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay
+        self._spool_buffer()
+        while not self._closing and (remaining := until - loop.time()) > 0:
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            self._spool_buffer()
+
+    def _time_left(self, limit: float) -> float:
+        if self._deadline is None:
+            return limit
+        return max(0.0, min(limit, self._deadline - asyncio.get_running_loop().time()))
+
+    async def _connect(self) -> None:
+        self._state = PublisherState.CONNECTING
+        timeout = self._time_left(self._settings.log_connect_timeout_s)
+        url = self._settings.rabbitmq_url.get_secret_value()
+        connection = await connect(url, connect_timeout_s=timeout, name="bff inference-log publisher")
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchange, _, _ = await asyncio.wait_for(declare_topology(channel, self._topology), timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        connection.close_callbacks.add(self._on_connection_closed)
+        self._connection = connection
+        self._state = PublisherState.CONNECTED
+        self._outage = False
+        BROKER_CONNECTED.set(1)
+        log.info("inference-log publisher connected; %d spooled bytes to replay", self.spool_backlog_bytes)
+
+    def _on_connection_closed(self, *_: Any) -> None:
+        self._wakeup.set()
+
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._exchange = self._connection, None, None
+        if connection is None or connection.is_closed:
+            return
+        # A hung broker may never answer the close: stop waiting after a while, but let the close
+        # run on (it ends when the socket or the heartbeat fails) rather than abandon it half-done.
+        closing = asyncio.ensure_future(connection.close())
+        self._closing_connections.add(closing)
+        closing.add_done_callback(self._closing_connections.discard)
+        closing.add_done_callback(_retrieve)
+        await asyncio.wait([closing], timeout=2.0)
+
+    async def _pump(self) -> None:
+        """Publish the buffer and replay the spool until closing (buffer flushed) or a failure."""
+        assert self._spool is not None
+        while True:
+            if self._connection is None or self._connection.is_closed:
+                raise _BrokerFailure("connection closed")
+            if self._closing:
+                if not self._buffer:
+                    return
+                await self._publish_fresh()
+                continue
+            if self._buffer:
+                if len(self._buffer) < self._settings.log_message_max_records:
+                    # A fuller message costs the broker, and this event loop, less per record.
+                    await asyncio.sleep(self._settings.log_publish_linger_s)
+                await self._publish_fresh()
+            if self._spool.has_pending():
+                await self._replay()
+            elif not self._buffer and not self._closing:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+
+    def _messages(self, bodies: list[bytes]) -> list[list[bytes]]:
+        size = self._settings.log_message_max_records
+        return [bodies[i : i + size] for i in range(0, len(bodies), size)]
+
+    async def _publish_fresh(self) -> None:
+        limit = self._settings.log_message_max_records * self._settings.log_publish_max_in_flight
+        records = [self._buffer.popleft() for _ in range(min(limit, len(self._buffer)))]
+        messages = self._inflight = self._messages([record.to_json_bytes() for record in records])
+        confirmed = await self._publish(messages)
+        self._inflight = []
+        self._count("confirmed", sum(len(m) for m, ok in zip(messages, confirmed, strict=True) if ok))
+        self._spool_bodies([body for m, ok in zip(messages, confirmed, strict=True) if not ok for body in m])
+        if not all(confirmed):
+            raise _BrokerFailure(f"{confirmed.count(False)} of {len(messages)} messages not confirmed")
+        self._backoff = _RECONNECT_INITIAL_S
+
+    async def _replay(self) -> None:
+        assert self._spool is not None
+        batch = self._spool.read(self._settings.log_message_max_records * self._settings.log_publish_max_in_flight)
+        if batch.corrupt:
+            log.error("inference-log spool: %d corrupt records DROPPED", batch.corrupt)
+            self._count("dropped", batch.corrupt)
+        if batch.torn_bytes:
+            log.error("inference-log spool: %d bytes of a torn write at a segment end discarded", batch.torn_bytes)
+        if batch.payloads:
+            confirmed = await self._publish(self._messages(batch.payloads))
+            if not all(confirmed):
+                # The records stay in the spool; those that did get through will come again.
+                raise _BrokerFailure("replayed messages not confirmed")
+        self._spool.commit(batch)
+        self._count("replayed", len(batch.payloads))
+        SPOOL_BACKLOG.set(self.spool_backlog_bytes)
+        self._backoff = _RECONNECT_INITIAL_S
+
+    async def _publish(self, messages: list[list[bytes]]) -> list[bool]:
+        """Publish the messages concurrently; True for each one the broker confirmed in time."""
+        exchange = self._exchange
+        if exchange is None:
+            return [False] * len(messages)
+        tasks = [
+            asyncio.ensure_future(
+                exchange.publish(
+                    aio_pika.Message(
+                        encode_message(bodies),
+                        content_type=MESSAGE_CONTENT_TYPE,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        headers={"x-schema-version": SCHEMA_VERSION},
+                        app_id="bff",
+                    ),
+                    self._topology.routing_key,
+                    mandatory=True,
+                )
+            )
+            for bodies in messages
+        ]
+        for task in tasks:
+            task.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait(tasks, timeout=self._time_left(self._settings.log_publish_timeout_s))
+        finally:
+            for task in tasks:
+                task.cancel()
+        return [task.done() and not task.cancelled() and task.exception() is None for task in tasks]

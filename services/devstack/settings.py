@@ -1,0 +1,146 @@
+"""Settings of the local stack: where each component listens, its credentials and its state.
+
+The stack listens where the platform's own settings say the services are: SeaweedFS on the port of
+``S3_ENDPOINT_URL``, MLflow on ``MLFLOW_TRACKING_URI``, Triton on ``TRITON_HTTP_URL``/``TRITON_GRPC_URL``,
+so one variable moves the server and its clients together. Those addresses must be on this machine.
+"""
+
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, SecretStr
+
+from mlops_common.settings import REPO_ROOT, FeastSettings, MlflowSettings, RabbitSettings, TritonSettings
+
+
+def host_port(address: str, default_port: int) -> tuple[str, int]:
+    """Host and port of a URL (``http://h:p/…``, ``amqp://u:p@h:p/v``), a bare ``h:p``, or Feast's
+    Redis connection string (``h:p,db=0``)."""
+    address = address.split(",", 1)[0].strip()
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
+    """Local stack settings; every field can be set by its upper-case environment variable."""
+
+    # Local SeaweedFS: credentials in its environment switch its authentication on.
+    s3_endpoint_url: str | None = "http://127.0.0.1:8333"
+    aws_access_key_id: str | None = "mlops"
+    aws_secret_access_key: SecretStr | None = SecretStr("mlops-local-secret")
+    # Same variable names as the services that use these buckets.
+    logs_bucket: str = "mlops-inference-logs"
+    mlflow_bucket: str = "mlops-mlflow"
+    mlflow_artifacts_prefix: str = "artifacts"
+
+    stack_dir: Path = REPO_ROOT / ".stack"
+    # Shared with model_sync (MODEL_REPOSITORY): the directory Triton serves.
+    model_repository: Path = REPO_ROOT / ".stack" / "model_repository"
+    triton_venv: Path = REPO_ROOT / ".venv-triton"
+    triton_metrics_port: int = 8002
+
+    # SeaweedFS's internal servers (master, volume, filer, admin and their gRPC ports) take the 9
+    # ports from here on; only the S3 port is for clients. Below the ephemeral range (32768+), so a
+    # test's free port never lands there.
+    seaweedfs_internal_base_port: int = Field(default=17330, ge=1024, le=32000)
+
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    # A superuser reachable with trust auth: creates MLflow's role and database.
+    postgres_admin_user: str = "postgres"
+    postgres_admin_database: str = "postgres"
+    mlflow_db_user: str = "mlflow"
+    mlflow_db_name: str = "mlflow"
+    mlflow_db_password: SecretStr | None = None
+    # uvicorn workers: one is plenty locally and each costs a few hundred MB.
+    mlflow_workers: int = Field(default=1, ge=1)
+    # Extra Host headers MLflow accepts (localhost and private IPs always pass), comma-separated.
+    mlflow_allowed_hosts: str | None = None
+
+    startup_timeout_s: float = Field(default=120.0, gt=0)
+    # When a system service's binary is missing and we run as root: apt-get install it.
+    install_missing: bool = True
+
+    # -- derived ----------------------------------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.stack_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.stack_dir / "run"
+
+    @property
+    def seaweedfs_dir(self) -> Path:
+        return self.stack_dir / "seaweedfs"
+
+    @property
+    def triton_home(self) -> Path:
+        return self.stack_dir / "triton" / "home"
+
+    @property
+    def s3_host_port(self) -> tuple[str, int]:
+        return host_port(self.s3_endpoint_url or "", 8333)
+
+    @property
+    def mlflow_host_port(self) -> tuple[str, int]:
+        return host_port(self.mlflow_tracking_uri, 5000)
+
+    @property
+    def triton_http_host_port(self) -> tuple[str, int]:
+        return host_port(self.triton_http_url, 8000)
+
+    @property
+    def triton_grpc_host_port(self) -> tuple[str, int]:
+        return host_port(self.triton_grpc_url, 8001)
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        return host_port(self.feast_redis_connection, 6379)
+
+    @property
+    def rabbitmq_host_port(self) -> tuple[str, int]:
+        return host_port(self.rabbitmq_url.get_secret_value(), 5672)
+
+    @property
+    def buckets(self) -> list[str]:
+        return [self.raw_bucket, self.offline_bucket, self.mlflow_bucket, self.logs_bucket]
+
+    @property
+    def secret_key(self) -> str:
+        return self.aws_secret_access_key.get_secret_value() if self.aws_secret_access_key else ""
+
+    @property
+    def mlflow_backend_store_uri(self) -> str:
+        # psycopg2 explicitly: with SQLAlchemy 2.1 a bare postgresql:// means psycopg 3 (not installed).
+        password = f":{quote(self.mlflow_db_password.get_secret_value())}" if self.mlflow_db_password else ""
+        return (
+            f"postgresql+psycopg2://{self.mlflow_db_user}{password}@"
+            f"{self.postgres_host}:{self.postgres_port}/{self.mlflow_db_name}"
+        )
+
+    @property
+    def mlflow_artifacts_destination(self) -> str:
+        return f"s3://{self.mlflow_bucket}/{self.mlflow_artifacts_prefix}"
+
+    def platform_env(self) -> dict[str, str]:
+        """Environment for the platform's processes (BFF, model sync, log worker, trainer) run
+        against this stack; names match the fields in ``mlops_common.settings`` and the services."""
+        return {
+            "S3_ENDPOINT_URL": self.s3_endpoint_url or "",
+            "AWS_ACCESS_KEY_ID": self.aws_access_key_id or "",
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.aws_default_region,
+            "RAW_BUCKET": self.raw_bucket,
+            "OFFLINE_BUCKET": self.offline_bucket,
+            "LOGS_BUCKET": self.logs_bucket,
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "FEAST_PROJECT": self.feast_project,
+            "FEAST_REGISTRY_PATH": self.feast_registry_path,
+            "FEAST_REDIS_CONNECTION": self.feast_redis_connection,
+            "FEAST_S3_ENDPOINT_URL": self.s3_endpoint_url or "",
+            "TRITON_GRPC_URL": self.triton_grpc_url,
+            "TRITON_HTTP_URL": self.triton_http_url,
+            "RABBITMQ_URL": self.rabbitmq_url.get_secret_value(),
+            "MODEL_REPOSITORY": str(self.model_repository),
+        }

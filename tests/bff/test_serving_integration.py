@@ -1,0 +1,212 @@
+"""The BFF and model sync as real processes, on a real Triton, Feast/Redis and MLflow."""
+
+import re
+import threading
+import time
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from platform_fixtures import QUICK_MODEL
+from serving_fixtures import wait_for
+
+from bff.schemas import FEATURES_EXAMPLE
+from bff.settings import Settings
+from mlops_common.feast_store import open_feature_store
+from mlops_common.features import FEATURE_NAMES, FEATURE_SERVICE
+from trainer.model import onnx_probabilities
+from trainer.settings import Settings as TrainerSettings
+from trainer.train import TrainingRequest, train
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def champion_onnx(trained_platform):
+    env = trained_platform.env
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    return mlflow.onnx.load_model(f"models:/{env['REGISTERED_MODEL_NAME']}@champion")
+
+
+def triton_counter(triton_server, metric: str, model: str) -> float:
+    text = httpx.get(triton_server.metrics_url).text
+    pattern = rf'^{metric}{{model="{re.escape(model)}",version="\d+"}} (\S+)$'
+    return sum(float(m) for m in re.findall(pattern, text, flags=re.MULTILINE))
+
+
+def expected(model, rows: list[list[float]]) -> np.ndarray:
+    return onnx_probabilities(model, np.array(rows, dtype=np.float32))[:, 1]
+
+
+def stored_vector(trained_platform, entity_id: int) -> list[float]:
+    store = open_feature_store(trained_platform.settings(Settings))
+    values = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{"SK_ID_CURR": entity_id}]
+    ).to_dict()
+    return [np.nan if values[name][0] is None else values[name][0] for name in FEATURE_NAMES]
+
+
+def test_documented_body_matches_onnxruntime(serving, champion_onnx):
+    with serving.client() as client:
+        answer = client.post("/predict", json=FEATURES_EXAMPLE)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    want = expected(champion_onnx, [[FEATURES_EXAMPLE[n] for n in FEATURE_NAMES]])[0]
+    assert body["probability"] == pytest.approx(float(want), abs=1e-6)
+    assert body["decision"] == ("reject" if body["probability"] >= body["threshold"] else "approve")
+    assert body["model_name"] == serving.env["TRITON_MODEL_NAME"]
+    assert body["model_version"] == "1"
+    assert body["features_from_store"] == []
+    assert len(body["request_id"]) == 32
+
+
+def test_entity_form_reads_the_online_store(serving, champion_onnx, trained_platform):
+    entity_id = int(trained_platform.tables.application_test.SK_ID_CURR.iloc[0])
+    with serving.client() as client:
+        body = client.post("/predict", json={"SK_ID_CURR": entity_id}).json()
+    assert body["features_from_store"] == list(FEATURE_NAMES)
+    want = expected(champion_onnx, [stored_vector(trained_platform, entity_id)])[0]
+    assert body["probability"] == pytest.approx(float(want), abs=1e-6)
+
+
+def test_body_fields_override_stored_ones(serving, champion_onnx, trained_platform):
+    entity_id = int(trained_platform.tables.application_train.SK_ID_CURR.iloc[3])
+    with serving.client() as client:
+        body = client.post("/predict", json={"SK_ID_CURR": entity_id, "AMT_CREDIT": 1.5e6, "DAYS_EMPLOYED": -10}).json()
+    assert body["features_from_store"] == [n for n in FEATURE_NAMES if n not in ("AMT_CREDIT", "DAYS_EMPLOYED")]
+    vector = stored_vector(trained_platform, entity_id)
+    vector[FEATURE_NAMES.index("AMT_CREDIT")] = 1.5e6
+    vector[FEATURE_NAMES.index("DAYS_EMPLOYED")] = -10
+    assert body["probability"] == pytest.approx(float(expected(champion_onnx, [vector])[0]), abs=1e-6)
+
+
+def test_batch_is_one_call_in_input_order(serving, champion_onnx, trained_platform, triton_server):
+    ids = trained_platform.tables.application_train.SK_ID_CURR.iloc[10:13].astype(int).tolist()
+    second = {**FEATURES_EXAMPLE, "AMT_CREDIT": 900000}
+    batch = [FEATURES_EXAMPLE, {"SK_ID_CURR": ids[0]}, second, {"SK_ID_CURR": ids[1]}, {"SK_ID_CURR": ids[2]}]
+    model = serving.env["TRITON_MODEL_NAME"]
+    requests_before = triton_counter(triton_server, "nv_inference_request_success", model)
+    rows_before = triton_counter(triton_server, "nv_inference_count", model)
+    with serving.client() as client:
+        answer = client.post("/predict/batch", json=batch)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    rows = [
+        [FEATURES_EXAMPLE[n] for n in FEATURE_NAMES],
+        stored_vector(trained_platform, ids[0]),
+        [second[n] for n in FEATURE_NAMES],
+        stored_vector(trained_platform, ids[1]),
+        stored_vector(trained_platform, ids[2]),
+    ]
+    np.testing.assert_allclose([p["probability"] for p in predictions], expected(champion_onnx, rows), atol=1e-6)
+    assert len({p["request_id"] for p in predictions}) == len(batch)
+    # Triton's own counters: one inference request carrying all five rows.
+    assert triton_counter(triton_server, "nv_inference_request_success", model) - requests_before == 1
+    assert triton_counter(triton_server, "nv_inference_count", model) - rows_before == len(batch)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "loc"),
+    [
+        ({**FEATURES_EXAMPLE, "AMT_CREDIT": "200000"}, 422, ["body", "AMT_CREDIT"]),
+        ({k: v for k, v in FEATURES_EXAMPLE.items() if k != "DAYS_BIRTH"}, 422, ["body", "DAYS_BIRTH"]),
+        ({**FEATURES_EXAMPLE, "colour": "red"}, 422, ["body", "colour"]),
+        ({"SK_ID_CURR": "100002"}, 422, ["body", "SK_ID_CURR"]),
+    ],
+)
+def test_bad_bodies_get_4xx_with_the_field_path(serving, payload, status, loc):
+    with serving.client() as client:
+        answer = client.post("/predict", json=payload)
+    assert answer.status_code == status
+    assert loc in [e["loc"] for e in answer.json()["detail"]]
+
+
+def test_nan_infinity_and_malformed_json_are_refused(serving):
+    with serving.client(headers={"content-type": "application/json"}) as client:
+        nan = client.post("/predict", content='{"SK_ID_CURR": 100002, "AMT_CREDIT": NaN}')
+        inf = client.post("/predict", content='{"SK_ID_CURR": 100002, "AMT_CREDIT": -Infinity}')
+        broken = client.post("/predict", content='{"SK_ID_CURR": 100002,')
+    assert nan.status_code == 422
+    assert ["body", "AMT_CREDIT"] in [e["loc"] for e in nan.json()["detail"]]
+    assert inf.status_code == 422
+    assert broken.status_code == 422
+    assert broken.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_unknown_entity_is_a_404_naming_it(serving):
+    with serving.client() as client:
+        single = client.post("/predict", json={"SK_ID_CURR": 999999999})
+        batch = client.post("/predict/batch", json=[{"SK_ID_CURR": 999999998}, FEATURES_EXAMPLE])
+    assert single.status_code == 404
+    assert "999999999" in single.json()["detail"]
+    assert batch.status_code == 404
+    assert batch.json()["SK_ID_CURR"] == [999999998]
+
+
+def test_empty_oversized_and_bad_batches(serving):
+    limit = Settings().max_batch_size
+    with serving.client() as client:
+        empty = client.post("/predict/batch", json=[])
+        oversized = client.post("/predict/batch", json=[FEATURES_EXAMPLE] * (limit + 1))
+        bad_row = client.post("/predict/batch", json=[FEATURES_EXAMPLE, {"AMT_CREDIT": 1}])
+        not_a_list = client.post("/predict/batch", json=FEATURES_EXAMPLE)
+    assert empty.status_code == 422
+    assert oversized.status_code == 413
+    assert f"maximum of {limit}" in oversized.json()["detail"]
+    assert bad_row.status_code == 422
+    assert ["body", 1, "AMT_INCOME_TOTAL"] in [e["loc"] for e in bad_row.json()["detail"]]
+    assert not_a_list.status_code == 422
+
+
+def test_health_metrics_and_docs(serving):
+    with serving.client() as client:
+        assert client.get("/health/live").status_code == 200
+        ready = client.get("/health/ready")
+        metrics = client.get("/metrics").text
+        docs = client.get("/docs")
+        schema = client.get("/openapi.json").json()
+    assert ready.json() == {"ready": True, "triton_model": True, "online_store": True}
+    assert 'bff_requests_total{endpoint="/predict",status="200"}' in metrics
+    assert "bff_request_duration_seconds_bucket" in metrics
+    assert docs.status_code == 200
+    assert {"/predict", "/predict/batch"} <= set(schema["paths"])
+
+
+def test_promoted_champion_is_served_without_a_failed_request(serving, trained_platform):
+    """Promote a new version while clients send requests continuously: zero failures."""
+    env = trained_platform.env
+    name = env["REGISTERED_MODEL_NAME"]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    current = client.get_model_version_by_alias(name, "champion")
+    stop = threading.Event()
+    outcomes: list[tuple[int, str]] = []
+
+    def load() -> None:
+        with serving.client() as http:
+            while not stop.is_set():
+                answer = http.post("/predict", json=FEATURES_EXAMPLE)
+                outcomes.append((answer.status_code, answer.json().get("model_version", "")))
+
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.0)
+        # Retraining with the same recipe scores the same holdout AUC, so the gate promotes it.
+        result = train(trained_platform.settings(TrainerSettings), TrainingRequest(hyperparameters=QUICK_MODEL))
+        assert result.decision.promoted
+        new_version = result.version
+        promoted_at = len(outcomes)
+        wait_for(lambda: any(v == new_version for _, v in outcomes[promoted_at:]), 60, "new version answering")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    failures = [o for o in outcomes if o[0] != 200]
+    assert failures == []
+    versions = [v for _, v in outcomes]
+    assert current.version in versions
+    assert versions[-1] == new_version

@@ -1,0 +1,423 @@
+"""Cross-object rules of the rendered chart that no schema can see.
+
+Each check takes the rendered objects of one scenario and returns a list of problems (empty: fine),
+so the tests can assert on real renders and, on purpose, on broken ones.
+"""
+
+import importlib
+import itertools
+import re
+import string
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from chart_tools import REPO, Doc, containers, object_id, pod_templates, python_service
+
+# Selectors use only these labels (house style: name/instance/component).
+SELECTOR_KEYS = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
+# Defaults that only make sense on a developer's machine: a cluster must set these fields.
+LOCAL_ONLY_DEFAULT = re.compile(r"127\.0\.0\.1|localhost|/\.stack/")
+SYNC_WAVE = "argocd.argoproj.io/sync-wave"
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _pod_label_sets(docs: list[Doc]) -> list[tuple[str, dict[str, str]]]:
+    return [(object_id(owner), template["metadata"].get("labels", {})) for owner, template in pod_templates(docs)]
+
+
+def selector_problems(docs: list[Doc]) -> list[str]:
+    """Workload selectors match their own pods; Services, PDBs, NetworkPolicies and ServiceMonitors select something."""
+    problems = []
+    pods = _pod_label_sets(docs)
+    services = [d for d in docs if d["kind"] == "Service"]
+    for doc in docs:
+        kind, spec = doc["kind"], doc.get("spec", {})
+        selector = None
+        if kind in ("Deployment", "StatefulSet"):
+            selector = spec["selector"]["matchLabels"]
+            if not _matches(selector, spec["template"]["metadata"]["labels"]):
+                problems.append(f"{object_id(doc)}: selector {selector} does not match its pod labels")
+        elif kind in ("Service", "PodDisruptionBudget", "NetworkPolicy"):
+            selector = spec.get("selector", {}) if kind == "Service" else None
+            if kind == "PodDisruptionBudget":
+                selector = spec["selector"]["matchLabels"]
+            if kind == "NetworkPolicy":
+                selector = spec["podSelector"].get("matchLabels", {})
+            if not any(_matches(selector, labels) for _, labels in pods):
+                problems.append(f"{object_id(doc)}: selector {selector} matches no pod")
+        elif kind == "ServiceMonitor":
+            selector = spec["selector"]["matchLabels"]
+            if not any(_matches(selector, s["metadata"]["labels"]) for s in services):
+                problems.append(f"{object_id(doc)}: selector {selector} matches no Service")
+        if selector is not None and kind != "NetworkPolicy" and set(selector) - SELECTOR_KEYS:
+            problems.append(f"{object_id(doc)}: selector uses {sorted(set(selector) - SELECTOR_KEYS)}")
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        for direction, peers_key in (("ingress", "from"), ("egress", "to")):
+            for rule in policy["spec"].get(direction, []):
+                for peer in rule.get(peers_key, []):
+                    if "podSelector" in peer and "namespaceSelector" not in peer:
+                        selector = peer["podSelector"].get("matchLabels", {})
+                        if not any(_matches(selector, labels) for _, labels in pods):
+                            problems.append(f"{object_id(policy)}: {direction} peer {selector} matches no pod")
+    return problems
+
+
+def _container_ports(template: Doc) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for c in containers(template) for p in c.get("ports", []) if "name" in p}
+
+
+def named_port_problems(docs: list[Doc]) -> list[str]:
+    """Probe ports, Service targetPorts, ServiceMonitor and Ingress ports name ports that exist."""
+    problems = []
+    for owner, template in pod_templates(docs):
+        for container in containers(template):
+            own_ports = {p.get("name") for p in container.get("ports", [])}
+            for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = container.get(probe_name, {})
+                port = (probe.get("httpGet") or probe.get("tcpSocket") or {}).get("port")
+                if isinstance(port, str) and port not in own_ports:
+                    problems.append(
+                        f"{object_id(owner)}/{container['name']}: {probe_name} port {port!r} is not a container port"
+                    )
+    templates = pod_templates(docs)
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for service in services.values():
+        selected = [
+            t for _, t in templates if _matches(service["spec"].get("selector", {}), t["metadata"].get("labels", {}))
+        ]
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort")
+            if isinstance(target, str) and not all(target in _container_ports(t) for t in selected):
+                problems.append(
+                    f"{object_id(service)}: targetPort {target!r} is not a named port of every selected pod"
+                )
+    for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        selected = [
+            s
+            for s in services.values()
+            if _matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
+        for endpoint in monitor["spec"]["endpoints"]:
+            for service in selected:
+                if endpoint["port"] not in {p["name"] for p in service["spec"]["ports"]}:
+                    problems.append(
+                        f"{object_id(monitor)}: port {endpoint['port']!r} is not a port of {object_id(service)}"
+                    )
+    for ingress in (d for d in docs if d["kind"] == "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                service = services.get(backend["name"])
+                if service is None:
+                    problems.append(f"{object_id(ingress)}: backend Service {backend['name']!r} does not exist")
+                elif backend["port"].get("name") not in {p["name"] for p in service["spec"]["ports"]}:
+                    problems.append(
+                        f"{object_id(ingress)}: backend port {backend['port']} is not a port of {object_id(service)}"
+                    )
+    return problems
+
+
+def hpa_problems(docs: list[Doc]) -> list[str]:
+    """HPAs target existing Deployments, which leave their replica count to the HPA."""
+    problems = []
+    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        targets = [d for d in docs if d["kind"] == ref["kind"] and d["metadata"]["name"] == ref["name"]]
+        if not targets:
+            problems.append(f"{object_id(hpa)}: scale target {ref['kind']}/{ref['name']} does not exist")
+        elif targets[0]["apiVersion"] != ref["apiVersion"]:
+            problems.append(
+                f"{object_id(hpa)}: scale target apiVersion {ref['apiVersion']} != {targets[0]['apiVersion']}"
+            )
+        elif "replicas" in targets[0]["spec"]:
+            problems.append(f"{object_id(targets[0])}: sets spec.replicas although {object_id(hpa)} owns it")
+        if hpa["spec"]["minReplicas"] > hpa["spec"]["maxReplicas"]:
+            problems.append(f"{object_id(hpa)}: minReplicas > maxReplicas")
+    return problems
+
+
+def settings_class(service: str) -> Any:
+    return importlib.import_module(f"{service}.settings").Settings
+
+
+def _env_names(field_name: str, field: Any) -> set[str]:
+    aliases = {a for a in (field.alias, field.validation_alias) if isinstance(a, str)}
+    return {name.upper() for name in aliases | {field_name}}
+
+
+def _plain(value: Any) -> str:
+    """A default as text, secrets included (SecretStr hides its value from str())."""
+    return str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+
+
+def _feast_placeholders(config_file: str) -> set[str]:
+    text = (REPO / "feature_repo" / config_file).read_text()
+    return {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)} - {None}
+
+
+def env_problems(docs: list[Doc]) -> list[str]:
+    """Every variable the chart sets is a field of the service's Settings class, parses as that field,
+    and every field a cluster needs is set: required ones, those whose default points at a
+    developer's machine, and the Feast placeholders of the cluster's feature_store.yaml."""
+    problems = []
+    for owner, template in pod_templates(docs):
+        for container in containers(template):
+            service = python_service(container)
+            if service is None:
+                continue
+            where = f"{object_id(owner)}/{container['name']}"
+            if not (REPO / "services" / service / "settings.py").exists():
+                problems.append(f"{where}: runs {service!r}, which has no services/{service}/settings.py")
+                continue
+            settings = settings_class(service)
+            env = container.get("env", [])
+            counts = Counter(e["name"] for e in env)
+            problems += [f"{where}: {name} is set {n} times" for name, n in counts.items() if n > 1]
+            field_of = {
+                name: field_name
+                for field_name, field in settings.model_fields.items()
+                for name in _env_names(field_name, field)
+            }
+            values: dict[str, Any] = {}
+            for var in env:
+                if var["name"] not in field_of:
+                    problems.append(f"{where}: sets {var['name']}, which {service}'s Settings does not read")
+                    continue
+                # A Secret's content is unknown here; any string stands in for it.
+                values[field_of[var["name"]]] = var.get("value", "secret-from-cluster")
+            try:
+                settings(**values)
+            except Exception as err:
+                problems.append(f"{where}: the env does not parse as {service}'s Settings: {err}")
+            feast_needed: set[str] = set()
+            if "feast_config_file" in settings.model_fields:
+                config_file = str(values.get("feast_config_file") or settings.model_fields["feast_config_file"].default)
+                if not (REPO / "feature_repo" / config_file).is_file():
+                    problems.append(f"{where}: FEAST_CONFIG_FILE {config_file} is not a file in feature_repo/")
+                else:
+                    feast_needed = _feast_placeholders(config_file)
+            for field_name, field in settings.model_fields.items():
+                names = _env_names(field_name, field)
+                if names & counts.keys():
+                    continue
+                if field.is_required():
+                    problems.append(f"{where}: required setting {field_name.upper()} is not set")
+                elif field_name.startswith("feast_"):
+                    if names & feast_needed:
+                        problems.append(
+                            f"{where}: {field_name.upper()} (a placeholder of the cluster's Feast config) is not set"
+                        )
+                elif LOCAL_ONLY_DEFAULT.search(_plain(field.get_default(call_default_factory=True))):
+                    problems.append(
+                        f"{where}: {field_name.upper()} is not set and its default points at a developer machine"
+                    )
+    return problems
+
+
+def env_value(container: Doc, name: str) -> str | None:
+    return next((e.get("value") for e in container.get("env", []) if e["name"] == name), None)
+
+
+def setting(container: Doc, service: str, field_name: str) -> Any:
+    """The value a service will see for a field: the chart's env, else the Settings default."""
+    value = env_value(container, field_name.upper())
+    return value if value is not None else settings_class(service).model_fields[field_name].default
+
+
+def triton_probe_problems(docs: list[Doc]) -> list[str]:
+    """Triton is probed on its real health API, and readiness asks for the model model sync loads."""
+    problems = []
+    for owner, template in pod_templates(docs):
+        spec_containers = {c["name"]: c for c in containers(template)}
+        triton = next((c for c in spec_containers.values() if c.get("command") == ["tritonserver"]), None)
+        if triton is None:
+            continue
+        syncs = [c for c in spec_containers.values() if python_service(c) == "model_sync"]
+        if not syncs:
+            problems.append(f"{object_id(owner)}: Triton without model sync")
+            continue
+        model = setting(syncs[0], "model_sync", "triton_model_name")
+        expected = {
+            "livenessProbe": "/v2/health/live",
+            "startupProbe": "/v2/health/live",
+            # Per-model readiness: the server-wide /v2/health/ready flaps on every version switch.
+            "readinessProbe": f"/v2/models/{model}/ready",
+        }
+        for probe, path in expected.items():
+            actual = triton.get(probe, {}).get("httpGet", {}).get("path")
+            if actual != path:
+                problems.append(f"{object_id(owner)}: Triton {probe} path {actual!r}, expected {path!r}")
+        if f"--load-model={model}" not in triton.get("args", []):
+            problems.append(f"{object_id(owner)}: Triton does not load {model!r} at startup")
+        ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+        for sync in syncs:
+            for field_name, port_name in (("triton_http_url", "http"), ("triton_grpc_url", "grpc")):
+                url = str(setting(sync, "model_sync", field_name))
+                if not url.endswith(f":{ports[port_name]}"):
+                    problems.append(
+                        f"{object_id(owner)}/{sync['name']}: {field_name.upper()} {url} is not Triton's {port_name}"
+                    )
+    for owner, template in pod_templates(docs):
+        for container in containers(template):
+            if python_service(container) == "bff":
+                model = setting(container, "bff", "triton_model_name")
+                served = {
+                    setting(c, "model_sync", "triton_model_name")
+                    for _, t in pod_templates(docs)
+                    for c in containers(t)
+                    if python_service(c) == "model_sync"
+                }
+                if served and model not in served:
+                    problems.append(
+                        f"{object_id(owner)}: the BFF asks Triton for {model!r}, model sync serves {served}"
+                    )
+    return problems
+
+
+def metrics_port_problems(docs: list[Doc]) -> list[str]:
+    """Services whose metrics live on a prometheus_client port are probed and scraped on that port."""
+    problems = []
+    for owner, template in pod_templates(docs):
+        for container in containers(template):
+            service = python_service(container)
+            field_name = {
+                "model_sync": "model_sync_metrics_port",
+                "log_worker": "log_worker_metrics_port",
+                "bff": "bff_port",
+            }.get(service or "")
+            if (
+                field_name is None
+                or owner["kind"] != "Deployment"
+                or container in template["spec"].get("initContainers", [])
+            ):
+                continue
+            port = int(setting(container, service, field_name))
+            declared = {p["containerPort"] for p in container.get("ports", [])}
+            if port not in declared:
+                problems.append(
+                    f"{object_id(owner)}/{container['name']}: {field_name.upper()}={port} is not in {declared}"
+                )
+    return problems
+
+
+def http_probe_paths(docs: list[Doc], service: str) -> set[str]:
+    return {
+        container[probe]["httpGet"]["path"]
+        for _, template in pod_templates(docs)
+        for container in containers(template)
+        if python_service(container) == service
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+        if "httpGet" in container.get(probe, {})
+    }
+
+
+def observability_problems(docs: list[Doc], observability: Path = REPO / "observability") -> list[str]:
+    """The dashboard ConfigMaps and PrometheusRules hold exactly the files of observability/."""
+    import yaml
+
+    problems = []
+    dashboards = {
+        key: value
+        for d in docs
+        if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"]["labels"]
+        for key, value in d["data"].items()
+    }
+    files = {p.name: p.read_text() for p in sorted((observability / "dashboards").glob("*.json"))}
+    if dashboards and dashboards.keys() != files.keys():
+        problems.append(f"dashboard ConfigMaps hold {sorted(dashboards)}, observability/dashboards has {sorted(files)}")
+    problems += [
+        f"dashboard {name} differs from observability/dashboards/{name}"
+        for name in dashboards.keys() & files.keys()
+        if dashboards[name].strip() != files[name].strip()
+    ]
+    rules = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PrometheusRule"}
+    alert_files = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((observability / "alerts").glob("*.yaml"))}
+    if rules:
+        specs = list(rules.values())
+        for name, content in alert_files.items():
+            if content not in specs:
+                problems.append(f"no PrometheusRule holds observability/alerts/{name}.yaml as it is")
+        if len(specs) != len(alert_files):
+            problems.append(f"{len(specs)} PrometheusRules for {len(alert_files)} alert files")
+    return problems
+
+
+def wave(doc: Doc) -> int:
+    return int(doc["metadata"].get("annotations", {}).get(SYNC_WAVE, 0))
+
+
+def sync_wave_problems(docs: list[Doc]) -> list[str]:
+    """Argo CD applies infrastructure, then buckets, then the feature pipeline, the trainer, and serving."""
+
+    def waves(predicate: Any) -> set[int]:
+        return {wave(d) for d in docs if predicate(d)}
+
+    def component(d: Doc) -> str:
+        return d["metadata"]["labels"].get("app.kubernetes.io/component", "")
+
+    stages = [
+        (
+            "infrastructure",
+            waves(
+                lambda d: (
+                    d["kind"] in ("StatefulSet", "Deployment")
+                    and d["metadata"]["labels"]["app.kubernetes.io/name"] != "mlops"
+                )
+            ),
+        ),
+        ("buckets", waves(lambda d: d["kind"] == "Job" and component(d) == "bucket-provisioning")),
+        ("feature pipeline", waves(lambda d: d["kind"] == "Job" and component(d) == "feature-pipeline")),
+        ("trainer", waves(lambda d: d["kind"] == "Job" and component(d) == "trainer")),
+        ("serving", waves(lambda d: d["kind"] == "Deployment" and component(d) in ("triton", "bff", "log-worker"))),
+    ]
+    present = [(name, w) for name, w in stages if w]
+    return [
+        f"{earlier} (waves {sorted(a)}) is not applied before {later} (waves {sorted(b)})"
+        for (earlier, a), (later, b) in itertools.pairwise(present)
+        if max(a) >= min(b)
+    ]
+
+
+def image_problems(docs: list[Doc]) -> list[str]:
+    """Every image names a registry and a pinned tag or digest; none is `latest`."""
+    problems = []
+    for owner, template in pod_templates(docs):
+        for container in containers(template):
+            image = container["image"]
+            name, _, digest = image.partition("@")
+            repository, _, tag = name.rpartition(":") if ":" in name.split("/")[-1] else (name, "", "")
+            if not (digest or tag) or tag == "latest":
+                problems.append(f"{object_id(owner)}/{container['name']}: image {image} is not pinned")
+            if "/" not in repository or "." not in repository.split("/")[0]:
+                problems.append(f"{object_id(owner)}/{container['name']}: image {image} names no registry")
+    return problems
+
+
+def namespace_problems(docs: list[Doc], namespace: str) -> list[str]:
+    return [
+        f"{object_id(d)}: namespace {d['metadata'].get('namespace')!r}, expected {namespace!r}"
+        for d in docs
+        if d["metadata"].get("namespace") != namespace
+    ]
+
+
+ALL_CHECKS = (
+    selector_problems,
+    named_port_problems,
+    hpa_problems,
+    env_problems,
+    triton_probe_problems,
+    metrics_port_problems,
+    observability_problems,
+    sync_wave_problems,
+    image_problems,
+)
+
+
+def all_problems(docs: list[Doc], namespace: str) -> list[str]:
+    return [p for check in ALL_CHECKS for p in check(docs)] + namespace_problems(docs, namespace)

@@ -1,0 +1,41 @@
+"""Invalid values fail at `helm template` with a message naming the value (values.schema.json and
+`required`), never render a broken manifest."""
+
+import pytest
+from chart_tools import HelmError
+
+BAD_VALUES = {
+    "wrong type": ({"bff.replicaCount": "two"}, "/bff/replicaCount"),
+    "unknown key in a service block": ({"bff.replicas": 3}, "'replicas' not allowed"),
+    "unknown key in a subchart block": ({"minio.persistance.enabled": False}, "'persistance' not allowed"),
+    "latest tag": ({"triton.image.tag": "latest"}, "/triton/image/tag"),
+    "malformed digest": ({"triton.image.digest": "sha256:abc"}, "/triton/image/digest"),
+    "settings name not an env var": ({"bff.settings.decisionThreshold": "0.6"}, "decisionThreshold"),
+    "port out of range": ({"bff.port": 80808}, "/bff/port"),
+    "nodePort outside the node port range": ({"bff.service.nodePort": 8080}, "/bff/service/nodePort"),
+    "missing registry": ({"global.imageRegistry": ""}, "image.registry (or global.imageRegistry) is required"),
+    "missing platform image tag": (
+        {"global.platformImageTag": ""},
+        "image.tag (or global.platformImageTag) is required",
+    ),
+    "missing MinIO secret": ({"minio.auth.rootPassword": ""}, "minio.auth.existingSecret"),
+    "missing PostgreSQL secret": ({"postgresql.auth.password": ""}, "postgresql.auth.existingSecret"),
+    "missing RabbitMQ secret": ({"rabbitmq.auth.password": ""}, "rabbitmq.auth.existingSecret"),
+    "missing Redis secret": ({"redis.auth.password": ""}, "redis.auth.existingSecret"),
+    "external RabbitMQ without a secret": ({"rabbitmq.enabled": False}, "externalRabbitmq.existingSecret is required"),
+    "external Redis without a secret": ({"redis.enabled": False}, "externalRedis.existingSecret is required"),
+    "external MLflow without a URL": ({"mlflow.enabled": False}, "externalMlflow.trackingUri is required"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES)
+def test_bad_value_is_named(render: object, case: str) -> None:
+    values, expected = BAD_VALUES[case]
+    with pytest.raises(HelmError) as failure:
+        render(values)  # type: ignore[operator]
+    assert expected in str(failure.value), str(failure.value)
+
+
+def test_the_base_scenario_renders(render: object) -> None:
+    """The cases above fail because of their one value, not because the base is broken."""
+    assert render()  # type: ignore[operator]

@@ -1,0 +1,246 @@
+"""Rules across objects that schemas cannot see, on every ci/ scenario, and proof that each rule fails
+on a deliberately broken render."""
+
+import copy
+import importlib
+import inspect
+import pkgutil
+import shutil
+from pathlib import Path
+
+import chart_invariants as inv
+import pytest
+from chart_tools import (
+    CI_VALUES,
+    NAMESPACE,
+    REPO,
+    Doc,
+    helm_dependency_build,
+    helm_template,
+    object_id,
+    pod_templates,
+    python_service,
+)
+
+SCENARIOS = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("check", inv.ALL_CHECKS, ids=lambda f: f.__name__)
+def test_invariant(rendered: dict[str, list[Doc]], scenario: str, check: object) -> None:
+    assert check(rendered[scenario]) == []  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_object_is_in_the_release_namespace(rendered: dict[str, list[Doc]], scenario: str) -> None:
+    assert inv.namespace_problems(rendered[scenario], NAMESPACE) == []
+
+
+def test_platform_workloads_run_the_services_and_triton(rendered: dict[str, list[Doc]]) -> None:
+    """Every container of the platform's own workloads is a service (`python -m`) or Triton."""
+    docs = rendered["01-default"]
+    programs = set()
+    for owner, template in pod_templates(docs):
+        if owner["metadata"]["labels"]["app.kubernetes.io/name"] != "mlops":
+            continue
+        for container in inv.containers(template):
+            program = python_service(container) or container["command"][0]
+            programs.add((owner["kind"], program, tuple(container.get("command", [])[3:])))
+    assert programs == {
+        ("Job", "feature_store", ("run",)),
+        ("CronJob", "feature_store", ("materialize",)),
+        ("Job", "trainer", ()),
+        ("CronJob", "trainer", ()),
+        ("Deployment", "model_sync", ("--once",)),
+        ("Deployment", "model_sync", ()),
+        ("Deployment", "tritonserver", ()),
+        ("Deployment", "bff", ()),
+        ("Deployment", "log_worker", ()),
+    }
+
+
+def test_default_autoscaling_ranges(rendered: dict[str, list[Doc]]) -> None:
+    ranges = {
+        d["spec"]["scaleTargetRef"]["name"]: (d["spec"]["minReplicas"], d["spec"]["maxReplicas"])
+        for d in rendered["01-default"]
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
+    assert ranges == {"mlops-bff": (2, 10), "mlops-triton": (1, 5), "mlops-log-worker": (1, 4)}
+
+
+def test_bff_is_a_nodeport_on_30080_by_default(rendered: dict[str, list[Doc]]) -> None:
+    service = next(d for d in rendered["01-default"] if d["kind"] == "Service" and d["metadata"]["name"] == "mlops-bff")
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["ports"][0]["nodePort"] == 30080
+
+
+def test_gpu_scenario_gives_triton_a_gpu(rendered: dict[str, list[Doc]]) -> None:
+    triton = next(
+        d for d in rendered["04-gpu"] if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlops-triton"
+    )
+    server = next(c for c in triton["spec"]["template"]["spec"]["containers"] if c["name"] == "triton")
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--allow-gpu-metrics=true" in server["args"]
+    assert triton["spec"]["template"]["spec"]["tolerations"]
+
+
+def test_secure_defaults(rendered: dict[str, list[Doc]]) -> None:
+    for name, docs in rendered.items():
+        for owner, template in pod_templates(docs):
+            spec = template["spec"]
+            assert spec["securityContext"]["runAsNonRoot"] is True, (name, object_id(owner))
+            assert spec["automountServiceAccountToken"] is False, (name, object_id(owner))
+            for container in inv.containers(template):
+                context = container["securityContext"]
+                where = (name, object_id(owner), container["name"])
+                assert context["readOnlyRootFilesystem"] is True, where
+                assert context["allowPrivilegeEscalation"] is False, where
+                assert context["capabilities"]["drop"] == ["ALL"], where
+                assert {"requests", "limits"} <= container["resources"].keys(), where
+
+
+def _find_bff_app() -> object | None:
+    """The BFF's FastAPI application, wherever services/bff defines it (an app object or a factory)."""
+    fastapi = importlib.import_module("fastapi")
+    package = importlib.import_module("bff")
+    for module_info in pkgutil.walk_packages(package.__path__, "bff."):
+        if module_info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(module_info.name)
+        for _, value in inspect.getmembers(module):
+            if isinstance(value, fastapi.FastAPI):
+                return value
+        factory = getattr(module, "create_app", None)
+        if callable(factory):
+            return factory()
+    return None
+
+
+def test_bff_probe_paths_are_routes_of_the_bff(rendered: dict[str, list[Doc]]) -> None:
+    app = _find_bff_app()
+    if app is None:
+        pytest.skip("services/bff defines no FastAPI app yet: probe paths cannot be checked against its routes")
+    routes = {route.path for route in app.routes}  # type: ignore[attr-defined]
+    probed = inv.http_probe_paths(rendered["01-default"], "bff")
+    assert probed == {"/health/live", "/health/ready"}
+    assert probed <= routes, f"probed {probed}, served {routes}"
+
+
+def test_mlflow_probe_path_is_served_by_mlflow() -> None:
+    from mlflow.server import app
+
+    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    assert "/health" in rules
+
+
+# ---- each rule has teeth: a deliberately broken render is reported
+
+
+def _broken(rendered: dict[str, list[Doc]], mutate: object) -> list[Doc]:
+    docs = copy.deepcopy(rendered["01-default"])
+    mutate(docs)  # type: ignore[operator]
+    return docs
+
+
+def _get(docs: list[Doc], kind: str, name: str) -> Doc:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def _container(docs: list[Doc], kind: str, name: str, container: str) -> Doc:
+    return next(c for c in inv.containers(_get(docs, kind, name)["spec"]["template"]) if c["name"] == container)
+
+
+BREAKAGES = {
+    "service selects nothing": (
+        inv.selector_problems,
+        lambda d: _get(d, "Service", "mlops-bff")["spec"]["selector"].update({"app.kubernetes.io/component": "bf"}),
+    ),
+    "network policy peer matches nothing": (
+        inv.selector_problems,
+        lambda d: _get(d, "NetworkPolicy", "mlops-redis")["spec"]["ingress"][0]["from"][0]["podSelector"][
+            "matchLabels"
+        ].update({"app.kubernetes.io/component": "feature-pipelin"}),
+    ),
+    "probe names a missing port": (
+        inv.named_port_problems,
+        lambda d: _container(d, "Deployment", "mlops-bff", "bff")["readinessProbe"]["httpGet"].update({"port": "web"}),
+    ),
+    "service monitor names a missing port": (
+        inv.named_port_problems,
+        lambda d: _get(d, "ServiceMonitor", "mlops-log-worker")["spec"]["endpoints"][0].update({"port": "prometheus"}),
+    ),
+    "HPA targets a missing deployment": (
+        inv.hpa_problems,
+        lambda d: _get(d, "HorizontalPodAutoscaler", "mlops-bff")["spec"]["scaleTargetRef"].update(
+            {"name": "mlops-frontend"}
+        ),
+    ),
+    "env var no settings class reads": (
+        inv.env_problems,
+        lambda d: _container(d, "Deployment", "mlops-bff", "bff")["env"].append({"name": "BFF_PROT", "value": "8080"}),
+    ),
+    "env var of the wrong type": (
+        inv.env_problems,
+        lambda d: _container(d, "Deployment", "mlops-log-worker", "log-worker")["env"].append(
+            {"name": "BATCH_MAX_RECORDS", "value": "many"}
+        ),
+    ),
+    "needed setting left to its local default": (
+        inv.env_problems,
+        lambda d: _container(d, "Deployment", "mlops-bff", "bff").update(
+            env=[e for e in _container(d, "Deployment", "mlops-bff", "bff")["env"] if e["name"] != "RABBITMQ_URL"]
+        ),
+    ),
+    "Triton readiness on the server-wide endpoint": (
+        inv.triton_probe_problems,
+        lambda d: _container(d, "Deployment", "mlops-triton", "triton")["readinessProbe"]["httpGet"].update(
+            {"path": "/v2/health/ready"}
+        ),
+    ),
+    "dashboard edited in the chart only": (
+        inv.observability_problems,
+        lambda d: next(c for c in d if c["kind"] == "ConfigMap" and "grafana_dashboard" in c["metadata"]["labels"])[
+            "data"
+        ].update({"bff.json": "{}"}),
+    ),
+    "trainer before the feature pipeline": (
+        inv.sync_wave_problems,
+        lambda d: next(
+            j for j in d if j["kind"] == "Job" and j["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
+        )["metadata"]["annotations"].update({inv.SYNC_WAVE: "1"}),
+    ),
+    "latest image": (
+        inv.image_problems,
+        lambda d: _container(d, "Deployment", "mlops-bff", "bff").update(image="registry.example.com/mlops-bff:latest"),
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_broken_render_is_reported(rendered: dict[str, list[Doc]], breakage: str) -> None:
+    check, mutate = BREAKAGES[breakage]
+    assert check(rendered["01-default"]) == []
+    assert check(_broken(rendered, mutate)), f"{check.__name__} did not notice: {breakage}"
+
+
+def test_every_service_with_settings_is_deployed(rendered: dict[str, list[Doc]]) -> None:
+    """A new service package with a settings.py needs a workload in the chart (devstack is local only)."""
+    deployed = {python_service(c) for _, t in pod_templates(rendered["01-default"]) for c in inv.containers(t)}
+    services = {p.parent.name for p in (REPO / "services").glob("*/settings.py")} - {"mlops_common", "devstack"}
+    assert services <= deployed, services - deployed
+
+
+def test_broken_template_is_reported(tmp_path: Path) -> None:
+    """End to end: a template edited to probe a port the container does not have fails the invariants."""
+    charts = tmp_path / "charts"
+    shutil.copytree(REPO / "charts", charts, symlinks=True, ignore=shutil.ignore_patterns("*.tgz", "Chart.lock"))
+    shutil.copytree(REPO / "observability", tmp_path / "observability")
+    template = charts / "mlops/templates/bff/deployment.yaml"
+    template.write_text(
+        template.read_text().replace("{path: /health/ready, port: http}", "{path: /health/ready, port: web}")
+    )
+    helm_dependency_build(charts / "mlops")
+    docs = helm_template(chart=charts / "mlops", value_files=[CI_VALUES[0]])
+    assert inv.named_port_problems(docs) == [
+        "Deployment/mlops-bff/bff: readinessProbe port 'web' is not a container port"
+    ]

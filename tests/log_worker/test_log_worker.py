@@ -1,0 +1,205 @@
+"""The log worker on its own: batching by size and by age, acknowledgement only after the S3 write,
+deterministic object keys, partitioning, metrics, and the reader CLI."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+import pytest
+from log_pipeline import (
+    LogSetup,
+    TcpProxy,
+    eventually,
+    make_record,
+    metric,
+    request_ids_in_s3,
+    running_worker,
+    s3_has_exactly,
+    started_publisher,
+)
+from prometheus_client import REGISTRY
+
+from log_worker import reader
+from log_worker.worker import parse_message
+from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, InferenceLogRecord, encode_message, read_inference_logs
+from mlops_common.rabbit import declare_topology
+
+
+def test_parse_message_separates_valid_records_from_rejects():
+    good = [make_record(), make_record()]
+    body = encode_message([good[0].to_json_bytes(), b"{oops", b"", good[1].to_json_bytes()])
+    records, rejects = parse_message(body)
+    assert records == good
+    assert [line for line, _ in rejects] == [b"{oops"]
+    assert "invalid inference-log record" in rejects[0][1]
+    assert parse_message(b"\n \n") == ([], [(b"\n \n", "empty message")])
+
+
+def object_keys(setup: LogSetup) -> list[str]:
+    client = setup.s3.client()
+    return [o["Key"] for o in client.list_objects_v2(Bucket=setup.bucket, Prefix=setup.prefix).get("Contents", [])]
+
+
+async def publish_raw(setup: LogSetup, bodies: list[bytes]) -> None:
+    """One message per body, published and confirmed before returning (declares the topology: the
+    worker may not have yet)."""
+    connection = await aio_pika.connect(setup.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange, _, _ = await declare_topology(channel, setup.topology)
+        for body in bodies:
+            message = aio_pika.Message(body, content_type=MESSAGE_CONTENT_TYPE)
+            await exchange.publish(message, setup.topology.routing_key)
+
+
+@pytest.mark.integration
+async def test_full_batches_are_written_at_once_and_the_rest_on_stop(log_setup: LogSetup):
+    records = [make_record() for _ in range(250)]
+    async with started_publisher(log_setup.publisher_settings(log_message_max_records=10)) as publisher:
+        for record in records:
+            publisher.submit(record)
+    assert publisher.stats.confirmed == 250
+
+    # The age limit is far away: only full batches (100 records, 10 messages) are written.
+    async with running_worker(log_setup.worker_settings(batch_max_records=100, batch_max_age_s=600)):
+        await eventually(lambda: s3_has_exactly(log_setup, {r.request_id for r in records[:200]}), what="2 batches")
+        assert len(await asyncio.to_thread(object_keys, log_setup)) == 2
+    # Stopping flushed the partial batch.
+    assert await s3_has_exactly(log_setup, {r.request_id for r in records})
+    assert len(await asyncio.to_thread(object_keys, log_setup)) == 3
+
+
+@pytest.mark.integration
+async def test_a_partial_batch_is_written_when_it_is_old_enough(log_setup: LogSetup):
+    records = [make_record() for _ in range(30)]
+    async with running_worker(log_setup.worker_settings(batch_max_records=10_000, batch_max_age_s=0.3)):
+        await publish_raw(log_setup, [encode_message([r.to_json_bytes() for r in records])])
+        # No further message arrives: the timer alone flushes the batch.
+        await eventually(lambda: s3_has_exactly(log_setup, {r.request_id for r in records}), what="the timed flush")
+
+
+@pytest.mark.integration
+async def test_a_retried_batch_overwrites_its_object(log_setup: LogSetup):
+    records = [make_record() for _ in range(20)]
+    body = encode_message([r.to_json_bytes() for r in records])
+    settings = log_setup.worker_settings(batch_max_records=20, batch_max_age_s=0.2)
+    async with running_worker(settings):
+        await publish_raw(log_setup, [body])
+        await eventually(lambda: s3_has_exactly(log_setup, {r.request_id for r in records}), what="the first write")
+        first_keys = await asyncio.to_thread(object_keys, log_setup)
+        # The same batch again (as after a write whose acks were lost), in another order.
+        await publish_raw(log_setup, [encode_message([r.to_json_bytes() for r in reversed(records)])])
+        consumed = metric("log_worker_records_written_total")
+        await eventually(lambda: metric("log_worker_records_written_total") >= consumed + 20, what="the rewrite")
+    assert await asyncio.to_thread(object_keys, log_setup) == first_keys
+    assert len(first_keys) == 1
+    assert sorted(await asyncio.to_thread(request_ids_in_s3, log_setup.s3, log_setup.bucket, log_setup.prefix)) == (
+        sorted(r.request_id for r in records)
+    )
+
+
+@pytest.mark.integration
+async def test_records_are_partitioned_by_model_version_date_and_hour(log_setup: LogSetup):
+    hour = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
+    records = [
+        make_record("a1", timestamp=hour - timedelta(microseconds=1)),
+        make_record("a2", timestamp=hour),
+        make_record("a3", timestamp=hour + timedelta(minutes=59)),
+        make_record("b1", timestamp=hour, model_version="2"),
+    ]
+    async with running_worker(log_setup.worker_settings(batch_max_age_s=0.2)):
+        await publish_raw(log_setup, [encode_message([r.to_json_bytes() for r in records])])
+        await eventually(lambda: s3_has_exactly(log_setup, {"a1", "a2", "a3", "b1"}), what="the batch")
+    keys = sorted(await asyncio.to_thread(object_keys, log_setup))
+    partitions = sorted(key.rsplit("/", 1)[0] for key in keys)
+    assert partitions == [
+        "inference-logs/model=credit_default/version=1/date=2026-03-01/hour=22",
+        "inference-logs/model=credit_default/version=1/date=2026-03-01/hour=23",
+        "inference-logs/model=credit_default/version=2/date=2026-03-01/hour=23",
+    ]
+    frame = await asyncio.to_thread(
+        read_inference_logs, log_setup.worker_settings(), hour - timedelta(hours=1), hour + timedelta(hours=1)
+    )
+    assert list(frame["request_id"]) == ["a1", "a2", "b1", "a3"]
+    by_id = {r.request_id: r for r in records}
+    for row in frame.to_dict("records"):
+        assert (
+            InferenceLogRecord(
+                request_id=row["request_id"],
+                timestamp=row["timestamp"].to_pydatetime(),
+                entity_id=row["entity_id"],
+                features={name: row[name] for name in by_id["a1"].features},
+                store_features=list(row["store_features"]),
+                model_name=row["model_name"],
+                model_version=row["model_version"],
+                probability=row["probability"],
+                decision=row["decision"],
+                latency_ms=row["latency_ms"],
+            )
+            == by_id[row["request_id"]]
+        )
+
+
+@pytest.mark.integration
+async def test_nothing_is_acknowledged_before_it_is_in_s3(log_setup: LogSetup, s3_proxy: TcpProxy):
+    settings = log_setup.worker_settings(s3_endpoint_url=f"http://127.0.0.1:{s3_proxy.port}", batch_max_age_s=0.2)
+    first = [make_record() for _ in range(10)]
+    held = [make_record() for _ in range(100)]
+    failures = metric("log_worker_write_failures_total")
+    async with running_worker(settings):
+        await publish_raw(log_setup, [encode_message([r.to_json_bytes() for r in first])])
+        await eventually(lambda: s3_has_exactly(log_setup, {r.request_id for r in first}), what="the first batch")
+        s3_proxy.down()
+        await publish_raw(log_setup, [r.to_json_bytes() for r in held])
+        await eventually(lambda: metric("log_worker_write_failures_total") > failures, what="a failed write")
+    # The worker stopped while S3 was down: every held record is back in the queue, none was acked.
+    connection = await aio_pika.connect(log_setup.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(log_setup.topology.queue)
+        queued = []
+        while (message := await queue.get(fail=False)) is not None:
+            queued.extend(InferenceLogRecord.from_json_bytes(line).request_id for line in message.body.split(b"\n"))
+            await message.ack()
+    assert sorted(set(queued)) == sorted(r.request_id for r in held)
+
+
+@pytest.mark.integration
+async def test_worker_metrics_are_registered(log_setup: LogSetup):
+    records = [make_record() for _ in range(5)]
+    async with running_worker(log_setup.worker_settings(batch_max_age_s=0.2)):
+        consumed = metric("log_worker_messages_consumed_total")
+        await publish_raw(log_setup, [encode_message([r.to_json_bytes() for r in records])])
+        await eventually(lambda: s3_has_exactly(log_setup, {r.request_id for r in records}), what="the batch")
+    assert metric("log_worker_messages_consumed_total") == consumed + 1
+    for name in (
+        "log_worker_batches_written_total",
+        "log_worker_records_written_total",
+        "log_worker_batch_write_seconds_count",
+    ):
+        assert metric(name) > 0, name
+    for name in ("log_worker_write_failures_total", "log_worker_dead_lettered_total"):
+        assert REGISTRY.get_sample_value(name) is not None, name
+
+
+@pytest.mark.integration
+async def test_reader_cli_prints_keys_and_row_count(log_setup: LogSetup, monkeypatch, capsys):
+    now = datetime.now(UTC)
+    records = [make_record(timestamp=now - timedelta(minutes=5)) for _ in range(7)]
+    async with running_worker(log_setup.worker_settings(batch_max_age_s=0.2)):
+        await publish_raw(log_setup, [encode_message([r.to_json_bytes() for r in records])])
+        await eventually(lambda: s3_has_exactly(log_setup, {r.request_id for r in records}), what="the batch")
+        # One record again, in an object of its own: the reader counts distinct request ids, not rows.
+        written = metric("log_worker_records_written_total")
+        await publish_raw(log_setup, [records[0].to_json_bytes()])
+        await eventually(lambda: metric("log_worker_records_written_total") > written, what="the duplicate")
+    for key, value in log_setup.worker_env().items():
+        monkeypatch.setenv(key, value)
+    assert await asyncio.to_thread(reader.main, ["--since", "1h"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    keys = sorted(await asyncio.to_thread(object_keys, log_setup))
+    assert len(keys) == 2
+    assert out[:-1] == [f"s3://{log_setup.bucket}/{key}" for key in keys]
+    assert out[-1].startswith("7 inference-log rows (distinct request ids) in ")

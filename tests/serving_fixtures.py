@@ -1,0 +1,59 @@
+"""Serving processes for tests: model sync and the BFF as real subprocesses on the session's servers."""
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.components import app_daemon
+from devstack.processes import Daemon
+
+
+@dataclass
+class Serving:
+    env: dict[str, str]
+    bff_url: str
+    bff: Daemon
+    model_sync: Daemon
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.bff_url, timeout=10.0, **kwargs)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
+
+
+def start_serving(env: dict[str, str], logs: Path) -> Serving:
+    sync = app_daemon("model_sync", "model_sync", logs / "model_sync.log", env=env, die_with_parent=True).start()
+    url = f"http://{env['BFF_HOST']}:{env['BFF_PORT']}"
+    bff = app_daemon("bff", "bff", logs / "bff.log", env=env, health=f"{url}/health/ready", die_with_parent=True)
+    try:
+        bff.start(timeout_s=120)
+    except Exception:
+        sync.stop()
+        raise
+    return Serving(env, url, bff, sync)
+
+
+@pytest.fixture(scope="module")
+def serving(trained_platform, tmp_path_factory) -> Iterator[Serving]:
+    """Model sync (Python-backend runtime, 1 s interval) + BFF serving the session's champion."""
+    env = {**trained_platform.env, "TRITON_RUNTIME": "python", "SYNC_INTERVAL_S": "1"}
+    serving = start_serving(env, tmp_path_factory.mktemp("serving-logs"))
+    try:
+        yield serving
+    finally:
+        serving.bff.stop()
+        serving.model_sync.stop()
