@@ -12,9 +12,14 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/services:$(CURDIR)/data:$(CURDIR)/feature_repo
 export PYTHONUNBUFFERED := 1
 
-DEMO_ROWS ?= 20000
+# Synthetic applicants generated when data/ has no Home Credit CSVs (the real Kaggle files are used if present).
+DEMO_APPLICANTS ?= 20000
+BFF_URL := http://127.0.0.1:8080
+# The local stack's addresses and credentials as environment variables, for the platform's commands.
+STACK_ENV = eval "$$($(PY) -m devstack env)" &&
+FEATURES_BODY := {"AMT_INCOME_TOTAL": 50000, "AMT_CREDIT": 200000, "AMT_ANNUITY": 15000, "DAYS_BIRTH": -12000, "DAYS_EMPLOYED": -2000, "bureau_credit_count": 3, "bureau_credit_active_count": 1, "bureau_credit_days_enddate_mean": -500, "bureau_amt_credit_sum": 300000, "bureau_amt_credit_sum_overdue": 0}
 
-.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-status data features train k8s-tools
+.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-status data features train serve predict k8s-tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -62,3 +67,32 @@ stack-status: $(VENV)/.installed ## Health of every stack component
 
 test: setup lint k8s-tools ## Set up and run every test (unit, integration on the real stack, chart)
 	$(VENV)/bin/pytest
+
+data: $(VENV)/.installed ## Synthetic Home Credit CSVs in data/ (kept if present: real Kaggle files win)
+	$(PY) data/synthetic_home_credit.py --applicants $(DEMO_APPLICANTS)
+
+features: data ## Raw CSVs -> S3 -> Parquet offline store -> feast apply -> Redis online store
+	$(STACK_ENV) $(PY) -m feature_store upload
+	$(STACK_ENV) $(PY) -m feature_store run
+
+train: ## Train, export to ONNX, register in MLflow, gate the champion alias
+	$(STACK_ENV) $(PY) -m trainer
+
+serve: ## Model sync (champion -> Triton), log worker and BFF as managed daemons
+	$(PY) -m devstack start-app model_sync -- $(PY) -m model_sync
+	$(PY) -m devstack start-app log_worker -- $(PY) -m log_worker
+	$(PY) -m devstack start-app bff --health $(BFF_URL)/health/ready -- $(PY) -m bff
+
+predict: ## The README's three curl calls against the BFF, then the inference logs in S3
+	@echo "--- POST /predict (features in the body)"
+	curl -sS --fail-with-body -X POST $(BFF_URL)/predict -H 'Content-Type: application/json' -d '$(FEATURES_BODY)'
+	@echo; echo "--- POST /predict (features from the online store)"
+	curl -sS --fail-with-body -X POST $(BFF_URL)/predict -H 'Content-Type: application/json' -d '{"SK_ID_CURR": 100002}'
+	@echo; echo "--- POST /predict/batch (two rows)"
+	curl -sS --fail-with-body -X POST $(BFF_URL)/predict/batch -H 'Content-Type: application/json' -d '[$(FEATURES_BODY), {"SK_ID_CURR": 100002, "AMT_CREDIT": 250000}]'
+	@echo; echo "--- inference logs in S3 (the worker flushes a partial batch after BATCH_MAX_AGE_S)"
+	sleep 7
+	$(STACK_ENV) $(PY) -m log_worker.reader --since 15m
+
+demo: stack-up features train serve predict ## Set up, start the stack, run the platform end to end
+	@echo; echo "MLflow UI: http://127.0.0.1:5000   BFF docs: $(BFF_URL)/docs   stack: make stack-status / make stack-down"

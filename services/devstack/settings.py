@@ -143,4 +143,6 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
             "TRITON_HTTP_URL": self.triton_http_url,
             "RABBITMQ_URL": self.rabbitmq_url.get_secret_value(),
             "MODEL_REPOSITORY": str(self.model_repository),
+            # No NGC image here: Triton serves the ONNX model through its Python backend.
+            "TRITON_RUNTIME": "python",
         }

@@ -64,6 +64,8 @@ class MlflowSettings(PlatformSettings):
         """Hand the client limits to MLflow, which only reads them from the process environment."""
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(self.mlflow_http_request_timeout)
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(self.mlflow_http_request_max_retries)
+        # Progress bars are for terminals; in a service log they are noise.
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
 
 class TritonSettings(PlatformSettings):

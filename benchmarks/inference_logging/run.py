@@ -1,0 +1,173 @@
+"""Inference-logging cost: BFF ``/predict`` with logging on (RabbitMQ + log worker) vs off, in one run.
+
+    .venv/bin/python benchmarks/inference_logging/run.py --out benchmarks/results/inference_logging.md
+
+Two BFFs run side by side on the same Triton, identical except ``INFERENCE_LOGGING_ENABLED``; only one
+gets traffic at a time. Phases alternate on/off in an ABBA order (on, off, off, on, on, off, ...) so
+slow drift of the shared machine hits both equally, with a pause between phases long enough for the
+log worker to flush the previous phase (its batch age is 5 s). Target: logging costs <= 5 % of p99
+latency and of throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.loadgen import LoadResult, run_load
+from benchmarks.stack import ROOT, BenchPlatform, feature_bodies, machine_summary, remove_work_dir
+
+log = logging.getLogger("benchmarks.inference_logging")
+
+
+def pooled(results: list[LoadResult]) -> LoadResult:
+    latencies = tuple(x for r in results for x in r.latencies_ms)
+    return LoadResult(
+        label=results[0].label,
+        concurrency=results[0].concurrency,
+        rows_per_request=1,
+        requests=sum(r.requests for r in results),
+        errors=sum(r.errors for r in results),
+        elapsed_s=sum(r.elapsed_s for r in results),
+        latencies_ms=latencies,
+    )
+
+
+async def alternate(urls: dict[bool, str], rounds: int, concurrency: int, duration_s: float, settle_s: float):
+    bodies = feature_bodies(1000)
+    order = [logging_on for i in range(rounds) for logging_on in ((True, False) if i % 2 == 0 else (False, True))]
+    phases: list[tuple[bool, LoadResult]] = []
+    for logging_on in order:
+        await asyncio.sleep(settle_s)
+        result = await run_load(
+            f"{urls[logging_on]}/predict",
+            lambda i: bodies[i % len(bodies)],
+            concurrency=concurrency,
+            max_requests=100_000,
+            duration_s=duration_s,
+            warmup_requests=50,
+            label="on" if logging_on else "off",
+        )
+        log.info(
+            "logging %s: %.0f req/s p50 %.2f p99 %.2f ms", result.label, result.requests_per_s, result.p50_ms, result.p99_ms
+        )
+        phases.append((logging_on, result))
+    return phases
+
+
+def report(command, platform, phases, concurrency, duration_s, delivered: dict[str, float], took_s: float) -> str:
+    machine = machine_summary()
+    on = pooled([r for flag, r in phases if flag])
+    off = pooled([r for flag, r in phases if not flag])
+    p99_cost = (on.p99_ms - off.p99_ms) / off.p99_ms * 100
+    tput_cost = (off.requests_per_s - on.requests_per_s) / off.requests_per_s * 100
+    p50_cost = (on.p50_ms - off.p50_ms) / off.p50_ms * 100
+    ok = {True: "**met**", False: "**not met**"}
+    lines = [
+        "# Inference-logging cost",
+        "",
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}",
+        f"- Command: `{command}` (whole run up to the report, platform start included: {took_s:.0f} s)",
+        f"- Machine: {machine['nproc']} CPUs (`nproc`; shared cores, not dedicated), {machine['cpu']}, "
+        f"Python {machine['python']}, no GPU. Load generator, both BFFs, Triton, RabbitMQ, the log worker and "
+        "SeaweedFS all share these cores: the log worker's CPU is charged to the logging-on phases here, "
+        "whereas in the cluster it runs in a pod of its own.",
+        f"- Model: Triton `{platform.model_name}` v{platform.model_version} (Python backend), champion trained in this "
+        "run on synthetic data",
+        f"- Load: `/predict` with all features in the body, closed loop, concurrency {concurrency}, "
+        f"{len(phases)} phases of {duration_s:.0f} s alternating on/off in ABBA order; figures pooled over the "
+        "phases of each mode",
+        "",
+        "## Result",
+        "",
+        "| logging | requests | errors | req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r.label} | {r.requests:,} | {r.errors} | {r.requests_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
+            for r in (off, on)
+        ),
+        "",
+        "| target | cost of logging | result |",
+        "|---|---:|---|",
+        f"| p99 latency +<= 5 % | {p99_cost:+.1f} % | {ok[p99_cost <= 5]} |",
+        f"| throughput -<= 5 % | {tput_cost:+.1f} % | {ok[tput_cost <= 5]} |",
+        f"| (p50 latency, for reference) | {p50_cost:+.1f} % | |",
+        "",
+        "## Phases",
+        "",
+        "| # | logging | req/s | p50 ms | p99 ms |",
+        "|---:|---|---:|---:|---:|",
+        *(
+            f"| {i + 1} | {r.label} | {r.requests_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
+            for i, (_, r) in enumerate(phases)
+        ),
+        "",
+        "## Were the records delivered?",
+        "",
+        f"- BFF (logging on): {delivered['enqueued']:,.0f} records enqueued, {delivered['confirmed']:,.0f} "
+        f"confirmed by RabbitMQ, {delivered['spooled']:,.0f} spooled to disk, {delivered['dropped']:,.0f} dropped",
+        f"- Log worker: {delivered['written']:,.0f} records written to S3 (Parquet) by the end of the run",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "inference_logging.md")
+    parser.add_argument("--rounds", type=int, default=3, help="on/off pairs")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--settle", type=float, default=6.0, help="pause before each phase")
+    parser.add_argument("--keep-work", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    command = "python " + shlex.join(["benchmarks/inference_logging/run.py", *sys.argv[1:]])
+    started = time.monotonic()
+    tmp_root = ROOT / "benchmarks" / "results" / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="inference-logging-", dir=tmp_root))
+    try:
+        with BenchPlatform.up(work) as platform:
+            platform.start_log_worker()
+            bff_on = platform.start_bff("bff-logging-on", inference_logging=True)
+            bff_off = platform.start_bff("bff-logging-off", inference_logging=False)
+            phases = asyncio.run(
+                alternate({True: bff_on.url, False: bff_off.url}, args.rounds, args.concurrency, args.duration, args.settle)
+            )
+            took = time.monotonic() - started
+            enqueued = platform.metric(f"{bff_on.url}/metrics", 'bff_inference_log_records_total{outcome="enqueued"}')
+            written = 0.0
+            worker_metrics = f"http://127.0.0.1:{platform.env['LOG_WORKER_METRICS_PORT']}/metrics"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                written = platform.metric(worker_metrics, "log_worker_records_written_total")
+                if written >= enqueued:
+                    break
+                time.sleep(1)
+            delivered = {
+                outcome: platform.metric(f"{bff_on.url}/metrics", f'bff_inference_log_records_total{{outcome="{outcome}"}}')
+                for outcome in ("enqueued", "confirmed", "spooled", "dropped")
+            }
+            delivered["written"] = written
+            text = report(command, platform, phases, args.concurrency, args.duration, delivered, took)
+    finally:
+        if not args.keep_work:
+            remove_work_dir(work)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

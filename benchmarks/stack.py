@@ -1,0 +1,327 @@
+"""A whole platform on free ports for one benchmark run, torn down at the end (even on failure).
+
+The same steps as the integration tests (``tests/conftest.py``, ``tests/platform_fixtures.py``,
+``tests/serving_fixtures.py``), without pytest: the machine's PostgreSQL, Redis and RabbitMQ (a fresh
+database and vhost of our own), a private SeaweedFS, MLflow and Triton, then synthetic data -> feature
+pipeline -> trainer (MLflow champion) -> model sync (Triton Python backend) -> BFF. Nothing uses the
+fixed ports of the local stack (8333, 5000, 8000-8002, 8080), so a running demo is left alone.
+
+Usage::
+
+    with BenchPlatform.up(work_dir) as platform:
+        bff = platform.start_bff("bff", inference_logging=False)
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in ("services", "data", "feature_repo"):
+    if str(ROOT / _path) not in sys.path:
+        sys.path.insert(0, str(ROOT / _path))
+
+from devstack import system_services as sys_svc  # noqa: E402
+from devstack.components import (  # noqa: E402
+    MlflowServer,
+    S3Server,
+    SeaweedPorts,
+    TritonServer,
+    app_daemon,
+    start_mlflow,
+    start_seaweedfs,
+    start_triton,
+)
+from devstack.processes import Daemon, free_port  # noqa: E402
+from devstack.settings import Settings as StackSettings  # noqa: E402
+from devstack.triton_home import TritonHome, ensure_triton_home  # noqa: E402
+
+log = logging.getLogger("benchmarks")
+
+# Enough rows for a stable model and a realistic online store; quick to fit.
+APPLICANTS = 4000
+QUICK_MODEL = {"max_iter": 60}
+PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "perf_analyzer"
+TAG = f"bench_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def settings_from(settings_class, env: dict[str, str]):
+    fields = settings_class.model_fields
+    return settings_class(**{k.lower(): v for k, v in env.items() if k.lower() in fields})
+
+
+def machine_summary() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": sys.version.split()[0]}
+
+
+def ensure_perf_analyzer() -> Path:
+    """perf_analyzer from the tritonclient 2.51.0 wheel (newer ones need glibc 2.38), unpacked into
+    the git-ignored ``.tools/perf_analyzer/``; that tritonclient is never installed (it pins protobuf<5)."""
+    if PERF_ANALYZER.exists():
+        return PERF_ANALYZER
+    import zipfile
+
+    PERF_ANALYZER.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "tritonclient==2.51.0", "-d", str(PERF_ANALYZER.parent)],
+        check=True,
+    )
+    wheel = next(PERF_ANALYZER.parent.glob("tritonclient-2.51.0-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        member = next(n for n in archive.namelist() if n.endswith("/bin/perf_analyzer"))
+        PERF_ANALYZER.write_bytes(archive.read(member))
+    PERF_ANALYZER.chmod(0o755)
+    wheel.unlink()
+    return PERF_ANALYZER
+
+
+@dataclass
+class Bff:
+    name: str
+    url: str
+    daemon: Daemon
+
+
+@dataclass
+class BenchPlatform:
+    work: Path
+    env: dict[str, str]
+    triton: TritonServer
+    triton_home: TritonHome
+    model_version: int = 0
+    _cleanups: list = field(default_factory=list)
+
+    # -- bring-up ---------------------------------------------------------------------------------
+    @classmethod
+    @contextlib.contextmanager
+    def up(cls, work: Path) -> Iterator[BenchPlatform]:
+        """Start everything, train a champion and have Triton serve it; stop and delete it all at the end."""
+        work.mkdir(parents=True, exist_ok=True)
+        logs = work / "logs"
+        cleanups: list = []
+        try:
+            platform = cls._start(work, logs, cleanups)
+            platform._cleanups = cleanups
+            yield platform
+        finally:
+            for what, cleanup in reversed(cleanups):
+                try:
+                    cleanup()
+                except Exception as err:  # keep tearing down the rest
+                    log.warning("cleanup of %s failed: %s", what, err)
+
+    @classmethod
+    def _start(cls, work: Path, logs: Path, cleanups: list) -> BenchPlatform:
+        s = StackSettings()
+        started = time.monotonic()
+        admin_dsn = sys_svc.ensure_postgres(
+            s.postgres_host,
+            s.postgres_port,
+            admin_user=s.postgres_admin_user,
+            admin_database=s.postgres_admin_database,
+            install=s.install_missing,
+        )
+        redis_host, redis_port = s.redis_host_port
+        sys_svc.ensure_redis(redis_host, redis_port, install=s.install_missing)
+        rabbit_host, rabbit_port = s.rabbitmq_host_port
+        sys_svc.ensure_rabbitmq(rabbit_host, rabbit_port, install=s.install_missing)
+        sys_svc.create_vhost(TAG)
+        cleanups.append(("rabbitmq vhost", lambda: sys_svc.delete_vhost(TAG)))
+
+        s3 = start_seaweedfs(
+            work / "seaweedfs",
+            SeaweedPorts.free(),
+            access_key=f"bench-{secrets.token_hex(4)}",
+            secret_key=secrets.token_hex(16),
+            log_path=logs / "seaweedfs.log",
+            die_with_parent=True,
+        )
+        s3.daemon.stop_timeout_s = 5.0
+        cleanups.append(("seaweedfs", s3.stop))
+
+        sys_svc.create_database(admin_dsn, TAG)
+        cleanups.append(("postgres database", lambda: sys_svc.drop_database(admin_dsn, TAG)))
+        mlflow: MlflowServer = start_mlflow(
+            sys_svc.postgres_dsn(
+                TAG,
+                user=s.postgres_admin_user,
+                host=s.postgres_host,
+                port=s.postgres_port,
+                driver="postgresql+psycopg2",
+            ),
+            f"s3://{s3.new_bucket('mlflow')}/artifacts",
+            free_port(),
+            s3.env(),
+            logs / "mlflow.log",
+            cwd=work,
+            die_with_parent=True,
+            timeout_s=180.0,
+        )
+        cleanups.append(("mlflow", mlflow.stop))
+
+        home_dir = work / "triton-home"
+        triton = start_triton(
+            work / "model_repository",
+            free_port(),
+            free_port(),
+            free_port(),
+            logs / "triton.log",
+            home_dir=home_dir,
+            triton_venv=s.triton_venv,
+            die_with_parent=True,
+        )
+        cleanups.append(("triton", triton.stop))
+        home = ensure_triton_home(home_dir, s.triton_venv)
+        log.info("servers up in %.0f s", time.monotonic() - started)
+
+        env = cls._platform_env(work, s3, mlflow, triton, f"{redis_host}:{redis_port}", rabbit_host, rabbit_port)
+        platform = cls(work=work, env=env, triton=triton, triton_home=home)
+        platform._cleanups = cleanups
+        platform._train(s3)
+        platform._start_model_sync(logs)
+        return platform
+
+    @staticmethod
+    def _platform_env(work, s3: S3Server, mlflow, triton, redis_host_port, rabbit_host, rabbit_port) -> dict[str, str]:
+        return {
+            **{k: v for k, v in s3.env().items() if k != "MLFLOW_S3_ENDPOINT_URL"},
+            "RAW_BUCKET": s3.new_bucket("raw"),
+            "OFFLINE_BUCKET": s3.new_bucket("offline"),
+            "LOGS_BUCKET": s3.new_bucket("logs"),
+            "MLFLOW_TRACKING_URI": mlflow.tracking_uri,
+            "MLFLOW_EXPERIMENT_NAME": f"bench-{secrets.token_hex(4)}",
+            "REGISTERED_MODEL_NAME": f"bench-{secrets.token_hex(4)}",
+            "FEAST_PROJECT": f"bench_{secrets.token_hex(4)}",
+            "FEAST_REGISTRY_PATH": str(work / "feast" / "registry.db"),
+            "FEAST_SQLITE_PATH": str(work / "feast" / "online.db"),
+            "FEAST_REDIS_CONNECTION": f"{redis_host_port},db=0",
+            "FEAST_S3_ENDPOINT_URL": s3.endpoint_url,
+            "TRITON_GRPC_URL": triton.grpc_url,
+            "TRITON_HTTP_URL": triton.http_url,
+            "TRITON_MODEL_NAME": "credit_default",
+            "TRITON_RUNTIME": "python",
+            "MODEL_REPOSITORY": str(triton.model_repository),
+            "SYNC_INTERVAL_S": "1",
+            "RABBITMQ_URL": f"amqp://guest:guest@{rabbit_host}:{rabbit_port}/{TAG}",
+            "INFERENCE_LOG_EXCHANGE": f"inference-logs-{secrets.token_hex(4)}",
+            "INFERENCE_LOG_QUEUE": f"inference-logs-{secrets.token_hex(4)}",
+            "MODEL_SYNC_METRICS_PORT": str(free_port()),
+            "LOG_WORKER_METRICS_PORT": str(free_port()),
+            "LOG_LEVEL": "WARNING",
+        }
+
+    def _train(self, s3: S3Server) -> None:
+        from feature_store import pipeline
+        from feature_store.settings import Settings as FeatureStoreSettings
+        from synthetic_home_credit import generate
+        from trainer.settings import Settings as TrainerSettings
+        from trainer.train import TrainingRequest, train
+
+        started = time.monotonic()
+        # Feast reads the offline store's S3 credentials only from the process environment.
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            os.environ[key] = s3.env()[key]
+        (self.work / "feast").mkdir(parents=True, exist_ok=True)
+        data_dir = self.work / "data"
+        generate(APPLICANTS, seed=11).write(data_dir)
+        fs_settings = settings_from(FeatureStoreSettings, self.env)
+        pipeline.upload_raw(fs_settings, data_dir)
+        pipeline.run(fs_settings)
+        result = train(settings_from(TrainerSettings, self.env), TrainingRequest(hyperparameters=QUICK_MODEL))
+        if not result.decision.promoted:
+            raise RuntimeError(f"the trained model was not promoted: {result.decision}")
+        log.info("data, features and champion ready in %.0f s", time.monotonic() - started)
+
+    def _start_model_sync(self, logs: Path) -> None:
+        sync = app_daemon("model_sync", "model_sync", logs / "model_sync.log", env=self.env, die_with_parent=True)
+        sync.start()
+        self._cleanups.append(("model_sync", sync.stop))
+        model = self.env["TRITON_MODEL_NAME"]
+        deadline = time.monotonic() + 180
+        with httpx.Client(base_url=self.triton.base_url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"/v2/models/{model}/ready").status_code == 200:
+                        self.model_version = int(client.get(f"/v2/models/{model}").json()["versions"][0])
+                        return
+                time.sleep(0.5)
+        raise TimeoutError(f"Triton did not load {model} within 180 s; see {logs / 'model_sync.log'}")
+
+    # -- what the benchmarks use ------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.env["TRITON_MODEL_NAME"]
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.triton.model_repository / self.model_name / str(self.model_version) / "model.onnx"
+
+    def start_bff(self, name: str, *, inference_logging: bool, **extra: str) -> Bff:
+        port = free_port()
+        env = {
+            **self.env,
+            "BFF_HOST": "127.0.0.1",
+            "BFF_PORT": str(port),
+            "INFERENCE_LOGGING_ENABLED": str(inference_logging).lower(),
+            "LOG_SPOOL_DIR": str(self.work / f"{name}-spool"),
+            **extra,
+        }
+        url = f"http://127.0.0.1:{port}"
+        daemon = app_daemon(
+            name, "bff", self.work / "logs" / f"{name}.log", env=env, health=f"{url}/health/ready", die_with_parent=True
+        )
+        daemon.start(timeout_s=120)
+        self._cleanups.append((name, daemon.stop))
+        return Bff(name, url, daemon)
+
+    def start_log_worker(self) -> Daemon:
+        daemon = app_daemon(
+            "log_worker", "log_worker", self.work / "logs" / "log_worker.log", env=self.env, die_with_parent=True
+        )
+        daemon.start()
+        self._cleanups.append(("log_worker", daemon.stop))
+        return daemon
+
+    def metric(self, url: str, name: str) -> float:
+        """Sum of a Prometheus metric's samples (all labels) at ``url``; ``name{label="x"}`` for one series."""
+        total = 0.0
+        text = httpx.get(url, timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                key = line.rsplit(" ", 1)[0]
+                if key == name or key.startswith(name + "{") or "{" in name:
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def remove_work_dir(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def feature_bodies(count: int, seed: int = 7) -> list[dict[str, float]]:
+    """``count`` varied /predict bodies with every feature given (no online-store read)."""
+    import random
+
+    from bff.schemas import FEATURES_EXAMPLE
+
+    rng = random.Random(seed)
+    return [{k: float(round(v * rng.uniform(0.5, 1.5))) for k, v in FEATURES_EXAMPLE.items()} for _ in range(count)]
