@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -12,6 +13,8 @@ class Settings(MlflowSettings, TritonSettings):
     model_repository: Path = REPO_ROOT / ".stack" / "model_repository"
     champion_alias: str = "champion"
     triton_runtime: TritonRuntime = TritonRuntime.ONNXRUNTIME
+    # KIND_GPU on GPU nodes (the chart sets it from triton.gpu.enabled).
+    triton_instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
     sync_interval_s: float = Field(15.0, gt=0)
     triton_load_timeout_s: float = Field(120.0, gt=0)
     # How long `--once` (the init container) waits for a first champion before failing the pod.

@@ -44,7 +44,9 @@ class ModelSync:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.repository = ModelRepository(
-            settings.model_repository, TritonModelSpec(name=settings.triton_model_name), settings.triton_runtime
+            settings.model_repository,
+            TritonModelSpec(name=settings.triton_model_name, instance_kind=settings.triton_instance_kind),
+            settings.triton_runtime,
         )
         self.mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
         self._triton: grpcclient.InferenceServerClient | None = None
