@@ -50,6 +50,8 @@ from devstack.settings import Settings as StackSettings  # noqa: E402
 from devstack.triton_home import TritonHome, ensure_triton_home  # noqa: E402
 
 log = logging.getLogger("benchmarks")
+# A line per health poll would bury the benchmark's own log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Enough rows for a stable model and a realistic online store; quick to fit.
 APPLICANTS = 4000
@@ -70,7 +72,13 @@ def machine_summary() -> dict[str, str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": sys.version.split()[0]}
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": sys.version.split()[0], "loadavg": load_average()}
+
+
+def load_average() -> str:
+    """1/5/15-minute load averages: other work on the shared machine shows up here."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
 def ensure_perf_analyzer() -> Path:
@@ -325,3 +333,16 @@ def feature_bodies(count: int, seed: int = 7) -> list[dict[str, float]]:
 
     rng = random.Random(seed)
     return [{k: float(round(v * rng.uniform(0.5, 1.5))) for k, v in FEATURES_EXAMPLE.items()} for _ in range(count)]
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process and its reaped children (``/proc/<pid>/stat``), 0 when gone."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # utime, stime, cutime, cstime are fields 14-17 of stat (11-14 after pid and comm are cut off).
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")

@@ -19,12 +19,21 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.loadgen import LoadResult, run_load
-from benchmarks.stack import ROOT, BenchPlatform, feature_bodies, machine_summary, remove_work_dir
+from benchmarks.stack import (
+    ROOT,
+    BenchPlatform,
+    cpu_seconds,
+    feature_bodies,
+    load_average,
+    machine_summary,
+    remove_work_dir,
+)
 
 log = logging.getLogger("benchmarks.inference_logging")
 
@@ -42,12 +51,34 @@ def pooled(results: list[LoadResult]) -> LoadResult:
     )
 
 
-async def alternate(urls: dict[bool, str], rounds: int, concurrency: int, duration_s: float, settle_s: float):
+@dataclass(frozen=True)
+class Phase:
+    logging_on: bool
+    result: LoadResult
+    # CPU seconds spent during the phase by the BFF that took the traffic, and by the log worker.
+    bff_cpu_s: float
+    worker_cpu_s: float
+
+    @property
+    def bff_cpu_us_per_request(self) -> float:
+        return self.bff_cpu_s / self.result.requests * 1e6 if self.result.requests else float("nan")
+
+
+async def alternate(
+    urls: dict[bool, str],
+    pids: dict[bool, int | None],
+    worker_pid: int | None,
+    rounds: int,
+    concurrency: int,
+    duration_s: float,
+    settle_s: float,
+) -> list[Phase]:
     bodies = feature_bodies(1000)
     order = [logging_on for i in range(rounds) for logging_on in ((True, False) if i % 2 == 0 else (False, True))]
-    phases: list[tuple[bool, LoadResult]] = []
+    phases: list[Phase] = []
     for logging_on in order:
         await asyncio.sleep(settle_s)
+        bff_cpu, worker_cpu = cpu_seconds(pids[logging_on]), cpu_seconds(worker_pid)
         result = await run_load(
             f"{urls[logging_on]}/predict",
             lambda i: bodies[i % len(bodies)],
@@ -58,16 +89,34 @@ async def alternate(urls: dict[bool, str], rounds: int, concurrency: int, durati
             label="on" if logging_on else "off",
         )
         log.info(
-            "logging %s: %.0f req/s p50 %.2f p99 %.2f ms", result.label, result.requests_per_s, result.p50_ms, result.p99_ms
+            "logging %s: %.0f req/s p50 %.2f p99 %.2f ms",
+            result.label,
+            result.requests_per_s,
+            result.p50_ms,
+            result.p99_ms,
         )
-        phases.append((logging_on, result))
+        bff_cpu = cpu_seconds(pids[logging_on]) - bff_cpu
+        worker_cpu = cpu_seconds(worker_pid) - worker_cpu
+        phases.append(Phase(logging_on, result, bff_cpu, worker_cpu))
     return phases
 
 
-def report(command, platform, phases, concurrency, duration_s, delivered: dict[str, float], took_s: float) -> str:
+def report(
+    command, platform, phases, concurrency, duration_s, delivered: dict[str, float], took_s: float, load_at_start: str
+) -> str:
     machine = machine_summary()
-    on = pooled([r for flag, r in phases if flag])
-    off = pooled([r for flag, r in phases if not flag])
+    on = pooled([p.result for p in phases if p.logging_on])
+    off = pooled([p.result for p in phases if not p.logging_on])
+    on_phases = [p for p in phases if p.logging_on]
+    off_phases = [p for p in phases if not p.logging_on]
+    bff_cpu_on = sum(p.bff_cpu_s for p in on_phases) / on.requests * 1e6
+    bff_cpu_off = sum(p.bff_cpu_s for p in off_phases) / off.requests * 1e6
+    worker_cpu_on = delivered["worker_cpu_s"] / on.requests * 1e6
+    bff_cpu_cost = (bff_cpu_on - bff_cpu_off) / bff_cpu_off * 100
+    spread = {
+        label: (min(p.result.requests_per_s for p in group), max(p.result.requests_per_s for p in group))
+        for label, group in (("off", off_phases), ("on", on_phases))
+    }
     p99_cost = (on.p99_ms - off.p99_ms) / off.p99_ms * 100
     tput_cost = (off.requests_per_s - on.requests_per_s) / off.requests_per_s * 100
     p50_cost = (on.p50_ms - off.p50_ms) / off.p50_ms * 100
@@ -80,7 +129,8 @@ def report(command, platform, phases, concurrency, duration_s, delivered: dict[s
         f"- Machine: {machine['nproc']} CPUs (`nproc`; shared cores, not dedicated), {machine['cpu']}, "
         f"Python {machine['python']}, no GPU. Load generator, both BFFs, Triton, RabbitMQ, the log worker and "
         "SeaweedFS all share these cores: the log worker's CPU is charged to the logging-on phases here, "
-        "whereas in the cluster it runs in a pod of its own.",
+        "whereas in the cluster it runs in a pod of its own. Load average (1/5/15 min) before the run: "
+        f"{load_at_start}; after measuring: {machine['loadavg']}.",
         f"- Model: Triton `{platform.model_name}` v{platform.model_version} (Python backend), champion trained in this "
         "run on synthetic data",
         f"- Load: `/predict` with all features in the body, closed loop, concurrency {concurrency}, "
@@ -101,14 +151,23 @@ def report(command, platform, phases, concurrency, duration_s, delivered: dict[s
         f"| p99 latency +<= 5 % | {p99_cost:+.1f} % | {ok[p99_cost <= 5]} |",
         f"| throughput -<= 5 % | {tput_cost:+.1f} % | {ok[tput_cost <= 5]} |",
         f"| (p50 latency, for reference) | {p50_cost:+.1f} % | |",
+        f"| (BFF CPU per request: {bff_cpu_off:.0f} us off, {bff_cpu_on:.0f} us on) | {bff_cpu_cost:+.1f} % | |",
+        "",
+        f"Noise: per-phase throughput ranged {spread['off'][0]:,.0f}-{spread['off'][1]:,.0f} req/s with logging off "
+        f"and {spread['on'][0]:,.0f}-{spread['on'][1]:,.0f} req/s with it on. The BFF's CPU time per request "
+        "(from `/proc/<pid>/stat`: other tenants' CPU does not count, though CPU steal and cache contention "
+        "still move it) is the closest measure of what logging costs the BFF itself. "
+        f"The log worker used {worker_cpu_on:.0f} us of CPU per logged request "
+        "(over the whole run, pauses included) on the same cores, plus RabbitMQ's share (not measured).",
         "",
         "## Phases",
         "",
-        "| # | logging | req/s | p50 ms | p99 ms |",
-        "|---:|---|---:|---:|---:|",
+        "| # | logging | req/s | p50 ms | p99 ms | BFF CPU us/request |",
+        "|---:|---|---:|---:|---:|---:|",
         *(
-            f"| {i + 1} | {r.label} | {r.requests_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
-            for i, (_, r) in enumerate(phases)
+            f"| {i + 1} | {p.result.label} | {p.result.requests_per_s:,.0f} | {p.result.p50_ms:.2f} "
+            f"| {p.result.p99_ms:.2f} | {p.bff_cpu_us_per_request:.0f} |"
+            for i, p in enumerate(phases)
         ),
         "",
         "## Were the records delivered?",
@@ -124,7 +183,7 @@ def report(command, platform, phases, concurrency, duration_s, delivered: dict[s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "inference_logging.md")
-    parser.add_argument("--rounds", type=int, default=3, help="on/off pairs")
+    parser.add_argument("--rounds", type=int, default=4, help="on/off pairs")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--settle", type=float, default=6.0, help="pause before each phase")
@@ -133,16 +192,26 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     command = "python " + shlex.join(["benchmarks/inference_logging/run.py", *sys.argv[1:]])
     started = time.monotonic()
+    load_at_start = load_average()
     tmp_root = ROOT / "benchmarks" / "results" / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="inference-logging-", dir=tmp_root))
     try:
         with BenchPlatform.up(work) as platform:
-            platform.start_log_worker()
+            worker = platform.start_log_worker()
             bff_on = platform.start_bff("bff-logging-on", inference_logging=True)
             bff_off = platform.start_bff("bff-logging-off", inference_logging=False)
+            worker_cpu_start = cpu_seconds(worker.pid())
             phases = asyncio.run(
-                alternate({True: bff_on.url, False: bff_off.url}, args.rounds, args.concurrency, args.duration, args.settle)
+                alternate(
+                    {True: bff_on.url, False: bff_off.url},
+                    {True: bff_on.daemon.pid(), False: bff_off.daemon.pid()},
+                    worker.pid(),
+                    args.rounds,
+                    args.concurrency,
+                    args.duration,
+                    args.settle,
+                )
             )
             took = time.monotonic() - started
             enqueued = platform.metric(f"{bff_on.url}/metrics", 'bff_inference_log_records_total{outcome="enqueued"}')
@@ -155,11 +224,14 @@ def main() -> int:
                     break
                 time.sleep(1)
             delivered = {
-                outcome: platform.metric(f"{bff_on.url}/metrics", f'bff_inference_log_records_total{{outcome="{outcome}"}}')
+                outcome: platform.metric(
+                    f"{bff_on.url}/metrics", f'bff_inference_log_records_total{{outcome="{outcome}"}}'
+                )
                 for outcome in ("enqueued", "confirmed", "spooled", "dropped")
             }
             delivered["written"] = written
-            text = report(command, platform, phases, args.concurrency, args.duration, delivered, took)
+            delivered["worker_cpu_s"] = cpu_seconds(worker.pid()) - worker_cpu_start
+            text = report(command, platform, phases, args.concurrency, args.duration, delivered, took, load_at_start)
     finally:
         if not args.keep_work:
             remove_work_dir(work)

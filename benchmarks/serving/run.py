@@ -31,11 +31,13 @@ from benchmarks.stack import (
     BenchPlatform,
     ensure_perf_analyzer,
     feature_bodies,
+    load_average,
     machine_summary,
     remove_work_dir,
 )
 
 log = logging.getLogger("benchmarks.serving")
+PIECES_ROWS = 256
 
 
 # -- (a) in-process ONNX Runtime ------------------------------------------------------------------
@@ -110,6 +112,60 @@ def bench_perf_analyzer(platform: BenchPlatform, batch: int, concurrency: int, t
     }
 
 
+# -- (d) where a 256-row /predict/batch spends its time outside Triton (in-process) ------------------
+def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, float]]:
+    """The BFF's per-request work for ``rows`` rows, step by step, as FastAPI 0.165 does it: ``json.loads``
+    of the body, pydantic validation of the list, building the predictions, validating and dumping the
+    response model. ``validate_json`` (parse + validate in one step) is shown for comparison."""
+    import json
+    import uuid
+
+    from pydantic import TypeAdapter
+
+    from bff.schemas import BatchPrediction, Prediction, PredictRequest
+
+    raw = json.dumps(feature_bodies(rows)).encode()
+    request_adapter = TypeAdapter(list[PredictRequest])
+    response_adapter = TypeAdapter(BatchPrediction)
+    parsed = json.loads(raw)
+
+    def build() -> BatchPrediction:
+        return BatchPrediction(
+            predictions=[
+                Prediction(
+                    request_id=uuid.uuid4().hex,
+                    probability=0.1,
+                    decision="approve",
+                    threshold=0.5,
+                    model_name="credit_default",
+                    model_version="1",
+                    features_from_store=[],
+                )
+                for _ in range(rows)
+            ]
+        )
+
+    answer = build()
+    steps = [
+        ("json.loads(body)", lambda: json.loads(raw)),
+        ("validate list[PredictRequest] (python)", lambda: request_adapter.validate_python(parsed)),
+        (f"build {rows} Prediction objects", build),
+        (
+            "validate + dump_json response model",
+            lambda: response_adapter.dump_json(response_adapter.validate_python(answer)),
+        ),
+        ("alternative: validate_json(body) in one step", lambda: request_adapter.validate_json(raw)),
+    ]
+    timings = []
+    for name, step in steps:
+        step()
+        started = time.perf_counter()
+        for _ in range(repeat):
+            step()
+        timings.append((name, (time.perf_counter() - started) / repeat * 1000))
+    return timings
+
+
 # -- (c) the BFF ----------------------------------------------------------------------------------
 async def bench_bff(url: str, duration_s: float) -> list[LoadResult]:
     singles = feature_bodies(1000)
@@ -144,7 +200,16 @@ async def bench_bff(url: str, duration_s: float) -> list[LoadResult]:
 
 
 # -- report ---------------------------------------------------------------------------------------
-def report(command: str, platform: BenchPlatform, ort_rows, pa_rows, bff_rows: list[LoadResult], took_s: float) -> str:
+def report(
+    command: str,
+    platform: BenchPlatform,
+    ort_rows,
+    pa_rows,
+    bff_rows: list[LoadResult],
+    took_s: float,
+    load_at_start: str,
+    pieces: list[tuple[str, float]],
+) -> str:
     machine = machine_summary()
     pa256 = next(r for r in pa_rows if r["batch"] == 256 and r["concurrency"] == 1)
     pa1 = next(r for r in pa_rows if r["batch"] == 1 and r["concurrency"] == 1)
@@ -165,7 +230,8 @@ def report(command: str, platform: BenchPlatform, ort_rows, pa_rows, bff_rows: l
         "`model.py`, 1 instance, 1 intra-op thread, dynamic batching; the native onnxruntime backend exists only in "
         "the NGC image)",
         "- Everything (load generator, BFF, Triton, Redis) shares the same cores, so the client's CPU "
-        "competes with the servers'.",
+        "competes with the servers'. Load average (1/5/15 min) before the run: "
+        f"{load_at_start}; after measuring: {machine['loadavg']} (other sessions' work on the machine shows here).",
         "",
         "## Targets",
         "",
@@ -204,6 +270,12 @@ def report(command: str, platform: BenchPlatform, ort_rows, pa_rows, bff_rows: l
             for r in bff_rows
         ),
         "",
+        f"## (d) Where a {PIECES_ROWS}-row `/predict/batch` spends its time outside Triton (in-process, no server)",
+        "",
+        "| step | ms per request |",
+        "|---|---:|",
+        *(f"| {name} | {ms:.2f} |" for name, ms in pieces),
+        "",
         "BFF: one uvicorn worker, inference logging off (`INFERENCE_LOGGING_ENABLED=false`; its cost is measured "
         "separately in `inference_logging.md`), gRPC to Triton.",
         "",
@@ -220,6 +292,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     command = "python " + shlex.join(["benchmarks/serving/run.py", *sys.argv[1:]])
     started = time.monotonic()
+    load_at_start = load_average()
     work = Path(tempfile.mkdtemp(prefix="serving-", dir=_tmp_root()))
     ensure_perf_analyzer()
     try:
@@ -229,13 +302,16 @@ def main() -> int:
             log.info("onnxruntime: %s", ort_rows)
             pa_rows = [bench_perf_analyzer(platform, b, c, work) for b, c in ((1, 1), (1, 2), (256, 1))]
             log.info("perf_analyzer: %s", pa_rows)
+            pieces = bench_request_path(PIECES_ROWS)
+            log.info("request path: %s", pieces)
             bff = platform.start_bff("bff", inference_logging=False)
             bff_rows = asyncio.run(bench_bff(bff.url, args.duration))
             for r in bff_rows:
                 log.info(
                     "%s c=%d: %.0f rows/s p50 %.2f p99 %.2f", r.label, r.concurrency, r.rows_per_s, r.p50_ms, r.p99_ms
                 )
-            text = report(command, platform, ort_rows, pa_rows, bff_rows, time.monotonic() - started)
+            took = time.monotonic() - started
+            text = report(command, platform, ort_rows, pa_rows, bff_rows, took, load_at_start, pieces)
     finally:
         if not args.keep_work:
             remove_work_dir(work)

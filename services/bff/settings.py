@@ -19,8 +19,8 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings):
     log_buffer_size: int = Field(10_000, ge=1)
     log_spool_dir: str = "/tmp/bff-log-spool"
     # Inference-log publishing (bff.inference_log): records per AMQP message (JSON lines), messages
-    # awaiting confirms at once, and how long to wait for a fuller message before publishing (at
-    # 1,000 records/s, 10 ms costs ~90 us of CPU per record, 50 ms ~30 us: fewer, fuller messages).
+    # awaiting confirms at once, and how long to wait for a fuller message before publishing (fewer,
+    # fuller messages cost less CPU per record; benchmarks/inference_logging measures the total cost).
     log_message_max_records: int = Field(100, ge=1)
     log_publish_max_in_flight: int = Field(20, ge=1)
     log_publish_linger_s: float = Field(0.05, ge=0)
