@@ -141,13 +141,7 @@ class BenchPlatform:
     def _start(cls, work: Path, logs: Path, cleanups: list) -> BenchPlatform:
         s = StackSettings()
         started = time.monotonic()
-        admin_dsn = sys_svc.ensure_postgres(
-            s.postgres_host,
-            s.postgres_port,
-            admin_user=s.postgres_admin_user,
-            admin_database=s.postgres_admin_database,
-            install=s.install_missing,
-        )
+        admin_dsn = sys_svc.ensure_postgres_for(s)
         redis_host, redis_port = s.redis_host_port
         sys_svc.ensure_redis(redis_host, redis_port, install=s.install_missing)
         rabbit_host, rabbit_port = s.rabbitmq_host_port

@@ -74,13 +74,7 @@ def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_admin_dsn(stack_settings: Settings) -> str:
     s = stack_settings
-    dsn = sys_svc.ensure_postgres(
-        s.postgres_host,
-        s.postgres_port,
-        admin_user=s.postgres_admin_user,
-        admin_database=s.postgres_admin_database,
-        install=s.install_missing,
-    )
+    dsn = sys_svc.ensure_postgres_for(s)
     for name in sys_svc.list_databases(dsn, SESSION_PREFIX):
         if _owner_gone(name):
             log.info("dropping %s, left by a test session that no longer runs", name)

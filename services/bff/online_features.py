@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from feast import FeatureStore
+from redis.exceptions import RedisError
 
 from bff.errors import DependencyUnavailableError, EntityNotFoundError
 from mlops_common.features import ENTITY_KEY, FEATURE_DTYPE, FEATURE_NAMES, FEATURE_SERVICE
@@ -39,12 +40,8 @@ class OnlineFeatures:
                 self.timeout_s,
             )
             columns = response.to_dict()
-        except (TimeoutError, OSError, ConnectionError) as err:
+        except (TimeoutError, OSError, RedisError) as err:
             raise DependencyUnavailableError(f"online store: {type(err).__name__}: {err}") from err
-        except Exception as err:  # the Redis client raises its own ConnectionError/TimeoutError types
-            if type(err).__module__.startswith("redis"):
-                raise DependencyUnavailableError(f"online store: {type(err).__name__}: {err}") from err
-            raise
         rows = {i: {name: columns[name][k] for name in FEATURE_NAMES} for k, i in enumerate(unique)}
         missing = [i for i, values in rows.items() if all(v is None for v in values.values())]
         if missing:

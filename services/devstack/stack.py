@@ -134,13 +134,7 @@ class LocalStack:
 
     def _up_postgres(self) -> None:
         s = self.settings
-        admin_dsn = sys_svc.ensure_postgres(
-            s.postgres_host,
-            s.postgres_port,
-            admin_user=s.postgres_admin_user,
-            admin_database=s.postgres_admin_database,
-            install=s.install_missing,
-        )
+        admin_dsn = sys_svc.ensure_postgres_for(s)
         password = s.mlflow_db_password.get_secret_value() if s.mlflow_db_password else None
         sys_svc.ensure_role(admin_dsn, s.mlflow_db_user, password)
         sys_svc.create_database(admin_dsn, s.mlflow_db_name, owner=s.mlflow_db_user, exist_ok=True)

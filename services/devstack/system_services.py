@@ -14,9 +14,13 @@ import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import psycopg2
+
+if TYPE_CHECKING:
+    from devstack.settings import Settings
 from psycopg2 import sql
 
 from devstack.processes import wait_until_healthy
@@ -250,3 +254,14 @@ def list_vhosts() -> list[str]:
         [ctl, "list_vhosts", "--quiet", "--no-table-headers"], capture_output=True, text=True, timeout=60, check=True
     )
     return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+
+def ensure_postgres_for(settings: Settings) -> str:
+    """``ensure_postgres`` with the stack settings' address and admin account; returns the admin DSN."""
+    return ensure_postgres(
+        settings.postgres_host,
+        settings.postgres_port,
+        admin_user=settings.postgres_admin_user,
+        admin_database=settings.postgres_admin_database,
+        install=settings.install_missing,
+    )

@@ -2,9 +2,6 @@
 on a deliberately broken render."""
 
 import copy
-import importlib
-import inspect
-import pkgutil
 import shutil
 from pathlib import Path
 
@@ -99,28 +96,10 @@ def test_secure_defaults(rendered: dict[str, list[Doc]]) -> None:
                 assert {"requests", "limits"} <= container["resources"].keys(), where
 
 
-def _find_bff_app() -> object | None:
-    """The BFF's FastAPI application, wherever services/bff defines it (an app object or a factory)."""
-    fastapi = importlib.import_module("fastapi")
-    package = importlib.import_module("bff")
-    for module_info in pkgutil.walk_packages(package.__path__, "bff."):
-        if module_info.name.endswith("__main__"):
-            continue
-        module = importlib.import_module(module_info.name)
-        for _, value in inspect.getmembers(module):
-            if isinstance(value, fastapi.FastAPI):
-                return value
-        factory = getattr(module, "create_app", None)
-        if callable(factory):
-            return factory()
-    return None
-
-
 def test_bff_probe_paths_are_routes_of_the_bff(rendered: dict[str, list[Doc]]) -> None:
-    app = _find_bff_app()
-    if app is None:
-        pytest.skip("services/bff defines no FastAPI app yet: probe paths cannot be checked against its routes")
-    routes = {route.path for route in app.routes}  # type: ignore[attr-defined]
+    from bff.app import create_app
+
+    routes = {route.path for route in create_app().routes}
     probed = inv.http_probe_paths(rendered["01-default"], "bff")
     assert probed == {"/health/live", "/health/ready"}
     assert probed <= routes, f"probed {probed}, served {routes}"
