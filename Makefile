@@ -14,15 +14,17 @@ export PYTHONUNBUFFERED := 1
 
 # Synthetic applicants generated when data/ has no Home Credit CSVs (the real Kaggle files are used if present).
 DEMO_APPLICANTS ?= 20000
-BFF_URL := http://127.0.0.1:8080
+# The BFF's port: the same BFF_PORT variable the BFF and devstack read.
+BFF_PORT ?= 8080
+BFF_URL := http://127.0.0.1:$(BFF_PORT)
 # The local stack's addresses and credentials as environment variables, for the platform's commands.
 STACK_ENV = eval "$$($(PY) -m devstack env)" &&
 FEATURES_BODY := {"AMT_INCOME_TOTAL": 50000, "AMT_CREDIT": 200000, "AMT_ANNUITY": 15000, "DAYS_BIRTH": -12000, "DAYS_EMPLOYED": -2000, "bureau_credit_count": 3, "bureau_credit_active_count": 1, "bureau_credit_days_enddate_mean": -500, "bureau_amt_credit_sum": 300000, "bureau_amt_credit_sum_overdue": 0}
 
-.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-status data features train serve predict k8s-tools
+.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-reset stack-status data features train serve predict k8s-tools
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(UV):
 	$(PYTHON_BOOT) -m venv .tools/uv
@@ -61,6 +63,9 @@ stack-up: setup ## Start the local stack (idempotent, health-checked; logs in .s
 
 stack-down: $(VENV)/.installed ## Stop what stack-up started (system services stay up)
 	$(PY) -m devstack down
+
+stack-reset: $(VENV)/.installed ## stack-down, then delete all its state: .stack/, its MLflow database, vhost, Redis keys
+	$(PY) -m devstack reset
 
 stack-status: $(VENV)/.installed ## Health of every stack component
 	$(PY) -m devstack status

@@ -1,7 +1,7 @@
-"""``python -m devstack up [component ...] | down | status | setup-triton | env | start-app | stop-app``.
+"""``python -m devstack up [component ...] | down | reset | status | setup-triton | env | start-app | stop-app``.
 
-``make stack-up``/``stack-down``/``stack-status`` call it; ``start-app NAME --health URL -- CMD`` runs a
-platform process (e.g. ``python -m bff``) as a managed daemon with the stack's environment.
+``make stack-up``/``stack-down``/``stack-reset``/``stack-status`` call it; ``start-app NAME --health URL -- CMD``
+runs a platform process (e.g. ``python -m bff``) as a managed daemon with the stack's environment.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import argparse
 import shlex
 import sys
 
+from devstack.instance import StackInstance, StackRecordError
 from devstack.processes import DaemonStartError
 from devstack.settings import Settings
-from devstack.stack import COMPONENTS, LocalStack
+from devstack.stack import COMPONENTS, LocalStack, PortsTakenError
 from devstack.system_services import SystemServiceError
 from devstack.triton_home import TritonSetupError
 from mlops_common.logging import configure_logging
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start the stack (idempotent, health-checked)")
     up.add_argument("components", nargs="*", help=f"only these (default: all of {', '.join(COMPONENTS)})")
     commands.add_parser("down", help="stop what devstack started; system services stay up")
+    commands.add_parser(
+        "reset", help="down, then delete the stack's state: .stack/ and its database, vhost and Redis keys"
+    )
     commands.add_parser("status", help="one line per component; exit 1 if any is down")
     commands.add_parser("setup-triton", help="lay out the Triton home under .stack/triton/home")
     start_app = commands.add_parser(
@@ -49,17 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             stack.up(args.components or None)
-            statuses = stack.status()
-            print("\n".join(c.line() for c in statuses))
+            print(_status_report(stack)[0])
             return 0
         if args.command == "down":
             stopped = stack.down()
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
             return 0
+        if args.command == "reset":
+            deleted = stack.reset()
+            print("\n  ".join(["deleted:", *deleted]) if deleted else "nothing to delete: no stack state found")
+            return 0
         if args.command == "status":
-            statuses = stack.status()
-            print("\n".join(c.line() for c in statuses))
-            return 0 if all(c.up for c in statuses) else 1
+            report, all_up = _status_report(stack)
+            print(report)
+            return 0 if all_up else 1
         if args.command == "setup-triton":
             home = stack.triton_home()
             print(f"Triton home: {home.home} (server {home.server})")
@@ -74,12 +81,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.name} {'stopped' if stack.stop_app(args.name) else 'was not running'}")
             return 0
         if args.command == "env":
-            print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in settings.platform_env().items()))
+            env = stack.settings.platform_env()
+            print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
             return 0
-    except (DaemonStartError, SystemServiceError, TritonSetupError, ValueError) as err:
+    except (
+        DaemonStartError,
+        PortsTakenError,
+        StackRecordError,
+        SystemServiceError,
+        TritonSetupError,
+        ValueError,
+    ) as err:
         print(f"devstack {args.command} failed: {err}", file=sys.stderr)
         return 1
     return 2
+
+
+def _status_report(stack: LocalStack) -> tuple[str, bool]:
+    """The stack's identity line, then one line per component; and whether all are up."""
+    statuses = stack.status()
+    instance = StackInstance.load(stack.base_settings.stack_dir)
+    identity = (
+        f"stack {instance.id} in {stack.base_settings.stack_dir}: MLflow database {instance.mlflow_db_name}, "
+        f"Feast project {instance.feast_project}, RabbitMQ vhost {instance.rabbitmq_vhost}"
+        if instance
+        else f"no stack in {stack.base_settings.stack_dir} yet (make stack-up creates it)"
+    )
+    return "\n".join([identity, *(c.line() for c in statuses)]), all(c.up for c in statuses)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ so one variable moves the server and its clients together. Those addresses must 
 """
 
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 
@@ -38,6 +38,10 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     model_repository: Path = REPO_ROOT / ".stack" / "model_repository"
     triton_venv: Path = REPO_ROOT / ".venv-triton"
     triton_metrics_port: int = 8002
+    # The platform's own listeners (same variables as their services read): checked before `up`.
+    bff_port: int = 8080
+    model_sync_metrics_port: int = 9102
+    log_worker_metrics_port: int = 9103
 
     # SeaweedFS's internal servers (master, volume, filer, admin and their gRPC ports) take the 9
     # ports from here on; only the S3 port is for clients. Below the ephemeral range (32768+), so a
@@ -50,8 +54,15 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     postgres_admin_user: str = "postgres"
     postgres_admin_database: str = "postgres"
     mlflow_db_user: str = "mlflow"
-    mlflow_db_name: str = "mlflow"
     mlflow_db_password: SecretStr | None = None
+
+    # Names of the stack's state in the machine's shared PostgreSQL, Redis and RabbitMQ. Left unset,
+    # each is derived from the stack's id when the stack is first started, and recorded with it in
+    # <stack_dir>/stack.json (devstack.instance): a new stack directory means a new, empty platform.
+    mlflow_db_name: str | None = None
+    feast_project: str | None = None
+    rabbitmq_vhost: str | None = None
+
     # uvicorn workers: one is plenty locally and each costs a few hundred MB.
     mlflow_workers: int = Field(default=1, ge=1)
     # Extra Host headers MLflow accepts (localhost and private IPs always pass), comma-separated.
@@ -110,14 +121,34 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     def secret_key(self) -> str:
         return self.aws_secret_access_key.get_secret_value() if self.aws_secret_access_key else ""
 
+    def _named(self, field: str) -> str:
+        value = getattr(self, field)
+        if value is None:
+            raise ValueError(f"{field} is unset: bind the settings to a stack first (StackInstance.bind)")
+        return value
+
     @property
     def mlflow_backend_store_uri(self) -> str:
         # psycopg2 explicitly: with SQLAlchemy 2.1 a bare postgresql:// means psycopg 3 (not installed).
         password = f":{quote(self.mlflow_db_password.get_secret_value())}" if self.mlflow_db_password else ""
         return (
             f"postgresql+psycopg2://{self.mlflow_db_user}{password}@"
-            f"{self.postgres_host}:{self.postgres_port}/{self.mlflow_db_name}"
+            f"{self.postgres_host}:{self.postgres_port}/{quote(self._named('mlflow_db_name'))}"
         )
+
+    @property
+    def rabbitmq_user(self) -> str:
+        return unquote(urlsplit(self.rabbitmq_url.get_secret_value()).username or "guest")
+
+    @property
+    def platform_rabbitmq_url(self) -> str:
+        """``RABBITMQ_URL`` (server and credentials) with the stack's own vhost as its path."""
+        parts = urlsplit(self.rabbitmq_url.get_secret_value())
+        return urlunsplit(parts._replace(path="/" + quote(self._named("rabbitmq_vhost"), safe="")))
+
+    @property
+    def log_spool_dir(self) -> Path:
+        return self.stack_dir / "bff-log-spool"
 
     @property
     def mlflow_artifacts_destination(self) -> str:
@@ -135,13 +166,14 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
             "OFFLINE_BUCKET": self.offline_bucket,
             "LOGS_BUCKET": self.logs_bucket,
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
-            "FEAST_PROJECT": self.feast_project,
+            "FEAST_PROJECT": self._named("feast_project"),
             "FEAST_REGISTRY_PATH": self.feast_registry_path,
             "FEAST_REDIS_CONNECTION": self.feast_redis_connection,
             "FEAST_S3_ENDPOINT_URL": self.s3_endpoint_url or "",
             "TRITON_GRPC_URL": self.triton_grpc_url,
             "TRITON_HTTP_URL": self.triton_http_url,
-            "RABBITMQ_URL": self.rabbitmq_url.get_secret_value(),
+            "RABBITMQ_URL": self.platform_rabbitmq_url,
+            "LOG_SPOOL_DIR": str(self.log_spool_dir),
             "MODEL_REPOSITORY": str(self.model_repository),
             # No NGC image here: Triton serves the ONNX model through its Python backend.
             "TRITON_RUNTIME": "python",

@@ -1,16 +1,19 @@
-"""The fixed-port local stack behind ``python -m devstack up|down|status`` and ``make demo``.
+"""The fixed-port local stack behind ``python -m devstack up|down|reset|status`` and ``make demo``.
 
 System services (PostgreSQL, Redis, RabbitMQ) are started if down and never stopped. Our own daemons
 (SeaweedFS, MLflow, Triton, and application processes started through ``start_app``) keep their pid,
-record and log under ``.stack/``; ``down`` stops every daemon recorded there, newest first.
+record and log under ``.stack/``; ``down`` stops every daemon recorded there, newest first. What the
+stack keeps in the system services is named after the stack (``devstack.instance``); ``reset`` deletes
+it together with ``.stack/``.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from devstack import system_services as sys_svc
@@ -22,6 +25,8 @@ from devstack.components import (
     seaweedfs_daemon,
     triton_daemon,
 )
+from devstack.instance import StackInstance
+from devstack.ports import PortClaim, port_conflicts
 from devstack.processes import Daemon, recorded_daemons
 from devstack.settings import Settings
 from devstack.triton_home import TritonHome, ensure_triton_home, inspect_venv
@@ -31,6 +36,10 @@ log = logging.getLogger(__name__)
 CORE_DAEMONS = ("seaweedfs", "mlflow", "triton")
 SYSTEM_SERVICES = ("postgres", "redis", "rabbitmq")
 COMPONENTS = SYSTEM_SERVICES + CORE_DAEMONS
+
+
+class PortsTakenError(RuntimeError):
+    """Another process holds ports of this stack; nothing was started."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,20 @@ class ComponentStatus:
 
 class LocalStack:
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+        # As configured; ``settings`` adds the names recorded for this stack instance.
+        self.base_settings = settings or Settings()
+        self._instance: StackInstance | None = None
+
+    @property
+    def instance(self) -> StackInstance:
+        """This stack's id and state names, recorded on first use in ``<stack_dir>/stack.json``."""
+        if self._instance is None:
+            self._instance = StackInstance.load_or_create(self.base_settings)
+        return self._instance
+
+    @property
+    def settings(self) -> Settings:
+        return self.instance.bind(self.base_settings)
 
     # -- paths and specs --------------------------------------------------------------------------
     def log_path(self, name: str) -> Path:
@@ -107,6 +129,29 @@ class LocalStack:
             state_dir=s.run_dir,
         )
 
+    def port_claims(self) -> list[PortClaim]:
+        """Every port this stack's daemons and applications listen on, and whether our own process
+        for it is running now."""
+        s = self.base_settings
+        running = {d.name for d in recorded_daemons(s.run_dir) if d.is_running()} if s.run_dir.is_dir() else set()
+        seaweed = SeaweedPorts.block(s.s3_host_port[1], s.seaweedfs_internal_base_port)
+        claims = [("seaweedfs", seaweed.s3, "S3_ENDPOINT_URL")]
+        claims += [
+            ("seaweedfs", getattr(seaweed, f.name), "SEAWEEDFS_INTERNAL_BASE_PORT")
+            for f in fields(seaweed)
+            if f.name != "s3"
+        ]
+        claims += [
+            ("mlflow", s.mlflow_host_port[1], "MLFLOW_TRACKING_URI"),
+            ("triton", s.triton_http_host_port[1], "TRITON_HTTP_URL"),
+            ("triton", s.triton_grpc_host_port[1], "TRITON_GRPC_URL"),
+            ("triton", s.triton_metrics_port, "TRITON_METRICS_PORT"),
+            ("bff", s.bff_port, "BFF_PORT"),
+            ("model_sync", s.model_sync_metrics_port, "MODEL_SYNC_METRICS_PORT"),
+            ("log_worker", s.log_worker_metrics_port, "LOG_WORKER_METRICS_PORT"),
+        ]
+        return [PortClaim(name, port, setting, ours=name in running) for name, port, setting in claims]
+
     # -- up ---------------------------------------------------------------------------------------
     def up(self, only: Sequence[str] | None = None) -> None:
         """Bring the components up in dependency order (idempotent); ``only`` limits which."""
@@ -114,11 +159,16 @@ class LocalStack:
         unknown = wanted - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown components: {sorted(unknown)}; choose from {COMPONENTS}")
+        # Before anything starts: a port held by another process (another clone's stack) stops us
+        # here, with its owner named, rather than halfway through.
+        conflicts = port_conflicts(self.port_claims())
+        if conflicts:
+            raise PortsTakenError("nothing was started:\n" + "\n".join(f"- {line}" for line in conflicts))
         s = self.settings
         steps: list[tuple[str, Callable[[], object]]] = [
             ("postgres", self._up_postgres),
             ("redis", lambda: sys_svc.ensure_redis(*s.redis_host_port, install=s.install_missing)),
-            ("rabbitmq", lambda: sys_svc.ensure_rabbitmq(*s.rabbitmq_host_port, install=s.install_missing)),
+            ("rabbitmq", self._up_rabbitmq),
             ("seaweedfs", self._up_seaweedfs),
             ("mlflow", self._up_mlflow),
             ("triton", lambda: self.triton().ensure_running(s.startup_timeout_s)),
@@ -138,6 +188,12 @@ class LocalStack:
         password = s.mlflow_db_password.get_secret_value() if s.mlflow_db_password else None
         sys_svc.ensure_role(admin_dsn, s.mlflow_db_user, password)
         sys_svc.create_database(admin_dsn, s.mlflow_db_name, owner=s.mlflow_db_user, exist_ok=True)
+
+    def _up_rabbitmq(self) -> None:
+        s = self.settings
+        sys_svc.ensure_rabbitmq(*s.rabbitmq_host_port, install=s.install_missing)
+        if s.rabbitmq_vhost not in sys_svc.list_vhosts():
+            sys_svc.create_vhost(s.rabbitmq_vhost, user=s.rabbitmq_user, install=s.install_missing)
 
     def _up_seaweedfs(self) -> None:
         self.seaweedfs().ensure_running(self.settings.startup_timeout_s)
@@ -176,7 +232,7 @@ class LocalStack:
     # -- down -------------------------------------------------------------------------------------
     def down(self) -> list[str]:
         """Stop every daemon devstack recorded (apps first, then Triton, MLflow, SeaweedFS)."""
-        run_dir = self.settings.run_dir
+        run_dir = self.base_settings.run_dir
         daemons = recorded_daemons(run_dir) if run_dir.is_dir() else []
         order = {name: i for i, name in enumerate(CORE_DAEMONS)}
         # Apps depend on the core daemons: stop them first; core daemons in reverse start order.
@@ -191,6 +247,32 @@ class LocalStack:
             if not pid_file.with_suffix(".json").exists():
                 pid_file.unlink()
         return stopped
+
+    def reset(self) -> list[str]:
+        """``down``, then delete everything the stack keeps: its MLflow database, RabbitMQ vhost and
+        Feast keys in Redis (the names recorded in stack.json), and the stack directory. The system
+        services stay up. Returns what was deleted."""
+        self.down()
+        s = self.base_settings
+        instance = StackInstance.load(s.stack_dir)
+        deleted = []
+        if instance is not None:
+            admin_dsn = sys_svc.ensure_postgres_for(s)
+            if sys_svc.database_exists(admin_dsn, instance.mlflow_db_name):
+                sys_svc.drop_database(admin_dsn, instance.mlflow_db_name)
+                deleted.append(f"PostgreSQL database {instance.mlflow_db_name}")
+            sys_svc.ensure_rabbitmq(*s.rabbitmq_host_port, install=s.install_missing)
+            if instance.rabbitmq_vhost in sys_svc.list_vhosts():
+                sys_svc.delete_vhost(instance.rabbitmq_vhost)
+                deleted.append(f"RabbitMQ vhost {instance.rabbitmq_vhost}")
+            sys_svc.ensure_redis(*s.redis_host_port, install=s.install_missing)
+            keys = sys_svc.delete_feast_keys(*s.redis_host_port, instance.feast_project)
+            deleted.append(f"{keys} Redis keys of Feast project {instance.feast_project}")
+        if s.stack_dir.exists():
+            shutil.rmtree(s.stack_dir)
+            deleted.append(str(s.stack_dir))
+        self._instance = None
+        return deleted
 
     # -- status -----------------------------------------------------------------------------------
     def status(self) -> list[ComponentStatus]:

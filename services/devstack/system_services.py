@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import psycopg2
+import redis
 
 if TYPE_CHECKING:
     from devstack.settings import Settings
@@ -233,6 +234,26 @@ def list_databases(admin_dsn: str, prefix: str = "") -> list[str]:
         admin_dsn, sql.SQL("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1"), [prefix + "%"]
     )
     return [row[0] for row in rows]
+
+
+# -- Redis keys -----------------------------------------------------------------------------------
+def delete_feast_keys(host: str, port: int, project: str) -> int:
+    """Delete a Feast project's online rows; returns how many keys went.
+
+    Feast's Redis store keys every entity as ``<serialized entity key><project>`` and deletes a
+    project's rows with this same pattern (``RedisOnlineStore.delete_entity_values``).
+    """
+    client = redis.Redis(host=host, port=port)
+    try:
+        deleted = 0
+        with client.pipeline(transaction=False) as pipe:
+            for key in client.scan_iter(match=b"*" + project.encode(), count=1000):
+                pipe.delete(key)
+                deleted += 1
+            pipe.execute()
+        return deleted
+    finally:
+        client.close()
 
 
 # -- RabbitMQ virtual hosts -----------------------------------------------------------------------

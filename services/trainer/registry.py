@@ -81,18 +81,40 @@ def log_and_register(
     return version
 
 
-def _champion_auc_on(client: MlflowClient, model_name: str, features: np.ndarray, labels: np.ndarray):
+@dataclass(frozen=True)
+class ChampionScore:
+    version: str | None = None
+    auc: float | None = None
+    # Why the champion could not be scored (its artifacts could not be loaded), if so.
+    unusable: str | None = None
+
+
+def _score_champion(client: MlflowClient, model_name: str, features: np.ndarray, labels: np.ndarray) -> ChampionScore:
     """The current champion's AUC on *this* holdout, so both models are judged on the same rows."""
     try:
         champion = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
-        return None, None
+        return ChampionScore()
     if champion.tags.get(FEATURES_TAG) != ",".join(FEATURE_NAMES):
         # Different inputs: it cannot score these rows, so fall back to its own recorded holdout AUC.
         recorded = client.get_run(champion.run_id).data.metrics.get("holdout_roc_auc")
-        return champion.version, recorded
-    model = mlflow.onnx.load_model(f"models:/{model_name}@{CHAMPION}")
-    return champion.version, evaluate(labels, onnx_probabilities(model, features)[:, 1]).roc_auc
+        return ChampionScore(champion.version, recorded)
+    try:
+        model = mlflow.onnx.load_model(f"models:/{model_name}@{CHAMPION}")
+    except (MlflowException, OSError) as err:
+        log.warning(
+            "champion version %s of %s cannot be loaded from %s: %s. Its artifacts are gone or unreadable; "
+            "most likely the registry (PostgreSQL) outlived the artifact store it points at, e.g. a deleted "
+            "or re-cloned .stack/ whose MLflow database was kept. Rule: a champion that cannot be loaded "
+            "cannot be served either, so the new version replaces it if it passes the AUC floor (recorded "
+            "in the gate.reason tag). For a clean local registry: make stack-reset",
+            champion.version,
+            model_name,
+            champion.source,
+            err,
+        )
+        return ChampionScore(champion.version, unusable=f"{type(err).__name__}: {err}"[:300])
+    return ChampionScore(champion.version, evaluate(labels, onnx_probabilities(model, features)[:, 1]).roc_auc)
 
 
 def gate_and_alias(
@@ -104,12 +126,23 @@ def gate_and_alias(
     holdout_features: np.ndarray,
     holdout_labels: np.ndarray,
 ) -> GateDecision:
-    """Alias the new version ``challenger``; move ``champion`` to it only if it is at least as good."""
+    """Alias the new version ``challenger``; move ``champion`` to it only if it is at least as good,
+    or if the champion's artifacts cannot be loaded (it could not be served either). Never below
+    ``min_auc``."""
     client = MlflowClient()
-    champion_version, champion_auc = _champion_auc_on(client, model_name, holdout_features, holdout_labels)
+    champion = _score_champion(client, model_name, holdout_features, holdout_labels)
+    champion_version, champion_auc = champion.version, champion.auc
     if challenger_auc < min_auc:
         decision = GateDecision(
             False, challenger_auc, champion_auc, champion_version, f"holdout AUC below floor {min_auc}"
+        )
+    elif champion.unusable:
+        decision = GateDecision(
+            True,
+            challenger_auc,
+            None,
+            champion_version,
+            f"champion version {champion_version} cannot be loaded ({champion.unusable})",
         )
     elif champion_auc is None:
         decision = GateDecision(True, challenger_auc, None, None, "no champion yet")

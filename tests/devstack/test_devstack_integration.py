@@ -2,7 +2,6 @@
 fixed ports of the local stack)."""
 
 import dataclasses
-import shutil
 import socket
 import textwrap
 import urllib.request
@@ -20,7 +19,7 @@ from pydantic import SecretStr
 
 from devstack import system_services as sys_svc
 from devstack.components import MlflowServer, S3Server, SeaweedPorts, TritonServer, start_seaweedfs
-from devstack.processes import DaemonStartError, free_port, free_port_block, http_ok
+from devstack.processes import DaemonStartError, http_ok
 from devstack.settings import Settings
 from devstack.stack import LocalStack
 from mlops_common.s3 import s3_client
@@ -167,23 +166,11 @@ def test_triton_serves_a_python_backend_model(triton_server: TritonServer, uniqu
 
 # -- the local stack on private ports -------------------------------------------------------------
 @pytest.fixture
-def private_stack(tmp_path: Path) -> LocalStack:
+def private_stack(private_stack_settings: Settings) -> LocalStack:
     """The `devstack up` code path with every port free and all state under tmp_path."""
-    stack_dir = tmp_path / ".stack"
-    settings = Settings(
-        stack_dir=stack_dir,
-        model_repository=stack_dir / "model_repository",
-        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
-        seaweedfs_internal_base_port=free_port_block(9),
-        triton_http_url=f"127.0.0.1:{free_port()}",
-        triton_grpc_url=f"127.0.0.1:{free_port()}",
-        triton_metrics_port=free_port(),
-        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
-    )
-    stack = LocalStack(settings)
+    stack = LocalStack(private_stack_settings)
     yield stack
-    stack.down()
-    shutil.rmtree(settings.triton_home, ignore_errors=True)  # a ~25 MB copy of the server
+    stack.reset()  # also the stack's vhost, database and Feast keys in the machine's services
 
 
 def test_up_is_idempotent_and_down_stops_what_it_started(private_stack: LocalStack) -> None:
@@ -212,9 +199,9 @@ def test_up_is_idempotent_and_down_stops_what_it_started(private_stack: LocalSta
     assert not list(settings.run_dir.glob("*.pid"))
 
 
-def test_up_postgres_creates_mlflow_role_and_database(unique_name: Callable[..., str]) -> None:
-    settings = Settings(mlflow_db_name=unique_name("pytest_mlflow", sep="_"))
-    stack = LocalStack(settings)
+def test_up_postgres_creates_mlflow_role_and_database(unique_name: Callable[..., str], tmp_path: Path) -> None:
+    stack = LocalStack(Settings(mlflow_db_name=unique_name("pytest_mlflow", sep="_"), stack_dir=tmp_path))
+    settings = stack.settings
     admin_dsn = sys_svc.postgres_dsn("postgres", host=settings.postgres_host, port=settings.postgres_port)
     try:
         stack._up_postgres()

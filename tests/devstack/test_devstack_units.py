@@ -8,6 +8,7 @@ import pytest
 
 from devstack.__main__ import main
 from devstack.components import SeaweedPorts, app_daemon
+from devstack.instance import StackInstance
 from devstack.processes import DaemonStartError, free_port, free_port_block, tail, wait_until_healthy
 from devstack.settings import Settings, host_port
 from devstack.stack import ComponentStatus
@@ -43,6 +44,7 @@ def test_settings_follow_platform_addresses() -> None:
         triton_http_url="127.0.0.1:8100",
         triton_grpc_url="127.0.0.1:8101",
         mlflow_db_password="p@ss word",
+        mlflow_db_name="mlflow",
     )
     assert settings.s3_host_port == ("127.0.0.1", 9100)
     assert settings.mlflow_host_port == ("127.0.0.1", 5100)
@@ -62,9 +64,11 @@ def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.secret_key == "from-env"
 
 
-def test_platform_env_names_are_settings_fields(settings_field_names: set[str]) -> None:
+def test_platform_env_names_are_settings_fields(settings_field_names: set[str], tmp_path: Path) -> None:
     fields = settings_field_names
-    unknown = [name for name in Settings().platform_env() if name.lower() not in fields]
+    settings = Settings(stack_dir=tmp_path)
+    env = StackInstance.load_or_create(settings).bind(settings).platform_env()
+    unknown = [name for name in env if name.lower() not in fields]
     assert not unknown, f"platform_env sets variables no settings class reads: {unknown}"
 
 

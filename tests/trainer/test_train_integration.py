@@ -71,3 +71,42 @@ def test_cli_refuses_unknown_hyperparameters_clearly(trained_platform, monkeypat
         monkeypatch.setenv(key, value)
     assert trainer_main(["--param", "n_estimators=5"]) == 2
     assert "unknown hyperparameter(s) n_estimators" in capsys.readouterr().err
+
+
+def test_gate_replaces_a_champion_whose_artifacts_are_gone(
+    trained_platform, unique_name, mlflow_server, s3_server, monkeypatch, capsys
+):
+    """A registry that outlived its artifact store (the re-cloned .stack/ of the bug report)."""
+    settings = trained_platform.settings(Settings, registered_model_name=unique_name("orphaned"))
+    name = settings.registered_model_name
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    first = train(settings, TrainingRequest(hyperparameters=QUICK_MODEL))
+    model_id = client.get_model_version(name, first.version).source.removeprefix("models:/")
+    bucket = mlflow_server.artifacts_destination.removeprefix("s3://").split("/", 1)[0]
+    s3 = s3_server.client()
+    keys = [
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for obj in page.get("Contents", [])
+        if f"/{model_id}/" in obj["Key"]
+    ]
+    assert any(key.endswith("/MLmodel") for key in keys)
+    for key in keys:
+        s3.delete_object(Bucket=bucket, Key=key)
+
+    for key, value in {**trained_platform.env, "REGISTERED_MODEL_NAME": name}.items():
+        monkeypatch.setenv(key, value)
+    assert trainer_main(["--param", "max_iter=60"]) == 0
+    out, err = capsys.readouterr()
+    assert f"registered {name} version 2" in out
+    assert f"PROMOTED to champion (champion version {first.version} cannot be loaded" in out
+    # The trainer's log (stderr) says what is wrong, the likely cause and the fix.
+    [warning] = [line for line in err.splitlines() if "cannot be loaded from" in line]
+    assert f"champion version {first.version} of {name}" in warning
+    assert f"models:/{model_id}" in warning
+    assert "make stack-reset" in warning
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    assert champion.version == "2"
+    assert champion.tags["gate.decision"] == "promoted"
+    assert champion.tags["gate.champion_version"] == first.version
+    assert "cannot be loaded" in champion.tags["gate.reason"]
