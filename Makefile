@@ -21,7 +21,7 @@ BFF_URL := http://127.0.0.1:$(BFF_PORT)
 STACK_ENV = eval "$$($(PY) -m devstack env)" &&
 FEATURES_BODY := {"AMT_INCOME_TOTAL": 50000, "AMT_CREDIT": 200000, "AMT_ANNUITY": 15000, "DAYS_BIRTH": -12000, "DAYS_EMPLOYED": -2000, "bureau_credit_count": 3, "bureau_credit_active_count": 1, "bureau_credit_days_enddate_mean": -500, "bureau_amt_credit_sum": 300000, "bureau_amt_credit_sum_overdue": 0}
 
-.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-reset stack-status data features train serve predict k8s-tools
+.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ lock: | $(UV) ## Re-resolve the pinned lock files from the .in files
 k8s-tools: | $(UV) ## helm, kubectl, kubernetes-validate, checkov, hadolint, CRD validators into .tools/ (idempotent)
 	tools/install-k8s-tools.sh
 
+prometheus-tools: ## Prometheus 2.42 + promtool (Debian's package unpacked, no daemon) into .tools/prometheus (idempotent)
+	tools/install-prometheus.sh
+
 lint: $(VENV)/.installed ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -58,7 +61,7 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-stack-up: setup ## Start the local stack (idempotent, health-checked; logs in .stack/logs)
+stack-up: setup prometheus-tools ## Start the local stack (idempotent, health-checked; logs in .stack/logs)
 	$(PY) -m devstack up
 
 stack-down: $(VENV)/.installed ## Stop what stack-up started (system services stay up)
@@ -70,7 +73,7 @@ stack-reset: $(VENV)/.installed ## stack-down, then delete all its state: .stack
 stack-status: $(VENV)/.installed ## Health of every stack component
 	$(PY) -m devstack status
 
-test: setup lint k8s-tools ## Set up and run every test (unit, integration on the real stack, chart)
+test: setup lint k8s-tools prometheus-tools ## Set up and run every test (unit, integration on the real stack, chart)
 	$(VENV)/bin/pytest
 
 data: $(VENV)/.installed ## Synthetic Home Credit CSVs in data/ (kept if present: real Kaggle files win)
@@ -99,5 +102,14 @@ predict: ## The README's three curl calls against the BFF, then the inference lo
 	sleep 7
 	$(STACK_ENV) $(PY) -m log_worker.reader --since 15m
 
+dashboards: $(VENV)/.installed ## Every Grafana dashboard drawn from the local Prometheus: .stack/dashboards/*.png
+	$(STACK_ENV) $(PY) -m dashboards render --range 15m --out .stack/dashboards
+
+# Prometheus' graph page for the p99 latency of /predict over the last 15 minutes.
+P99_GRAPH := http://127.0.0.1:9090/graph?g0.expr=histogram_quantile(0.99%2C%20sum%20by%20(le%2C%20route)%20(rate(bff_request_duration_seconds_bucket%5B1m%5D)))&g0.tab=0&g0.range_input=15m
+
 demo: stack-up features train serve predict ## Set up, start the stack, run the platform end to end
 	@echo; echo "MLflow UI: http://127.0.0.1:5000   BFF docs: $(BFF_URL)/docs   stack: make stack-status / make stack-down"
+	@echo "Prometheus: http://127.0.0.1:9090/targets   alerts: http://127.0.0.1:9090/alerts"
+	@echo "  p99 latency by route: $(P99_GRAPH)"
+	@echo "  dashboards as pictures: make dashboards (then open .stack/dashboards/*.png)"

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bff.errors import DependencyUnavailableError, EntityNotFoundError
 from bff.inference_log import InferenceLogPublisher
-from bff.metrics import ROWS, PredictionTrafficMiddleware
+from bff.metrics import REGISTRY, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
 from bff.schemas import BatchPrediction, Prediction, PredictRequest, Readiness
 from bff.settings import Settings
@@ -206,6 +206,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -37,6 +37,7 @@ from aio_pika.abc import AbstractConnection, AbstractExchange
 from aiormq.exceptions import AMQPError
 from prometheus_client import Counter, Gauge
 
+from bff.metrics import REGISTRY
 from bff.settings import Settings
 from bff.spool import Spool
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, SCHEMA_VERSION, InferenceLogRecord, encode_message
@@ -50,9 +51,16 @@ RECORDS = Counter(
     "Inference log records: enqueued by requests, then confirmed by the broker, spooled to disk, "
     "replayed from the spool, or dropped (disk failure)",
     ["outcome"],
+    registry=REGISTRY,
 )
-SPOOL_BACKLOG = Gauge("bff_inference_log_spool_backlog_bytes", "Spooled inference-log bytes not yet replayed")
-BROKER_CONNECTED = Gauge("bff_inference_log_broker_connected", "1 while the inference-log publisher is connected")
+for _outcome in OUTCOMES:
+    RECORDS.labels(_outcome)  # at 0 from start-up, so the first `dropped` record alerts
+SPOOL_BACKLOG = Gauge(
+    "bff_inference_log_spool_backlog_bytes", "Spooled inference-log bytes not yet replayed", registry=REGISTRY
+)
+BROKER_CONNECTED = Gauge(
+    "bff_inference_log_broker_connected", "1 while the inference-log publisher is connected", registry=REGISTRY
+)
 _RECONNECT_INITIAL_S = 0.1
 # Errors that mean "the broker is not taking messages now", as opposed to a bug.
 _BROKER_ERRORS = (AMQPError, ConnectionError, OSError, TimeoutError)

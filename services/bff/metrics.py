@@ -4,17 +4,34 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("bff_requests", "Prediction API requests", ["endpoint", "status"])
+from mlops_common.metrics import service_registry
+
+REGISTRY = service_registry()
+# The label is `route`, not `endpoint`: the Prometheus Operator sets `endpoint` (the port name) on
+# every target and would overwrite it.
+REQUESTS = Counter("bff_requests", "Prediction API requests", ["route", "status"], registry=REGISTRY)
 DURATION = Histogram(
     "bff_request_duration_seconds",
     "Prediction API latency",
-    ["endpoint"],
+    ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
 )
-ROWS = Counter("bff_rows_predicted", "Rows scored by the model")
-IN_FLIGHT = Gauge("bff_in_flight_requests", "Prediction requests being processed")
+ROWS = Counter("bff_rows_predicted", "Rows scored by the model", registry=REGISTRY)
+IN_FLIGHT = Gauge("bff_in_flight_requests", "Prediction requests being processed", registry=REGISTRY)
 
-PREDICTION_PATHS = frozenset({"/predict", "/predict/batch"})
+# The statuses each prediction route answers with: its documented responses, and 500 for a bug.
+ROUTE_STATUSES = {
+    "/predict": ("200", "404", "422", "500", "503"),
+    "/predict/batch": ("200", "404", "413", "422", "500", "503"),
+}
+# Every series exists from start-up, at 0: rate() and increase() only see a change from a sample
+# that exists, so a first 5xx on a series created by that very request would alert nobody.
+for _route, _statuses in ROUTE_STATUSES.items():
+    DURATION.labels(_route)
+    for _status in _statuses:
+        REQUESTS.labels(_route, _status)
+
 OVERLOADED_BODY = b'{"detail":"overloaded: too many requests in flight, retry shortly"}'
 
 
@@ -32,7 +49,7 @@ class PredictionTrafficMiddleware:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path")
-        if scope["type"] != "http" or path not in PREDICTION_PATHS:
+        if scope["type"] != "http" or path not in ROUTE_STATUSES:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:

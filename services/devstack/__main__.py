@@ -107,7 +107,14 @@ def _status_report(stack: LocalStack) -> tuple[str, bool]:
         if instance
         else f"no stack in {stack.base_settings.stack_dir} yet (make stack-up creates it)"
     )
-    return "\n".join([identity, *(c.line() for c in statuses)]), all(c.up for c in statuses)
+    prometheus = stack.base_settings.prometheus_url
+    metrics = [f"metrics endpoints, scraped by Prometheus ({prometheus}/targets):"]
+    metrics += [
+        f"  {component:<12} {'up' if answering else 'down':<5} {url}"
+        for component, url, answering in stack.metrics_endpoints()
+    ]
+    lines = [identity, *(c.line() for c in statuses), *metrics]
+    return "\n".join(lines), all(c.up for c in statuses)
 
 
 if __name__ == "__main__":

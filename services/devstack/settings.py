@@ -38,6 +38,11 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     model_repository: Path = REPO_ROOT / ".stack" / "model_repository"
     triton_venv: Path = REPO_ROOT / ".venv-triton"
     triton_metrics_port: int = 8002
+    # Local Prometheus (same variable as `python -m dashboards` reads) and how often it scrapes.
+    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus_scrape_interval_s: float = Field(default=5.0, gt=0)
+    # RabbitMQ's rabbitmq_prometheus plugin (its default port).
+    rabbitmq_prometheus_port: int = 15692
     # The platform's own listeners (same variables as their services read): checked before `up`.
     bff_port: int = 8080
     model_sync_metrics_port: int = 9102
@@ -104,6 +109,22 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     @property
     def triton_grpc_host_port(self) -> tuple[str, int]:
         return host_port(self.triton_grpc_url, 8001)
+
+    @property
+    def prometheus_host_port(self) -> tuple[str, int]:
+        return host_port(self.prometheus_url, 9090)
+
+    @property
+    def metrics_addresses(self) -> dict[str, str]:
+        """``host:port`` of every process's metrics, by its container name in the chart (the
+        platform's processes run on this machine)."""
+        return {
+            "bff": f"127.0.0.1:{self.bff_port}",
+            "triton": f"{self.triton_http_host_port[0]}:{self.triton_metrics_port}",
+            "model-sync": f"127.0.0.1:{self.model_sync_metrics_port}",
+            "log-worker": f"127.0.0.1:{self.log_worker_metrics_port}",
+            "rabbitmq": f"{self.rabbitmq_host_port[0]}:{self.rabbitmq_prometheus_port}",
+        }
 
     @property
     def redis_host_port(self) -> tuple[str, int]:
@@ -175,6 +196,8 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
             "RABBITMQ_URL": self.platform_rabbitmq_url,
             "LOG_SPOOL_DIR": str(self.log_spool_dir),
             "MODEL_REPOSITORY": str(self.model_repository),
+            "PROMETHEUS_URL": self.prometheus_url,
+            "DASHBOARDS_SCRAPE_INTERVAL": f"{self.prometheus_scrape_interval_s:g}s",
             # No NGC image here: Triton serves the ONNX model through its Python backend.
             "TRITON_RUNTIME": "python",
         }

@@ -27,13 +27,14 @@ from devstack.components import (
 )
 from devstack.instance import StackInstance
 from devstack.ports import PortClaim, port_conflicts
-from devstack.processes import Daemon, recorded_daemons
+from devstack.processes import Daemon, http_ok, recorded_daemons
+from devstack.prometheus import prometheus_daemon, scrape_targets, write_config
 from devstack.settings import Settings
 from devstack.triton_home import TritonHome, ensure_triton_home, inspect_venv
 
 log = logging.getLogger(__name__)
 
-CORE_DAEMONS = ("seaweedfs", "mlflow", "triton")
+CORE_DAEMONS = ("seaweedfs", "mlflow", "triton", "prometheus")
 SYSTEM_SERVICES = ("postgres", "redis", "rabbitmq")
 COMPONENTS = SYSTEM_SERVICES + CORE_DAEMONS
 
@@ -111,6 +112,20 @@ class LocalStack:
             cwd=s.stack_dir / "mlflow",
         )
 
+    @property
+    def prometheus_config(self) -> Path:
+        return self.settings.stack_dir / "prometheus" / "prometheus.yml"
+
+    def prometheus(self) -> Daemon:
+        s = self.settings
+        return prometheus_daemon(
+            self.prometheus_config,
+            s.stack_dir / "prometheus" / "data",
+            s.prometheus_host_port[1],
+            self.log_path("prometheus"),
+            state_dir=s.run_dir,
+        )
+
     def triton_home(self, *, setup: bool = True) -> TritonHome:
         """The Triton home, laid out first unless ``setup`` is False (status must not write)."""
         if setup:
@@ -146,6 +161,7 @@ class LocalStack:
             ("triton", s.triton_http_host_port[1], "TRITON_HTTP_URL"),
             ("triton", s.triton_grpc_host_port[1], "TRITON_GRPC_URL"),
             ("triton", s.triton_metrics_port, "TRITON_METRICS_PORT"),
+            ("prometheus", s.prometheus_host_port[1], "PROMETHEUS_URL"),
             ("bff", s.bff_port, "BFF_PORT"),
             ("model_sync", s.model_sync_metrics_port, "MODEL_SYNC_METRICS_PORT"),
             ("log_worker", s.log_worker_metrics_port, "LOG_WORKER_METRICS_PORT"),
@@ -172,6 +188,7 @@ class LocalStack:
             ("seaweedfs", self._up_seaweedfs),
             ("mlflow", self._up_mlflow),
             ("triton", lambda: self.triton().ensure_running(s.startup_timeout_s)),
+            ("prometheus", self._up_prometheus),
         ]
         # MLflow needs its database and bucket even when only it was asked for.
         if "mlflow" in wanted:
@@ -194,6 +211,15 @@ class LocalStack:
         sys_svc.ensure_rabbitmq(*s.rabbitmq_host_port, install=s.install_missing)
         if s.rabbitmq_vhost not in sys_svc.list_vhosts():
             sys_svc.create_vhost(s.rabbitmq_vhost, user=s.rabbitmq_user, install=s.install_missing)
+        sys_svc.ensure_rabbitmq_prometheus(s.rabbitmq_host_port[0], s.rabbitmq_prometheus_port)
+
+    def _up_prometheus(self) -> None:
+        s = self.settings
+        daemon = self.prometheus()
+        changed = write_config(self.prometheus_config, s.metrics_addresses, interval_s=s.prometheus_scrape_interval_s)
+        if changed and daemon.is_running():
+            daemon.stop()  # it reads its configuration at start
+        daemon.ensure_running(s.startup_timeout_s)
 
     def _up_seaweedfs(self) -> None:
         self.seaweedfs().ensure_running(self.settings.startup_timeout_s)
@@ -290,15 +316,24 @@ class LocalStack:
             triton = self.triton(self.triton_home(setup=False))
         except Exception as err:  # a missing Triton venv must not hide the other lines
             result.append(ComponentStatus("triton", False, s.triton_http_url, detail=str(err)))
-            core = [self.seaweedfs(), self.mlflow()]
+            core = [self.seaweedfs(), self.mlflow(), self.prometheus()]
         else:
-            core = [self.seaweedfs(), self.mlflow(), triton]
+            core = [self.seaweedfs(), self.mlflow(), triton, self.prometheus()]
         known = {d.name for d in core}
         apps = [d for d in recorded_daemons(s.run_dir) if d.name not in known] if s.run_dir.is_dir() else []
         for daemon in core + apps:
             result.append(_daemon_status(daemon))
         order = {name: i for i, name in enumerate(COMPONENTS)}
         return sorted(result, key=lambda c: order.get(c.name, len(order)))
+
+    def metrics_endpoints(self) -> list[tuple[str, str, bool]]:
+        """(container, metrics URL, answering now) for every target Prometheus scrapes."""
+        addresses = self.base_settings.metrics_addresses
+        return [
+            (t.container, url, http_ok(url))
+            for t in scrape_targets()
+            for url in [f"http://{addresses[t.container]}{t.path}"]
+        ]
 
 
 def _daemon_status(daemon: Daemon) -> ComponentStatus:

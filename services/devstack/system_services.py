@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from devstack.settings import Settings
 from psycopg2 import sql
 
-from devstack.processes import wait_until_healthy
+from devstack.processes import http_ok, wait_until_healthy
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,18 @@ def ensure_rabbitmq(
     ctl = require_binary("rabbitmqctl", "rabbitmq-server", install=install)
     _run([ctl, "await_startup", "--timeout", str(int(timeout_s))], "waiting for RabbitMQ", timeout_s + 10)
     _wait(lambda: rabbitmq_ready(host, port), timeout_s, f"RabbitMQ ({host}:{port})", "see /var/log/rabbitmq/")
+
+
+def ensure_rabbitmq_prometheus(host: str, port: int = 15692, *, timeout_s: float = 60.0) -> None:
+    """RabbitMQ's own Prometheus endpoint (queue depth, unacked, dead letters): the plugin ships
+    with the server, disabled."""
+    url = f"http://{host}:{port}/metrics"
+    if http_ok(url):
+        return
+    plugins = require_binary("rabbitmq-plugins", "rabbitmq-server", install=False)
+    log.info("enabling RabbitMQ's rabbitmq_prometheus plugin")
+    _run([plugins, "enable", "rabbitmq_prometheus"], "enabling rabbitmq_prometheus", timeout_s)
+    _wait(lambda: http_ok(url), timeout_s, f"RabbitMQ metrics ({url})", "see /var/log/rabbitmq/")
 
 
 # -- PostgreSQL databases and roles ---------------------------------------------------------------

@@ -6,7 +6,7 @@ import signal
 from prometheus_client import start_http_server
 
 from log_worker.settings import Settings
-from log_worker.worker import LogWorker
+from log_worker.worker import REGISTRY, LogWorker
 from mlops_common.logging import configure_logging
 
 
@@ -21,7 +21,7 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
-    start_http_server(settings.log_worker_metrics_port)
+    start_http_server(settings.log_worker_metrics_port, registry=REGISTRY)
     asyncio.run(serve(settings))
 
 

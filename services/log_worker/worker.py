@@ -39,20 +39,34 @@ from mlops_common.inference_log import (
     split_message,
     table_to_parquet,
 )
+from mlops_common.metrics import service_registry
 from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
 from mlops_common.s3 import ensure_bucket, s3_client
 
 log = logging.getLogger(__name__)
 
-CONSUMED = Counter("log_worker_messages_consumed", "Messages received from the inference-log queue (with redeliveries)")
-RECORDS_WRITTEN = Counter("log_worker_records_written", "Inference-log records written to S3")
-BATCHES_WRITTEN = Counter("log_worker_batches_written", "Batches written to S3 (one Parquet object per partition)")
-WRITE_FAILURES = Counter("log_worker_write_failures", "Batch writes to S3 that failed (their messages were requeued)")
-DEAD_LETTERED = Counter("log_worker_dead_lettered", "Records sent to the dead-letter queue as unparseable or invalid")
+REGISTRY = service_registry()
+# No labels: every series exists at 0 from start-up, so rate() and increase() see the first event.
+CONSUMED = Counter(
+    "log_worker_messages_consumed",
+    "Messages received from the inference-log queue (with redeliveries)",
+    registry=REGISTRY,
+)
+RECORDS_WRITTEN = Counter("log_worker_records_written", "Inference-log records written to S3", registry=REGISTRY)
+BATCHES_WRITTEN = Counter(
+    "log_worker_batches_written", "Batches written to S3 (one Parquet object per partition)", registry=REGISTRY
+)
+WRITE_FAILURES = Counter(
+    "log_worker_write_failures", "Batch writes to S3 that failed (their messages were requeued)", registry=REGISTRY
+)
+DEAD_LETTERED = Counter(
+    "log_worker_dead_lettered", "Records sent to the dead-letter queue as unparseable or invalid", registry=REGISTRY
+)
 BATCH_WRITE_SECONDS = Histogram(
     "log_worker_batch_write_seconds",
     "Time to write one batch to S3",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
 )
 
 ERROR_HEADER = "x-inference-log-error"

@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 
 from mlops_common.logging import configure_logging
 from model_sync.settings import Settings
-from model_sync.sync import ModelSync
+from model_sync.sync import REGISTRY, ModelSync
 
 log = logging.getLogger("model_sync")
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.once:
         return place_when_available(sync, settings)
 
-    start_http_server(settings.model_sync_metrics_port)
+    start_http_server(settings.model_sync_metrics_port, registry=REGISTRY)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -18,16 +18,25 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prometheus_client import Counter, Gauge
 
+from mlops_common.metrics import service_registry
 from mlops_common.triton_config import ONNX_FILENAME, TritonModelSpec
 from model_sync.repository import ModelRepository
 from model_sync.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOADS = Counter("model_sync_loads", "Champion load attempts into Triton", ["outcome"])
-SERVED_VERSION = Gauge("model_sync_served_version", "MLflow model version Triton serves (0 = none)")
-CHECK_ERRORS = Counter("model_sync_check_errors", "Sync checks that failed before a load (MLflow/Triton unreachable)")
-LAST_SUCCESS = Gauge("model_sync_last_success_timestamp_seconds", "Unix time of the last successful sync check")
+REGISTRY = service_registry()
+LOAD_OUTCOMES = ("success", "failure")
+LOADS = Counter("model_sync_loads", "Champion load attempts into Triton", ["outcome"], registry=REGISTRY)
+for _outcome in LOAD_OUTCOMES:
+    LOADS.labels(_outcome)  # at 0 from start-up: increase() sees the first failure
+SERVED_VERSION = Gauge("model_sync_served_version", "MLflow model version Triton serves (0 = none)", registry=REGISTRY)
+CHECK_ERRORS = Counter(
+    "model_sync_check_errors", "Sync checks that failed before a load (MLflow/Triton unreachable)", registry=REGISTRY
+)
+LAST_SUCCESS = Gauge(
+    "model_sync_last_success_timestamp_seconds", "Unix time of the last successful sync check", registry=REGISTRY
+)
 
 
 class SyncError(RuntimeError):

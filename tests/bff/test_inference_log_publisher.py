@@ -13,9 +13,9 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-from prometheus_client import REGISTRY
 
 from bff.inference_log import OUTCOMES, InferenceLogPublisher, PublisherState
+from bff.metrics import REGISTRY
 from bff.settings import Settings
 from bff.spool import Spool
 from devstack.processes import free_port

@@ -122,6 +122,44 @@ def named_port_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def _opens_to_other_namespaces(rule: Doc, port: int, port_name: str) -> bool:
+    """An ingress rule lets a peer outside the release's pods (Prometheus) reach the port."""
+    ports = {p.get("port") for p in rule.get("ports", [])}
+    reaches_port = not ports or port in ports or port_name in ports
+    return reaches_port and ("from" not in rule or any("namespaceSelector" in peer for peer in rule["from"]))
+
+
+def scrape_problems(docs: list[Doc]) -> list[str]:
+    """With NetworkPolicies on, every port a ServiceMonitor scrapes is open to Prometheus' namespace."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    if not policies:
+        return []
+    problems = []
+    templates = pod_templates(docs)
+    services = [d for d in docs if d["kind"] == "Service"]
+    for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        for service in services:
+            if not _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"]):
+                continue
+            for endpoint in monitor["spec"]["endpoints"]:
+                target = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])["targetPort"]
+                for owner, template in templates:
+                    labels = template["metadata"].get("labels", {})
+                    if not _matches(service["spec"].get("selector", {}), labels):
+                        continue
+                    port = _container_ports(template).get(target, target)
+                    if not any(
+                        _matches(policy["spec"]["podSelector"].get("matchLabels", {}), labels)
+                        and any(_opens_to_other_namespaces(r, port, target) for r in policy["spec"].get("ingress", []))
+                        for policy in policies
+                    ):
+                        problems.append(
+                            f"{object_id(monitor)}: port {endpoint['port']} ({port}) of {object_id(owner)} "
+                            "is closed to Prometheus by the NetworkPolicies"
+                        )
+    return problems
+
+
 def hpa_problems(docs: list[Doc]) -> list[str]:
     """HPAs target existing Deployments, which leave their replica count to the HPA."""
     problems = []
@@ -409,6 +447,7 @@ def namespace_problems(docs: list[Doc], namespace: str) -> list[str]:
 ALL_CHECKS = (
     selector_problems,
     named_port_problems,
+    scrape_problems,
     hpa_problems,
     env_problems,
     triton_probe_problems,

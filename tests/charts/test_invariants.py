@@ -81,6 +81,28 @@ def test_gpu_scenario_gives_triton_a_gpu(rendered: dict[str, list[Doc]]) -> None
     assert triton["spec"]["template"]["spec"]["tolerations"]
 
 
+def _rabbitmq_objects(docs: list[Doc]) -> dict[str, Doc]:
+    return {d["kind"]: d for d in docs if d["metadata"]["name"].startswith("mlops-rabbitmq")}
+
+
+def test_rabbitmq_prometheus_plugin_is_enabled_and_scraped_per_queue(render: object) -> None:
+    objects = _rabbitmq_objects(render())  # type: ignore[operator]
+    assert objects["ConfigMap"]["data"]["enabled_plugins"].strip() == "[rabbitmq_prometheus]."
+    broker = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    plugins_file = next(e["value"] for e in broker["env"] if e["name"] == "RABBITMQ_ENABLED_PLUGINS_FILE")
+    mounts = {m["name"]: m["mountPath"] for m in broker["volumeMounts"]}
+    assert plugins_file == f"{mounts['plugins']}/enabled_plugins"
+    assert {"name": "prometheus", "containerPort": 15692} in broker["ports"]
+    endpoint = objects["ServiceMonitor"]["spec"]["endpoints"][0]
+    # Per-object: one series per queue, labelled `queue` and `vhost` (the aggregated /metrics has no queue label).
+    assert (endpoint["port"], endpoint["path"]) == ("prometheus", "/metrics/per-object")
+
+    off = _rabbitmq_objects(render({"rabbitmq.metrics.enabled": False}))  # type: ignore[operator]
+    assert off["ConfigMap"]["data"]["enabled_plugins"].strip() == "[]."
+    assert "ServiceMonitor" not in off
+    assert [p["name"] for p in off["Service"]["spec"]["ports"]] == ["amqp"]
+
+
 def test_secure_defaults(rendered: dict[str, list[Doc]]) -> None:
     for name, docs in rendered.items():
         for owner, template in pod_templates(docs):
@@ -148,6 +170,10 @@ BREAKAGES = {
         inv.named_port_problems,
         lambda d: _get(d, "ServiceMonitor", "mlops-log-worker")["spec"]["endpoints"][0].update({"port": "prometheus"}),
     ),
+    "scraped port closed by the network policies": (
+        inv.scrape_problems,
+        lambda d: _get(d, "NetworkPolicy", "mlops-rabbitmq")["spec"]["ingress"].pop(),
+    ),
     "HPA targets a missing deployment": (
         inv.hpa_problems,
         lambda d: _get(d, "HorizontalPodAutoscaler", "mlops-bff")["spec"]["scaleTargetRef"].update(
@@ -203,9 +229,11 @@ def test_broken_render_is_reported(rendered: dict[str, list[Doc]], breakage: str
 
 
 def test_every_service_with_settings_is_deployed(rendered: dict[str, list[Doc]]) -> None:
-    """A new service package with a settings.py needs a workload in the chart (devstack is local only)."""
+    """A new service package with a settings.py needs a workload in the chart (devstack and dashboards,
+    the local stack and the local picture of the dashboards, are local only)."""
     deployed = {python_service(c) for _, t in pod_templates(rendered["01-default"]) for c in inv.containers(t)}
-    services = {p.parent.name for p in (REPO / "services").glob("*/settings.py")} - {"mlops_common", "devstack"}
+    local_only = {"mlops_common", "devstack", "dashboards"}
+    services = {p.parent.name for p in (REPO / "services").glob("*/settings.py")} - local_only
     assert services <= deployed, services - deployed
 
 

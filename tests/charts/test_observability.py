@@ -1,18 +1,23 @@
 """The dashboards and alert rules of observability/: well-formed, stable, and asking only for metrics
-that exist: those the services define with prometheus_client, and Triton's own."""
+that exist: those the services define with prometheus_client, Triton's own, RabbitMQ's plugin's and
+the kubelet's (cAdvisor)."""
 
 import ast
-import json
 import re
 from pathlib import Path
 
 import pytest
-import yaml
 from chart_tools import REPO
+from observability_files import (
+    CLUSTER_ONLY_EXPRESSIONS,
+    DASHBOARDS,
+    GPU_ONLY_EXPRESSIONS,
+    alert_rules,
+    dashboard_expressions,
+    dashboard_panels,
+    load_dashboard,
+)
 
-OBSERVABILITY = REPO / "observability"
-DASHBOARDS = sorted((OBSERVABILITY / "dashboards").glob("*.json"))
-ALERT_FILES = sorted((OBSERVABILITY / "alerts").glob("*.yaml"))
 # Triton's metrics (its /metrics endpoint; the GPU ones appear on GPU nodes only).
 TRITON_METRICS = {
     "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count", "nv_inference_exec_count",
@@ -22,7 +27,14 @@ TRITON_METRICS = {
     "nv_cpu_memory_used_bytes", "nv_gpu_utilization", "nv_gpu_memory_total_bytes", "nv_gpu_memory_used_bytes",
     "nv_gpu_power_usage",
 }  # fmt: skip
-PLATFORM_METRIC = re.compile(r"\b(?:bff|log_worker|model_sync|nv)_[a-z0-9_]+\b")
+# RabbitMQ's rabbitmq_prometheus plugin (queue_coarse_metrics, per queue on /metrics/per-object).
+RABBITMQ_METRICS = {
+    "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked", "rabbitmq_queue_messages",
+    "rabbitmq_queue_consumers",
+}  # fmt: skip
+# The kubelet's cAdvisor, per container.
+CADVISOR_METRICS = {"container_cpu_usage_seconds_total", "container_memory_working_set_bytes"}
+PLATFORM_METRIC = re.compile(r"\b(?:bff|log_worker|model_sync|nv|rabbitmq|container)_[a-z0-9_]+\b")
 SERIES_SUFFIXES = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count"),
                    "Summary": ("_sum", "_count", "")}  # fmt: skip
 
@@ -37,17 +49,7 @@ def exposed_series() -> set[str]:
             kind = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if kind in SERIES_SUFFIXES and isinstance(node.args[0].value, str):
                 series |= {node.args[0].value + suffix for suffix in SERIES_SUFFIXES[kind]}
-    return series | TRITON_METRICS
-
-
-def dashboard_expressions(dashboard: dict) -> list[str]:
-    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-
-
-def alert_rules() -> list[dict]:
-    return [
-        rule for path in ALERT_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]
-    ]
+    return series | TRITON_METRICS | RABBITMQ_METRICS | CADVISOR_METRICS
 
 
 def test_the_four_dashboards_exist() -> None:
@@ -56,12 +58,12 @@ def test_the_four_dashboards_exist() -> None:
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_dashboard_is_stable_and_uses_the_datasource_variable(path: Path) -> None:
-    dashboard = json.loads(path.read_text())
+    dashboard = load_dashboard(path)
     assert dashboard["uid"] == f"mlops-{path.stem}", "uids are stable: links and provisioning depend on them"
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    panels = dashboard_panels(dashboard)
     assert panels
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     for panel in panels:
@@ -71,16 +73,44 @@ def test_dashboard_is_stable_and_uses_the_datasource_variable(path: Path) -> Non
 
 
 def test_dashboard_uids_are_unique() -> None:
-    uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
+    uids = [load_dashboard(p)["uid"] for p in DASHBOARDS]
     assert len(uids) == len(set(uids))
 
 
 def test_queries_ask_for_metrics_that_exist() -> None:
     exposed = exposed_series()
-    expressions = [e for p in DASHBOARDS for e in dashboard_expressions(json.loads(p.read_text()))]
+    expressions = [e for p in DASHBOARDS for e in dashboard_expressions(load_dashboard(p))]
     expressions += [rule["expr"] for rule in alert_rules()]
     unknown = {name for expr in expressions for name in PLATFORM_METRIC.findall(expr)} - exposed
-    assert unknown == set(), "queried but exposed by no service (or by Triton)"
+    assert unknown == set(), "queried but exposed by no service (nor by Triton, RabbitMQ or cAdvisor)"
+
+
+def test_every_service_metric_is_on_a_dashboard() -> None:
+    """A metric a service exports but no panel shows is invisible to whoever runs the platform."""
+    shown = {
+        name
+        for p in DASHBOARDS
+        for expr in dashboard_expressions(load_dashboard(p))
+        for name in PLATFORM_METRIC.findall(expr)
+    }
+    service_series = exposed_series() - TRITON_METRICS - RABBITMQ_METRICS - CADVISOR_METRICS
+    # A histogram is on a panel through any of its series (quantiles use _bucket).
+    families = {name.removesuffix("_bucket") for name in shown}
+    defined = {name.removesuffix("_bucket") for name in service_series if not name.endswith(("_sum", "_count"))}
+    assert defined - families == set()
+
+
+def test_expressions_that_may_return_nothing_are_on_their_dashboards_and_say_why() -> None:
+    """The allow-lists hold expressions of real panels: every GPU and cAdvisor expression and nothing
+    else; a GPU panel's title says it is GPU-only."""
+    panels = [panel for p in DASHBOARDS for panel in dashboard_panels(load_dashboard(p))]
+    by_expression = {t["expr"]: panel for panel in panels for t in panel["targets"]}
+    assert (GPU_ONLY_EXPRESSIONS | CLUSTER_ONLY_EXPRESSIONS) - by_expression.keys() == set()
+    for expr in by_expression:
+        assert ("nv_gpu_" in expr) == (expr in GPU_ONLY_EXPRESSIONS), expr
+        assert ("container_" in expr) == (expr in CLUSTER_ONLY_EXPRESSIONS), expr
+    for expr in GPU_ONLY_EXPRESSIONS:
+        assert "GPU nodes only" in by_expression[expr]["title"], by_expression[expr]["title"]
 
 
 def test_alert_rules_are_actionable() -> None:
@@ -90,4 +120,4 @@ def test_alert_rules_are_actionable() -> None:
     assert len(names) == len(set(names))
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
-        assert {"summary", "description"} <= rule["annotations"].keys(), rule["alert"]
+        assert {"summary", "description", "runbook_url"} <= rule["annotations"].keys(), rule["alert"]

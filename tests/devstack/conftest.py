@@ -14,6 +14,7 @@ SETTINGS_MODULES = (
     "model_sync.settings",
     "trainer.settings",
     "devstack.settings",
+    "dashboards.settings",
 )
 
 
@@ -41,6 +42,7 @@ def private_stack_settings(tmp_path: Path) -> Settings:
         triton_grpc_url=f"127.0.0.1:{free_port()}",
         triton_metrics_port=free_port(),
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
+        prometheus_url=f"http://127.0.0.1:{free_port()}",
         bff_port=free_port(),
         model_sync_metrics_port=free_port(),
         log_worker_metrics_port=free_port(),

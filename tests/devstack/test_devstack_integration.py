@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aio_pika
+import httpx
 import numpy as np
 import psycopg2
 import pytest
@@ -19,7 +20,7 @@ from pydantic import SecretStr
 
 from devstack import system_services as sys_svc
 from devstack.components import MlflowServer, S3Server, SeaweedPorts, TritonServer, start_seaweedfs
-from devstack.processes import DaemonStartError, http_ok
+from devstack.processes import DaemonStartError, http_ok, wait_until_healthy
 from devstack.settings import Settings
 from devstack.stack import LocalStack
 from mlops_common.s3 import s3_client
@@ -175,11 +176,11 @@ def private_stack(private_stack_settings: Settings) -> LocalStack:
 
 def test_up_is_idempotent_and_down_stops_what_it_started(private_stack: LocalStack) -> None:
     # MLflow's own start is covered by the mlflow_server fixture; starting a second one costs ~20 s.
-    components = ["redis", "rabbitmq", "seaweedfs", "triton"]
+    components = ["redis", "rabbitmq", "seaweedfs", "triton", "prometheus"]
     private_stack.up(components)
     first = {c.name: c for c in private_stack.status()}
     assert all(first[name].up for name in components), first
-    pids = {name: first[name].pid for name in ("seaweedfs", "triton")}
+    pids = {name: first[name].pid for name in ("seaweedfs", "triton", "prometheus")}
     assert all(pids.values())
 
     private_stack.up(components)
@@ -192,7 +193,13 @@ def test_up_is_idempotent_and_down_stops_what_it_started(private_stack: LocalSta
     assert (settings.logs_dir / "triton.log").exists()
     assert (settings.run_dir / "seaweedfs.pid").read_text().strip() == str(pids["seaweedfs"])
 
-    assert sorted(private_stack.down()) == ["seaweedfs", "triton"]
+    # Prometheus scrapes the stack's Triton with the Operator's labels and loaded the rule files.
+    prometheus = settings.prometheus_url
+    wait_until_healthy(lambda: _query(prometheus, 'up{job="mlops-triton", endpoint="metrics"} == 1'), 30)
+    rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    assert {group["name"] for group in rules} >= {"mlops-serving", "mlops-log-pipeline"}
+
+    assert sorted(private_stack.down()) == ["prometheus", "seaweedfs", "triton"]
     after = {c.name: c for c in private_stack.status()}
     assert not after["seaweedfs"].up
     assert not after["triton"].up
@@ -213,6 +220,10 @@ def test_up_postgres_creates_mlflow_role_and_database(unique_name: Callable[...,
             assert cur.fetchone()[0] == settings.mlflow_db_user
     finally:
         sys_svc.drop_database(admin_dsn, settings.mlflow_db_name)
+
+
+def _query(prometheus_url: str, expr: str) -> list:
+    return httpx.get(f"{prometheus_url}/api/v1/query", params={"query": expr}, timeout=5).json()["data"]["result"]
 
 
 # -- the environment for the platform's processes ---------------------------------------------------

@@ -19,14 +19,13 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import pyarrow.parquet as pq
 import pytest
-from prometheus_client import REGISTRY
 
 from bff.inference_log import InferenceLogPublisher
 from bff.settings import Settings as BffSettings
 from devstack.components import S3Server
 from devstack.processes import free_port
 from log_worker.settings import Settings as WorkerSettings
-from log_worker.worker import LogWorker
+from log_worker.worker import REGISTRY, LogWorker
 from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import InferenceLogRecord
 from mlops_common.rabbit import InferenceLogTopology

@@ -19,10 +19,9 @@ from log_pipeline import (
     s3_has_exactly,
     started_publisher,
 )
-from prometheus_client import REGISTRY
 
 from log_worker import reader
-from log_worker.worker import parse_message
+from log_worker.worker import REGISTRY, parse_message
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, InferenceLogRecord, encode_message, read_inference_logs
 from mlops_common.rabbit import declare_topology
 
