@@ -40,6 +40,7 @@ def _request(args: argparse.Namespace) -> TrainingRequest:
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         label_time=args.label_time,
+        promote=not args.no_promote,
     )
 
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--label-time", type=datetime.fromisoformat, help="ISO time the labels were known")
+    parser.add_argument(
+        "--no-promote", action="store_true", help="register as challenger only; champion stays where it is"
+    )
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level)

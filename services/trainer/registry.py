@@ -41,6 +41,45 @@ class GateDecision:
         }
 
 
+MODEL_DESCRIPTION = (
+    "Probability that a Home Credit applicant defaults (TARGET = 1), from the ten features of the "
+    "FeatureService {service}: {features}. HistGradientBoosting exported to ONNX (parity-checked against "
+    "scikit-learn) and served by Triton as the platform's champion. Every version records its data, "
+    "holdout metrics and the quality gate's decision in its description and its gate.* tags; the alias "
+    "`champion` is what serves, `challenger` the latest candidate."
+)
+
+
+def describe_version(
+    *,
+    model_name: str,
+    version: str,
+    training_rows: int,
+    holdout_rows: int,
+    label_time: Any,
+    metrics: dict[str, float],
+    decision: GateDecision,
+) -> None:
+    """Descriptions the MLflow UI shows: what the model is, and for this version its data, metrics
+    and why it is (not) the champion."""
+    client = MlflowClient()
+    client.update_registered_model(
+        model_name, description=MODEL_DESCRIPTION.format(service=FEATURE_SERVICE, features=", ".join(FEATURE_NAMES))
+    )
+    verdict = "champion" if decision.promoted else "challenger"
+    champion = "none" if decision.champion_auc is None else f"{decision.champion_auc:.4f}"
+    client.update_model_version(
+        model_name,
+        version,
+        description=(
+            f"{verdict.upper()}: {decision.reason}. Holdout ROC AUC {metrics['holdout_roc_auc']:.4f} "
+            f"(champion then: version {decision.champion_version or 'none'}, AUC {champion}), log loss "
+            f"{metrics['holdout_log_loss']:.4f}, ONNX parity {metrics['onnx_parity_max_abs_diff']:.2g}. "
+            f"Trained on {training_rows} rows, holdout {holdout_rows} rows, labels as of {label_time}."
+        ),
+    )
+
+
 def feature_contract() -> dict[str, Any]:
     return {
         "feature_service": FEATURE_SERVICE,
@@ -125,14 +164,17 @@ def gate_and_alias(
     min_auc: float,
     holdout_features: np.ndarray,
     holdout_labels: np.ndarray,
+    allow_promotion: bool = True,
 ) -> GateDecision:
     """Alias the new version ``challenger``; move ``champion`` to it only if it is at least as good,
     or if the champion's artifacts cannot be loaded (it could not be served either). Never below
-    ``min_auc``."""
+    ``min_auc``, and never when ``allow_promotion`` is False (the version stays a challenger)."""
     client = MlflowClient()
     champion = _score_champion(client, model_name, holdout_features, holdout_labels)
     champion_version, champion_auc = champion.version, champion.auc
-    if challenger_auc < min_auc:
+    if not allow_promotion:
+        decision = GateDecision(False, challenger_auc, champion_auc, champion_version, "promotion not requested")
+    elif challenger_auc < min_auc:
         decision = GateDecision(
             False, challenger_auc, champion_auc, champion_version, f"holdout AUC below floor {min_auc}"
         )

@@ -16,11 +16,13 @@ from mlops_common.feast_store import open_feature_store
 from mlops_common.raw_tables import APPLICATION_TRAIN
 from trainer.dataset import training_set
 from trainer.model import build_classifier, check_parity, evaluate, export_onnx, onnx_probabilities
-from trainer.registry import GateDecision, gate_and_alias, log_and_register
+from trainer.registry import GateDecision, describe_version, gate_and_alias, log_and_register
 from trainer.settings import Settings
 
 log = logging.getLogger(__name__)
 STEPS = 6
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT = "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class TrainingRequest:
     seed: int = 7
     # When the labels were known; features are joined as of this moment. Defaults to now.
     label_time: datetime | None = None
+    # False: register and alias `challenger`, but never move `champion` (a candidate for review).
+    promote: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,9 @@ def train(settings: Settings, request: TrainingRequest) -> TrainingResult:
         log.info("holdout ROC AUC %.4f, log loss %.4f", metrics.roc_auc, metrics.log_loss)
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(settings.mlflow_experiment_name)
+    experiment = mlflow.set_experiment(settings.mlflow_experiment_name)
+    # Shown by the MLflow UI as a model-training experiment (runs, metrics), not its GenAI view.
+    mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT)
     params = {
         **model.get_params(),
         "n_iter": model.n_iter_,
@@ -99,5 +105,15 @@ def train(settings: Settings, request: TrainingRequest) -> TrainingResult:
             min_auc=settings.min_holdout_auc,
             holdout_features=x_holdout,
             holdout_labels=y_holdout,
+            allow_promotion=request.promote,
+        )
+        describe_version(
+            model_name=settings.registered_model_name,
+            version=version,
+            training_rows=len(y_train),
+            holdout_rows=len(y_holdout),
+            label_time=label_time,
+            metrics=all_metrics,
+            decision=decision,
         )
     return TrainingResult(run.info.run_id, version, all_metrics, parity, decision)

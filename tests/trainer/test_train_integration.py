@@ -110,3 +110,24 @@ def test_gate_replaces_a_champion_whose_artifacts_are_gone(
     assert champion.tags["gate.decision"] == "promoted"
     assert champion.tags["gate.champion_version"] == first.version
     assert "cannot be loaded" in champion.tags["gate.reason"]
+
+
+def test_no_promote_keeps_the_champion_and_the_registry_explains_itself(trained_platform, unique_name):
+    settings = trained_platform.settings(Settings, registered_model_name=unique_name("candidate"))
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    name = settings.registered_model_name
+    first = train(settings, TrainingRequest(hyperparameters=QUICK_MODEL))
+    candidate = train(settings, TrainingRequest(hyperparameters=QUICK_MODEL, promote=False))
+
+    assert not candidate.decision.promoted
+    assert candidate.decision.reason == "promotion not requested"
+    assert client.get_model_version_by_alias(name, CHAMPION).version == first.version
+    assert client.get_model_version_by_alias(name, CHALLENGER).version == candidate.version
+    # The MLflow UI answers "which model is champion and why" from the descriptions.
+    assert "FeatureService credit_default_v1" in client.get_registered_model(name).description
+    assert client.get_model_version(name, first.version).description.startswith("CHAMPION: no champion yet.")
+    candidate_text = client.get_model_version(name, candidate.version).description
+    assert candidate_text.startswith("CHALLENGER: promotion not requested.")
+    assert f"champion then: version {first.version}" in candidate_text
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment_name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
