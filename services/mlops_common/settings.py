@@ -68,10 +68,16 @@ class MlflowSettings(PlatformSettings):
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
 
+def triton_model_name_for(registered_model_name: str) -> str:
+    """The one naming rule between the registry and serving: MLflow's ``credit-default`` is served by
+    Triton, and answered by the prediction API, as ``credit_default``."""
+    return registered_model_name.replace("-", "_")
+
+
 class TritonSettings(PlatformSettings):
     triton_grpc_url: str = "127.0.0.1:8001"
     triton_http_url: str = "127.0.0.1:8000"
-    triton_model_name: str = "credit_default"
+    triton_model_name: str = triton_model_name_for(MlflowSettings.model_fields["registered_model_name"].default)
 
 
 class RabbitSettings(PlatformSettings):
