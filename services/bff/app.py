@@ -9,17 +9,26 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Body, Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bff.docs import OPENAPI_TAGS, add_offline_docs, api_description, error_responses
 from bff.errors import DependencyUnavailableError, EntityNotFoundError
 from bff.inference_log import InferenceLogPublisher
 from bff.metrics import REGISTRY, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
-from bff.schemas import BatchPrediction, Prediction, PredictRequest, Readiness
+from bff.schemas import (
+    BATCH_EXAMPLES,
+    PREDICT_EXAMPLES,
+    BatchPrediction,
+    Liveness,
+    Prediction,
+    PredictRequest,
+    Readiness,
+)
 from bff.settings import Settings
 from bff.triton import TritonPredictor
 from mlops_common.feast_store import open_feature_store
@@ -154,8 +163,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Credit default prediction API",
         version="1.0",
-        description="Scores Home Credit applications with the champion model served by Triton.",
+        summary="Probability of default of a Home Credit applicant, from the champion model served by Triton.",
+        description=api_description(settings),
+        openapi_tags=OPENAPI_TAGS,
         lifespan=lifespan,
+        # Served by add_offline_docs below, from local files instead of FastAPI's CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(PredictionTrafficMiddleware, max_in_flight=settings.max_in_flight)
 
@@ -177,12 +191,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error")
         return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
 
-    @app.post("/predict", response_model=Prediction, responses={404: {}, 422: {}, 503: {}})
-    async def predict(body: PredictRequest, platform: PlatformDep) -> Prediction:
+    @app.post(
+        "/predict",
+        response_model=Prediction,
+        tags=["prediction"],
+        summary="Score one applicant",
+        description=(
+            "Probability of default and decision for one applicant. The body is either all ten features, or "
+            f"`{ENTITY_KEY}` to read them from the online store, with any features given alongside the id "
+            "overriding the stored values. One online-store read (only when an id is given) and one Triton call."
+        ),
+        responses=error_responses(settings, 404, 422, 503),
+    )
+    async def predict(
+        body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)], platform: PlatformDep
+    ) -> Prediction:
         return (await _predict(platform, [body], batch=False))[0]
 
-    @app.post("/predict/batch", response_model=BatchPrediction, responses={404: {}, 413: {}, 422: {}, 503: {}})
-    async def predict_batch(body: list[PredictRequest], platform: PlatformDep):
+    @app.post(
+        "/predict/batch",
+        response_model=BatchPrediction,
+        tags=["prediction"],
+        summary="Score a batch of applicants",
+        description=(
+            "A JSON array of /predict bodies, in either form and mixed as you like, 1 to "
+            f"{settings.max_batch_size} rows (`MAX_BATCH_SIZE`). The ids of the batch are read from the online "
+            "store in one call and all rows go to Triton in one call; the predictions come back in input order. "
+            "One invalid row fails the whole batch with 422, its index in `loc`."
+        ),
+        responses=error_responses(settings, 404, 413, 422, 503),
+    )
+    async def predict_batch(
+        body: Annotated[list[PredictRequest], Body(openapi_examples=BATCH_EXAMPLES)], platform: PlatformDep
+    ):
         if not body:
             raise RequestValidationError([{"type": "too_short", "loc": ["body"], "msg": "batch is empty", "input": []}])
         if len(body) > platform.settings.max_batch_size:
@@ -192,11 +233,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return BatchPrediction(predictions=await _predict(platform, body, batch=True))
 
-    @app.get("/health/live")
+    @app.get(
+        "/health/live",
+        response_model=Liveness,
+        tags=["health"],
+        summary="Liveness",
+        description="The process answers HTTP (the liveness probe). Checks no dependency.",
+    )
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+    @app.get(
+        "/health/ready",
+        response_model=Readiness,
+        tags=["health"],
+        summary="Readiness",
+        description=(
+            "Whether predictions can be served (the readiness probe): Triton reports the model ready and the "
+            "online store answers a read. 200 when both do, 503 with the same body saying which does not."
+        ),
+        responses={503: {"model": Readiness, "description": "Triton or the online store is not ready"}},
+    )
     async def ready(platform: PlatformDep):
         state = Readiness(
             ready=False, triton_model=await platform.triton.model_ready(), online_store=await platform.online.ping()
@@ -208,4 +265,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    add_offline_docs(app)  # last: the routes above are matched first
     return app

@@ -1,6 +1,6 @@
 """Request and response bodies of the prediction API, generated from the feature contract."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -20,6 +20,41 @@ FEATURES_EXAMPLE = {
     "bureau_amt_credit_sum_overdue": 0,
 }
 ENTITY_EXAMPLE = {ENTITY_KEY: 100002}
+# An applicant id with some fields given: they override the stored values (a what-if on the loan terms).
+OVERRIDE_EXAMPLE = {**ENTITY_EXAMPLE, "AMT_CREDIT": 250000, "AMT_ANNUITY": 18000}
+
+# Named request examples of the OpenAPI (Swagger UI's example picker); tests/bff/test_api_docs.py
+# posts every one of them and expects 200, so they cannot drift from what the API accepts.
+PREDICT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "features": {
+        "summary": "All ten features in the body",
+        "description": "Nothing is read from the online store; `features_from_store` is empty in the answer.",
+        "value": FEATURES_EXAMPLE,
+    },
+    "applicant_id": {
+        "summary": f"An applicant id ({ENTITY_KEY}): features from the online store",
+        "description": "Every feature is read from the Feast online store; an id it does not know gets 404.",
+        "value": ENTITY_EXAMPLE,
+    },
+    "applicant_id_with_overrides": {
+        "summary": "An applicant id, with fields overriding the stored values",
+        "description": (
+            "The stored features of the applicant, except the ones in the body: here a what-if on the credit "
+            "amount and annuity. `features_from_store` lists the eight that came from the store."
+        ),
+        "value": OVERRIDE_EXAMPLE,
+    },
+}
+BATCH_EXAMPLES: dict[str, dict[str, Any]] = {
+    "mixed": {
+        "summary": "A batch mixing both forms",
+        "description": (
+            "Rows with all features, an applicant id, and an id with overrides. The ids are read from the "
+            "online store in one call, all rows go to Triton in one call, and the answers come in input order."
+        ),
+        "value": [FEATURES_EXAMPLE, ENTITY_EXAMPLE, OVERRIDE_EXAMPLE],
+    },
+}
 
 
 class _RequestBase(BaseModel):
@@ -45,11 +80,27 @@ PredictRequest = create_model(
 
 
 class Prediction(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "3f0c9a4e5b7d4c1e8a2f6b9d0e1c2a3b",
+                    "probability": 0.0412,
+                    "decision": "approve",
+                    "threshold": 0.5,
+                    "model_name": "credit_default",
+                    "model_version": "1",
+                    "features_from_store": [],
+                }
+            ]
+        }
+    )
+
     request_id: str = Field(description="Id of this prediction, also the key of its inference log record")
     probability: float = Field(description="Predicted probability of default")
     decision: Literal["approve", "reject"] = Field(description="reject when probability >= threshold")
-    threshold: float
-    model_name: str
+    threshold: float = Field(description="Decision threshold of this deployment (DECISION_THRESHOLD)")
+    model_name: str = Field(description="Triton model that answered")
     model_version: str = Field(description="Triton model version that answered (the MLflow version)")
     features_from_store: list[str] = Field(description="Features read from the online store, not the body")
 
@@ -58,7 +109,49 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction] = Field(description="One per input object, in input order")
 
 
+class Liveness(BaseModel):
+    status: Literal["alive"]
+
+
 class Readiness(BaseModel):
-    ready: bool
-    triton_model: bool
-    online_store: bool
+    ready: bool = Field(description="Both dependencies answer: predictions can be served")
+    triton_model: bool = Field(description="Triton reports the model ready")
+    online_store: bool = Field(description="The online store answers a read")
+
+
+# -- error bodies: the exact shapes the app's handlers (bff.app) and load shedding (bff.metrics) send --
+class ErrorBody(BaseModel):
+    """413, 503 (and 500): a message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str = Field(description="What went wrong, in words")
+
+
+class EntityNotFoundBody(BaseModel):
+    """404: applicant ids the online store does not know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str = Field(description="The ids not found, in words")
+    SK_ID_CURR: list[int] = Field(description="The ids not found")
+
+
+class FieldError(BaseModel):
+    """One invalid field: pydantic's error, as FastAPI reports it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="Error type, e.g. float_type, missing, extra_forbidden, finite_number")
+    loc: list[str | int] = Field(description='Path of the field: ["body", name], or ["body", row, name] in a batch')
+    msg: str = Field(description="The error in words")
+    input: Any = Field(description="The value given (NaN/Infinity as strings)")
+    ctx: dict[str, Any] | None = Field(None, description="The violated constraint, for some types (e.g. {ge: 0})")
+
+
+class ValidationErrorBody(BaseModel):
+    """422: every invalid field of the body at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: list[FieldError]

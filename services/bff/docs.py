@@ -1,0 +1,220 @@
+"""API docs that work without internet: Swagger UI and ReDoc pages whose scripts, styles and icon the
+API serves itself, from the files that the ``fastapi-offline`` package ships (Swagger UI 5, which
+FastAPI's OpenAPI 3.1 needs, and ReDoc 2). FastAPI's own pages load them from a CDN."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import fastapi_offline
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from bff.metrics import OVERLOADED_BODY
+from bff.schemas import EntityNotFoundBody, ErrorBody, ValidationErrorBody
+from bff.settings import Settings
+from mlops_common.features import ENTITY_KEY, FEATURES, N_FEATURES
+
+ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+ASSETS_URL = "/docs-assets"
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+# No call to validator.swagger.io (the page must not reach out); the rest are FastAPI's defaults.
+SWAGGER_UI_PARAMETERS = {"validatorUrl": None, "tryItOutEnabled": True, "displayRequestDuration": True}
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """Serve /docs, /redoc and their assets. Call after the API's routes: routes match in order, so the
+    prediction routes are tried first and these add nothing to a prediction request."""
+    if app.docs_url is not None or app.redoc_url is not None:
+        raise ValueError("create the app with docs_url=None, redoc_url=None (FastAPI's pages use a CDN)")
+    openapi_url = app.openapi_url
+    oauth2_redirect_url = f"{DOCS_URL}/oauth2-redirect"
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{oauth2_redirect_url}",
+            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+        )
+
+    @app.get(oauth2_redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get(REDOC_URL, include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
+    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
+
+
+# -- what the OpenAPI says about the API as a whole and about its errors --------------------------
+OPENAPI_TAGS = [
+    {"name": "prediction", "description": "Probability of default and approve/reject decision"},
+    {"name": "health", "description": "Kubernetes probes"},
+]
+
+
+def api_description(settings: Settings) -> str:
+    """The OpenAPI description: what the API predicts, its two request forms, the feature contract."""
+    features = "\n".join(f"| `{f.name}` | {f.group} | {f.description} |" for f in FEATURES)
+    return f"""\
+Predicts the probability that a Home Credit applicant defaults on a loan, with the model that holds the
+`champion` alias in the MLflow registry, served by Triton; the answer carries the probability, the decision
+(`reject` when the probability is at least the threshold, {settings.decision_threshold} here, else `approve`), and
+the model name and version that answered. Every prediction is written to the inference log under its `request_id`.
+
+## Two request forms
+
+* **Features in the body**: all {N_FEATURES} features of the contract below, as JSON numbers.
+* **An applicant id**: `{ENTITY_KEY}`; the features are read from the Feast online store, the values the
+  feature pipeline computed for that applicant. Features given alongside the id override the stored ones;
+  `features_from_store` in the answer names the features that came from the store. An id the store does
+  not know gets 404.
+
+`POST /predict` takes one body, `POST /predict/batch` a JSON array of up to {settings.max_batch_size} bodies of
+either form, mixed, answered in input order.
+
+## Feature contract
+
+The model's inputs, in the order of the tensor sent to Triton (float32). The same definition
+(`services/mlops_common/features.py`) generates the Feast schemas, the training matrix, the Triton configs
+and this request model.
+
+| feature | group | description |
+|---|---|---|
+{features}
+
+Bodies are strict: numbers must be JSON numbers (not strings or booleans); `NaN`, `Infinity` and unknown
+fields are refused. `null` or an absent feature means "not given" (read from the store when an id is given).
+
+## Errors
+
+| status | when | body |
+|---|---|---|
+| 404 | an `{ENTITY_KEY}` not in the online store | `detail` and the ids |
+| 413 | a batch over {settings.max_batch_size} rows | `detail` |
+| 422 | invalid body: every bad field with its path (`loc`) | `detail`: list of field errors |
+| 503 | Triton or the online store down or slower than its timeout, or over {settings.max_in_flight} requests \
+in flight; `Retry-After` says when to retry | `detail` |
+"""
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def error_responses(settings: Settings, *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a prediction route: the body model, a description and examples per status."""
+    too_many = settings.max_batch_size + 1
+    catalogue: dict[int, dict[str, Any]] = {
+        404: {
+            "model": EntityNotFoundBody,
+            "description": f"An `{ENTITY_KEY}` the online store does not know",
+            "examples": {
+                "unknown_applicant": {
+                    "summary": "Unknown applicant id",
+                    "value": {"detail": f"{ENTITY_KEY} 999999 not found in the online store", ENTITY_KEY: [999999]},
+                }
+            },
+        },
+        413: {
+            "model": ErrorBody,
+            "description": f"A batch of more than {settings.max_batch_size} rows (`MAX_BATCH_SIZE`)",
+            "examples": {
+                "batch_too_large": {
+                    "summary": "Too many rows",
+                    "value": {"detail": f"batch of {too_many} rows exceeds the maximum of {settings.max_batch_size}"},
+                }
+            },
+        },
+        422: {
+            "model": ValidationErrorBody,
+            "description": "Invalid body: wrong types, features missing without an id (type `missing`, "
+            f"msg `Field required when {ENTITY_KEY} is not given`), unknown fields, NaN, malformed JSON, an empty "
+            "batch. Every invalid field is listed; in a batch `loc` holds the row index",
+            "examples": {
+                "wrong_type": {
+                    "summary": "A number sent as a string",
+                    "value": {
+                        "detail": [
+                            {
+                                "type": "float_type",
+                                "loc": ["body", "AMT_CREDIT"],
+                                "msg": "Input should be a valid number",
+                                "input": "200000",
+                            }
+                        ]
+                    },
+                },
+                "unknown_field": {
+                    "summary": "An unknown field (a typo)",
+                    "value": {
+                        "detail": [
+                            {
+                                "type": "extra_forbidden",
+                                "loc": ["body", "AMT_CREDITT"],
+                                "msg": "Extra inputs are not permitted",
+                                "input": 250000,
+                            }
+                        ]
+                    },
+                },
+                "constraint": {
+                    "summary": "A negative applicant id",
+                    "value": {
+                        "detail": [
+                            {
+                                "type": "greater_than_equal",
+                                "loc": ["body", ENTITY_KEY],
+                                "msg": "Input should be greater than or equal to 0",
+                                "input": -1,
+                                "ctx": {"ge": 0},
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+        503: {
+            "model": ErrorBody,
+            "description": "Triton or the online store unavailable or slower than its timeout, or too many "
+            "requests in flight; retry after `Retry-After` seconds",
+            "headers": _RETRY_AFTER,
+            "examples": {
+                "triton_unavailable": {
+                    "summary": "Triton did not answer in time",
+                    "value": {"detail": "temporarily unavailable: triton: Deadline Exceeded"},
+                },
+                "online_store_unavailable": {
+                    "summary": "The online store did not answer in time",
+                    "value": {"detail": "temporarily unavailable: online store: TimeoutError: "},
+                },
+                "overloaded": {
+                    "summary": f"Over MAX_IN_FLIGHT ({settings.max_in_flight}) requests in flight",
+                    "value": json.loads(OVERLOADED_BODY),
+                },
+            },
+        },
+    }
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry = dict(catalogue[status])
+        examples = entry.pop("examples")
+        responses[status] = {**entry, "content": {"application/json": {"examples": examples}}}
+    return responses

@@ -1,0 +1,280 @@
+"""The API documents itself and its docs work offline.
+
+* /docs (Swagger UI) and /redoc load every script, style and icon from the app itself: no URL to
+  another host, each asset answers 200 with its real content. (FastAPI's own pages use a CDN and are
+  blank without internet.)
+* /openapi.json describes every operation, has examples of every request form and the schema of every
+  error body; the documented request examples are accepted by the app (200), the documented error
+  examples match their schemas, and the errors the app really sends match the documented schemas.
+
+In-process (ASGI, no lifespan): Triton and the online store are fakes behind the app's platform dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from html.parser import HTMLParser
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+from bff.app import Platform, create_app, get_platform
+from bff.errors import DependencyUnavailableError, EntityNotFoundError
+from bff.schemas import (
+    FEATURES_EXAMPLE,
+    BatchPrediction,
+    EntityNotFoundBody,
+    ErrorBody,
+    Prediction,
+    ValidationErrorBody,
+)
+from bff.settings import Settings
+from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
+
+BASE_URL = "http://bff"
+KNOWN_APPLICANT = 100002
+PREDICTION_ROUTES = {"/predict": (404, 422, 503), "/predict/batch": (404, 413, 422, 503)}
+ERROR_MODELS: dict[int, type[BaseModel]] = {
+    404: EntityNotFoundBody,
+    413: ErrorBody,
+    422: ValidationErrorBody,
+    503: ErrorBody,
+}
+
+
+# -- fakes of Triton and the online store ----------------------------------------------------------
+class FakeTriton:
+    model_name = "credit_default"
+
+    def __init__(self) -> None:
+        self.matrices: list[np.ndarray] = []
+        self.failure: Exception | None = None
+        self.gate: asyncio.Event | None = None  # when set, predict waits for it
+        self.entered = asyncio.Event()
+
+    async def predict(self, features: np.ndarray) -> tuple[np.ndarray, str]:
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        self.matrices.append(features.copy())
+        return np.full(len(features), 0.25, dtype=np.float32), "7"
+
+    async def model_ready(self) -> bool:
+        return True
+
+
+class FakeOnlineStore:
+    """Knows one applicant; like the real one, an unknown id is EntityNotFoundError."""
+
+    rows = {KNOWN_APPLICANT: {**FEATURES_EXAMPLE, "AMT_CREDIT": 123456.0}}
+
+    async def fetch(self, entity_ids: list[int]) -> dict[int, dict]:
+        missing = [i for i in dict.fromkeys(entity_ids) if i not in self.rows]
+        if missing:
+            raise EntityNotFoundError(missing)
+        return {i: self.rows[i] for i in entity_ids}
+
+    async def ping(self) -> bool:
+        return True
+
+
+class Fakes:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.triton = FakeTriton()
+        self.app = create_app(settings)
+        platform = Platform(settings, self.triton, FakeOnlineStore(), logs=None)  # type: ignore[arg-type]
+        self.app.dependency_overrides[get_platform] = lambda: platform
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=BASE_URL)
+
+
+@pytest.fixture
+def fakes() -> Fakes:
+    return Fakes(Settings(max_batch_size=3, max_in_flight=1))
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict:
+    return create_app(Settings()).openapi()
+
+
+# -- the docs pages ---------------------------------------------------------------------------------
+class _Urls(HTMLParser):
+    """Every src/href attribute, and every quoted path or URL in inline scripts (Swagger UI's spec url)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.urls += [value for name, value in attrs if name in {"src", "href", "spec-url"} and value]
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.urls += re.findall(r"""["']((?:https?:)?/[^"'\s]*)["']""", data)
+
+
+@pytest.mark.parametrize(
+    ("page", "required"),
+    [
+        ("/docs", {"swagger-ui-bundle.js", "swagger-ui.css", "openapi.json"}),
+        ("/redoc", {"redoc.standalone.js", "openapi.json"}),
+    ],
+)
+async def test_docs_page_loads_everything_from_the_app(fakes, page, required):
+    async with fakes.client() as client:
+        html = await client.get(page)
+        assert html.status_code == 200
+        assert html.headers["content-type"].startswith("text/html")
+        assert not re.search(r"https?://", html.text), "the page names another host"
+        parser = _Urls()
+        parser.feed(html.text)
+        urls = set(parser.urls)
+        assert {u.rsplit("/", 1)[-1] for u in urls} >= required, urls
+        for url in urls:
+            absolute = urlsplit(urljoin(f"{BASE_URL}{page}", url))
+            assert (absolute.scheme, absolute.netloc) == ("http", "bff"), f"{page} loads {url} from elsewhere"
+            asset = await client.get(url)
+            assert asset.status_code == 200, url
+            assert len(asset.content) > 1000, url  # the real file, not an error page
+            if url.endswith(".js"):
+                assert "javascript" in asset.headers["content-type"], url
+            if url.endswith(".css"):
+                assert asset.headers["content-type"].startswith("text/css"), url
+
+
+async def test_swagger_ui_does_not_call_the_online_validator(fakes):
+    async with fakes.client() as client:
+        assert '"validatorUrl": null' in (await client.get("/docs")).text
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------------
+def _operations(openapi: dict):
+    for path, methods in openapi["paths"].items():
+        for method, operation in methods.items():
+            yield f"{method.upper()} {path}", operation
+
+
+def test_the_api_and_every_operation_are_described(openapi):
+    info = openapi["info"]["description"]
+    assert ENTITY_KEY in info
+    assert "online store" in info
+    assert all(f"`{name}`" in info for name in FEATURE_NAMES), "the feature contract is in the description"
+    operations = dict(_operations(openapi))
+    assert set(operations) >= {"POST /predict", "POST /predict/batch", "GET /health/live", "GET /health/ready"}
+    for name, operation in operations.items():
+        assert operation.get("summary"), name
+        assert len(operation.get("description", "")) > 40, name
+        assert operation.get("tags"), name
+
+
+def test_request_examples_cover_every_form(openapi):
+    def examples(path: str) -> list:
+        body = openapi["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        return [example["value"] for example in body["examples"].values()]
+
+    def form(body: dict) -> str:
+        given = set(FEATURE_NAMES) & set(body)
+        if ENTITY_KEY not in body:
+            return "features" if given == set(FEATURE_NAMES) else "incomplete"
+        return "id with overrides" if given else "id"
+
+    assert {form(body) for body in examples("/predict")} == {"features", "id", "id with overrides"}
+    assert any({"features", "id"} <= {form(row) for row in batch} for batch in examples("/predict/batch"))
+
+
+def test_prediction_routes_document_their_error_bodies(openapi):
+    for path, statuses in PREDICTION_ROUTES.items():
+        responses = openapi["paths"][path]["post"]["responses"]
+        for status in statuses:
+            content = responses[str(status)]["content"]["application/json"]
+            assert content["schema"] == {"$ref": f"#/components/schemas/{ERROR_MODELS[status].__name__}"}, (
+                path,
+                status,
+            )
+            assert content["examples"], (path, status)
+        assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_documented_error_examples_match_their_schemas(openapi):
+    for path, statuses in PREDICTION_ROUTES.items():
+        responses = openapi["paths"][path]["post"]["responses"]
+        for status in statuses:
+            for example in responses[str(status)]["content"]["application/json"]["examples"].values():
+                ERROR_MODELS[status].model_validate(example["value"])
+
+
+# -- examples and error bodies against the app --------------------------------------------------------
+def _request_examples(path: str) -> list[tuple[str, object]]:
+    body = create_app(Settings()).openapi()["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    return [(name, example["value"]) for name, example in body["examples"].items()]
+
+
+@pytest.mark.parametrize(("name", "body"), _request_examples("/predict"))
+async def test_every_predict_example_is_accepted(fakes, name, body):
+    async with fakes.client() as client:
+        answer = await client.post("/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    prediction = Prediction.model_validate(answer.json())
+    stored = [n for n in FEATURE_NAMES if n not in body] if ENTITY_KEY in body else []
+    assert prediction.features_from_store == stored
+    # What the body gives reaches the model; the rest comes from the store.
+    sent = dict(zip(FEATURE_NAMES, fakes.triton.matrices[0][0].tolist(), strict=True))
+    expected = {**(FakeOnlineStore.rows[body[ENTITY_KEY]] if ENTITY_KEY in body else {}), **body}
+    assert sent == {n: pytest.approx(float(expected[n])) for n in FEATURE_NAMES}
+
+
+@pytest.mark.parametrize(("name", "body"), _request_examples("/predict/batch"))
+async def test_every_batch_example_is_accepted(name, body):
+    fakes = Fakes(Settings())  # the default MAX_BATCH_SIZE
+    async with fakes.client() as client:
+        answer = await client.post("/predict/batch", json=body)
+    assert answer.status_code == 200, answer.text
+    assert len(BatchPrediction.model_validate(answer.json()).predictions) == len(body)
+
+
+async def _error(fakes: Fakes, path: str, body, status: int) -> dict:
+    async with fakes.client() as client:
+        answer = await client.post(path, json=body)
+    assert answer.status_code == status, answer.text
+    ERROR_MODELS[status].model_validate(answer.json())
+    return answer.json()
+
+
+async def test_the_errors_the_app_sends_match_the_documented_schemas(fakes):
+    assert (await _error(fakes, "/predict", {ENTITY_KEY: 1}, 404))[ENTITY_KEY] == [1]
+    await _error(fakes, "/predict/batch", [FEATURES_EXAMPLE, {ENTITY_KEY: 1}], 404)
+    await _error(fakes, "/predict/batch", [FEATURES_EXAMPLE] * 4, 413)
+    for body in ({"AMT_CREDIT": "1"}, {"AMT_CREDIT": 1}, {ENTITY_KEY: -1}, {ENTITY_KEY: 1, "AMT_CREDITT": 1}):
+        await _error(fakes, "/predict", body, 422)
+    await _error(fakes, "/predict/batch", [], 422)
+    await _error(fakes, "/predict/batch", [FEATURES_EXAMPLE, {"AMT_CREDIT": 1}], 422)
+    fakes.triton.failure = DependencyUnavailableError("triton: Deadline Exceeded")
+    await _error(fakes, "/predict", FEATURES_EXAMPLE, 503)
+    await _error(fakes, "/predict/batch", [FEATURES_EXAMPLE], 503)
+
+
+async def test_the_overload_answer_matches_the_documented_schema(fakes):
+    fakes.triton.gate = asyncio.Event()
+    async with fakes.client() as client:
+        first = asyncio.create_task(client.post("/predict", json=FEATURES_EXAMPLE))
+        await asyncio.wait_for(fakes.triton.entered.wait(), 10)  # max_in_flight=1: the first holds the slot
+        shed = await client.post("/predict", json=FEATURES_EXAMPLE)
+        fakes.triton.gate.set()
+        assert (await first).status_code == 200
+    assert shed.status_code == 503
+    assert shed.headers["retry-after"] == "1"
+    ErrorBody.model_validate(shed.json())
