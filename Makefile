@@ -9,7 +9,9 @@ UV := .tools/uv/bin/uv
 VENV := .venv
 TRITON_VENV := .venv-triton
 PY := $(VENV)/bin/python
-export PYTHONPATH := $(CURDIR)/services:$(CURDIR)/data:$(CURDIR)/feature_repo
+# The platform is installed editable into .venv (no PYTHONPATH); the Kubernetes tools of `make k8s-tools`
+# (helm, kubectl, …) are in .tools/bin.
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/.tools/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
 # Synthetic applicants generated when data/ has no Home Credit CSVs (the real Kaggle files are used if present).
@@ -31,9 +33,10 @@ $(UV):
 	.tools/uv/bin/pip install --quiet uv==$(UV_VERSION)
 
 # The stamp files make setup a no-op until a lock file changes.
-$(VENV)/.installed: requirements.lock | $(UV)
+$(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
 	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_BOOT) $(VENV)
 	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --no-deps --python $(PY) -e .
 	touch $@
 
 $(TRITON_VENV)/.installed: requirements-triton.lock | $(UV)
@@ -100,7 +103,7 @@ predict: ## The README's three curl calls against the BFF, then the inference lo
 	curl -sS --fail-with-body -X POST $(BFF_URL)/predict/batch -H 'Content-Type: application/json' -d '[$(FEATURES_BODY), {"SK_ID_CURR": 100002, "AMT_CREDIT": 250000}]'
 	@echo; echo "--- inference logs in S3 (the worker flushes a partial batch after BATCH_MAX_AGE_S)"
 	sleep 7
-	$(STACK_ENV) $(PY) -m log_worker.reader --since 15m
+	$(VENV)/bin/mlops logs query --since 15m --limit 5
 
 dashboards: $(VENV)/.installed ## Every Grafana dashboard drawn from the local Prometheus: .stack/dashboards/*.png
 	$(STACK_ENV) $(PY) -m dashboards render --range 15m --out .stack/dashboards

@@ -247,16 +247,16 @@ def list_log_objects(
     return sorted(keys)
 
 
-def read_inference_logs(
+def load_inference_log_table(
     settings: InferenceLogStoreSettings,
     start: datetime,
     end: datetime,
     *,
     model_name: str | None = None,
     max_workers: int = 8,
-) -> pd.DataFrame:
-    """Logged inferences with ``start <= timestamp < end`` (timezone-aware datetimes), one row per
-    request id (the earliest copy wins), sorted by timestamp; columns as ``PARQUET_SCHEMA``."""
+) -> tuple[pa.Table, int]:
+    """Logged inferences with ``start <= timestamp < end`` (timezone-aware datetimes) as one Arrow
+    table (``PARQUET_SCHEMA``, sorted by timestamp, not yet de-duplicated), and how many objects held them."""
     start, end = _aware_utc(start, "start"), _aware_utc(end, "end")
     client = s3_client(settings)
     keys = list_log_objects(client, settings.logs_bucket, settings.logs_prefix, start, end, model_name=model_name)
@@ -269,5 +269,22 @@ def read_inference_logs(
         tables = list(pool.map(load, keys))
     table = pa.concat_tables(tables, promote_options="default") if tables else PARQUET_SCHEMA.empty_table()
     in_range = pc.and_(pc.greater_equal(table["timestamp"], start), pc.less(table["timestamp"], end))
-    table = table.filter(in_range).sort_by([("timestamp", "ascending"), ("request_id", "ascending")])
-    return table.to_pandas().drop_duplicates("request_id", keep="first").reset_index(drop=True)
+    return table.filter(in_range).sort_by([("timestamp", "ascending"), ("request_id", "ascending")]), len(keys)
+
+
+def read_inference_logs(
+    settings: InferenceLogStoreSettings,
+    start: datetime,
+    end: datetime,
+    *,
+    model_name: str | None = None,
+    max_workers: int = 8,
+) -> pd.DataFrame:
+    """Logged inferences with ``start <= timestamp < end`` (timezone-aware datetimes), one row per
+    request id (the earliest copy wins), sorted by timestamp; columns as ``PARQUET_SCHEMA``.
+    ``entity_id`` stays an integer (pandas' nullable ``Int64``), not a float, when some rows have none."""
+    import pandas as pd
+
+    table, _ = load_inference_log_table(settings, start, end, model_name=model_name, max_workers=max_workers)
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return frame.drop_duplicates("request_id", keep="first").reset_index(drop=True)

@@ -229,10 +229,10 @@ def test_broken_render_is_reported(rendered: dict[str, list[Doc]], breakage: str
 
 
 def test_every_service_with_settings_is_deployed(rendered: dict[str, list[Doc]]) -> None:
-    """A new service package with a settings.py needs a workload in the chart (devstack and dashboards,
-    the local stack and the local picture of the dashboards, are local only)."""
+    """A new service package with a settings.py needs a workload in the chart (devstack, dashboards and
+    mlops_cli, the local stack, its pictures of the dashboards and the operator's CLI, are local only)."""
     deployed = {python_service(c) for _, t in pod_templates(rendered["01-default"]) for c in inv.containers(t)}
-    local_only = {"mlops_common", "devstack", "dashboards"}
+    local_only = {"mlops_common", "devstack", "dashboards", "mlops_cli"}
     services = {p.parent.name for p in (REPO / "services").glob("*/settings.py")} - local_only
     assert services <= deployed, services - deployed
 

@@ -12,8 +12,9 @@ from chart_tools import REPO, run, tool
 from image_tools import normalize, parse_requirements
 
 SERVICES = sorted(p.parent.name for p in (REPO / "services").glob("*/settings.py"))
-# mlops_common is a library; devstack runs the local stack, dashboards draws it locally: no images.
-SERVICES = [s for s in SERVICES if s not in ("mlops_common", "devstack", "dashboards")]
+# mlops_common is a library; devstack runs the local stack, dashboards draws it locally and mlops_cli
+# is the operator's command line: no images.
+SERVICES = [s for s in SERVICES if s not in ("mlops_common", "devstack", "dashboards", "mlops_cli")]
 FIRST_PARTY_ROOTS = [REPO / "services", REPO / "feature_repo", REPO / "data"]
 # Imported by code that runs inside Triton's Python backend, which provides it.
 PROVIDED_AT_RUN_TIME = {"triton_python_backend_utils"}

@@ -1,0 +1,455 @@
+"""``mlops``: one command for the platform's operators.
+
+Each area delegates to the service that owns it (``devstack``, ``feature_store``, ``trainer``,
+``dashboards``), so ``python -m <service>`` and ``mlops`` do the same thing; model lifecycle and log
+queries live in ``mlops_cli.lifecycle`` and ``mlops_cli.logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from pydantic import ValidationError
+from typer.core import TyperGroup
+
+from mlops_cli.errors import CliError
+from mlops_cli.settings import Settings
+
+EXAMPLE_BODY: dict[str, Any] = {
+    "AMT_INCOME_TOTAL": 50000,
+    "AMT_CREDIT": 200000,
+    "AMT_ANNUITY": 15000,
+    "DAYS_BIRTH": -12000,
+    "DAYS_EMPLOYED": -2000,
+    "bureau_credit_count": 3,
+    "bureau_credit_active_count": 1,
+    "bureau_credit_days_enddate_mean": -500,
+    "bureau_amt_credit_sum": 300000,
+    "bureau_amt_credit_sum_overdue": 0,
+}
+
+
+class _OneLineErrors(TyperGroup):
+    """Every failure is one line on stderr: ``CliError`` and invalid settings exit 2, anything else 1."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # help, usage errors, Ctrl-C
+            raise
+        except CliError as err:
+            typer.echo(f"mlops: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+            typer.echo(f"mlops: invalid settings: {problems}", err=True)
+            raise typer.Exit(2) from None
+        except Exception as err:
+            if ctx.meta.get("mlops.debug"):
+                raise
+            first = str(err).splitlines()[0] if str(err) else ""
+            typer.echo(f"mlops: unexpected {type(err).__name__}: {first} (--debug shows the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+
+def _typer(help_text: str) -> typer.Typer:
+    return typer.Typer(help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+app = typer.Typer(
+    name="mlops",
+    cls=_OneLineErrors,
+    help="Operate the MLOps platform: local stack, features, training, model lifecycle, predictions, logs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stack_app = _typer("The local stack (SeaweedFS, PostgreSQL, Redis, RabbitMQ, MLflow, Triton, Prometheus).")
+model_app = _typer("Model lifecycle: champion/challenger in MLflow, what Triton serves, promote, roll back.")
+logs_app = _typer("Inference logs (Parquet in S3).")
+app.add_typer(stack_app, name="stack")
+app.add_typer(model_app, name="model")
+app.add_typer(logs_app, name="logs")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of unexpected errors")] = False,
+) -> None:
+    ctx.meta["mlops.debug"] = debug
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _delegate(main: Callable[[list[str]], int | None], argv: Sequence[str]) -> None:
+    """Run a service's ``__main__.main(argv)``; its exit code becomes ours."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):
+            raise CliError(exit_.code) from None
+        code = exit_.code
+    if code:
+        raise typer.Exit(int(code))
+
+
+# -- stack -----------------------------------------------------------------------------------------
+def _devstack(*argv: str) -> None:
+    from devstack.__main__ import main
+
+    _delegate(main, argv)
+
+
+@stack_app.command("up")
+def stack_up(
+    components: Annotated[list[str] | None, typer.Argument(help="only these components (default: all)")] = None,
+) -> None:
+    """Start the stack (idempotent, health-checked; logs in .stack/logs)."""
+    _devstack("up", *(components or []))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop what `stack up` started; the machine's services and all data stay."""
+    _devstack("down")
+
+
+@stack_app.command("reset")
+def stack_reset() -> None:
+    """Stop the stack and delete its state: .stack/, its MLflow database, vhost and Redis keys."""
+    _devstack("reset")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """One line per component; exit code 1 if any is down."""
+    _devstack("status")
+
+
+@stack_app.command("env")
+def stack_env() -> None:
+    """The platform's environment for this stack as shell exports (`mlops` itself does not need them)."""
+    _devstack("env")
+
+
+# -- data, features, training ----------------------------------------------------------------------
+@app.command("data")
+def data(
+    applicants: Annotated[int, typer.Option(help="synthetic applicants (train + test)", min=10)] = 20_000,
+    out: Annotated[Path | None, typer.Option(help="folder for the CSVs (default: data/)")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite existing CSVs (real Kaggle files included)")] = False,
+) -> None:
+    """Synthetic Home Credit CSVs (kept if present: real Kaggle files win)."""
+    from synthetic_home_credit import main
+
+    argv = ["--applicants", str(applicants), *(["--out", str(out)] if out else []), *(["--force"] if force else [])]
+    _delegate(main, argv)
+
+
+@app.command("features")
+def features(
+    data_dir: Annotated[Path | None, typer.Option(help="folder of the raw CSVs (default: data/)")] = None,
+    applicants: Annotated[int, typer.Option(help="synthetic applicants if the folder has no CSVs", min=10)] = 20_000,
+) -> None:
+    """Raw CSVs -> S3 -> Parquet offline store -> feast apply -> Redis online store (`make features`)."""
+    from feature_store.__main__ import main as feature_store
+    from mlops_common.settings import REPO_ROOT
+    from synthetic_home_credit import main as synthesize
+
+    folder = data_dir or REPO_ROOT / "data"
+    _delegate(synthesize, ["--applicants", str(applicants), "--out", str(folder)])
+    Settings.export_local_stack_env()
+    _delegate(feature_store, ["upload", "--data-dir", str(folder)])
+    _delegate(feature_store, ["run"])
+
+
+@app.command("train")
+def train(
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="hyperparameter override name=value (repeatable)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file of HistGradientBoosting hyperparameters", exists=True)
+    ] = None,
+    no_promote: Annotated[
+        bool, typer.Option("--no-promote", help="register as challenger only; the champion stays where it is")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="split and model seed")] = 7,
+    holdout_fraction: Annotated[float, typer.Option(min=0.01, max=0.9)] = 0.2,
+) -> None:
+    """Train, export to ONNX, register in MLflow and gate the champion alias."""
+    from trainer.__main__ import main as trainer
+
+    argv = [f"--param={p}" for p in param or []]
+    argv += [*(["--config", str(config)] if config else []), *(["--no-promote"] if no_promote else [])]
+    argv += ["--seed", str(seed), "--holdout-fraction", str(holdout_fraction)]
+    Settings.export_local_stack_env()
+    _delegate(trainer, argv)
+
+
+# -- model lifecycle -------------------------------------------------------------------------------
+def _registry():
+    from mlops_cli.lifecycle import Registry
+
+    return Registry(_settings())
+
+
+def _version_line(role: str, info) -> str:
+    if info is None:
+        return f"  {role:<11} none"
+    auc = "n/a" if info.auc is None else f"{info.auc:.4f}"
+    gate = info.gate_tags
+    line = f"  {role:<11} version {info.version:<4} holdout AUC {auc}"
+    if gate:
+        line += f"  gate: {gate.get('gate.decision', '?')} ({gate.get('gate.reason', '')})"
+    if "champion.by" in info.tags:
+        line += (
+            f"  {info.tags.get('champion.action', 'promote')}d by {info.tags['champion.by']} at "
+            f"{info.tags.get('champion.at', '?')}: {info.tags.get('champion.reason', '')}"
+            f" (previous champion {info.tags.get('champion.previous', 'none')})"
+        )
+    return line
+
+
+@model_app.command("status")
+def model_status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Champion and challenger in MLflow (version, AUC, gate) beside the version Triton serves."""
+    status = _registry().status()
+    champion = status.champion.version if status.champion else None
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "registered_model": status.registered_model,
+                    "triton_model": status.triton_model,
+                    "champion": status.champion.__dict__ if status.champion else None,
+                    "challenger": status.challenger.__dict__ if status.challenger else None,
+                    "triton_serves": status.served,
+                    "triton_error": status.triton_error,
+                    "in_sync": status.served == [champion] if champion and status.served is not None else None,
+                },
+                indent=2,
+            )
+        )
+        return
+    typer.echo(f"MLflow registry: {status.registered_model}")
+    typer.echo(_version_line("champion", status.champion))
+    typer.echo(_version_line("challenger", status.challenger))
+    if status.served is None:
+        served = f"unknown ({status.triton_error})"
+    elif not status.served:
+        served = "nothing (no version ready)"
+    else:
+        served = "version " + ", ".join(status.served)
+        served += (
+            "  = champion" if status.served == [champion] else "  != champion (model sync switches within its interval)"
+        )
+    typer.echo(f"Triton serves {status.triton_model}: {served}")
+
+
+def _after_move(registry, version: str, previous: str | None, action: str, wait: bool, timeout: float | None) -> None:
+    from mlops_cli.lifecycle import wait_until_served
+
+    typer.echo(
+        f"{action}: champion of {registry.name} is now version {version} (was {previous or 'none'}); "
+        "recorded in the version's champion.* tags and the model's audit/ tags"
+    )
+    if wait:
+        settings = registry.settings
+        limit = timeout if timeout is not None else 4 * settings.sync_interval_s + 60
+        waited = wait_until_served(settings, version, limit)
+        typer.echo(f"Triton serves version {version} of {settings.triton_model_name} (after {waited:.1f} s)")
+
+
+WaitOption = Annotated[bool, typer.Option("--wait", help="wait until Triton serves the new champion")]
+TimeoutOption = Annotated[
+    float | None, typer.Option(help="seconds --wait allows (default: 4 sync intervals + 60)", min=0)
+]
+ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="why (recorded in the audit trail)")]
+
+
+@model_app.command("promote")
+def model_promote(
+    version: Annotated[str, typer.Argument(help="the registered model's version to make champion")],
+    reason: ReasonOption,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
+) -> None:
+    """Move the champion alias to VERSION (model sync then loads it into Triton)."""
+    registry = _registry()
+    previous, event = registry.move_champion(version, action="promote", reason=reason)
+    _after_move(registry, event.version, previous, "promoted", wait, timeout)
+
+
+@model_app.command("rollback")
+def model_rollback(reason: ReasonOption, wait: WaitOption = False, timeout: TimeoutOption = None) -> None:
+    """Move the champion alias back to the version recorded as the previous champion."""
+    registry = _registry()
+    target = registry.rollback_target()
+    previous, event = registry.move_champion(target, action="rollback", reason=reason)
+    _after_move(registry, event.version, previous, "rolled back", wait, timeout)
+
+
+@model_app.command("history")
+def model_history(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Every change of the champion: the trainer's gate promotions and every promote/rollback."""
+    registry = _registry()
+    events = registry.history()
+    if as_json:
+        typer.echo(json.dumps([e.__dict__ for e in events], indent=2))
+        return
+    typer.echo(f"champion history of {registry.name} ({len(events)} changes)")
+    for e in events:
+        typer.echo(f"  {e.at}  {e.action:<8} version {e.version:<4} (was {e.previous:<4}) by {e.by}: {e.reason}")
+
+
+# -- predictions -----------------------------------------------------------------------------------
+@app.command("predict")
+def predict(
+    body: Annotated[
+        str | None,
+        typer.Option("--json", help="request body: JSON text or @file (an object, or a list for a batch)"),
+    ] = None,
+    applicant: Annotated[int | None, typer.Option(help="an applicant id: features from the online store")] = None,
+) -> None:
+    """POST to the prediction API (the README's example body unless --json/--applicant)."""
+    settings = _settings()
+    if body is not None and applicant is not None:
+        raise CliError("give --json or --applicant, not both")
+    if body is not None:
+        text = Path(body[1:]).read_text() if body.startswith("@") else body
+        try:
+            payload = json.loads(text)
+        except (OSError, json.JSONDecodeError) as err:
+            raise CliError(f"--json: not valid JSON ({err})") from None
+    else:
+        payload = {"SK_ID_CURR": applicant} if applicant is not None else EXAMPLE_BODY
+    path = "/predict/batch" if isinstance(payload, list) else "/predict"
+    url = settings.prediction_api_url + path
+    try:
+        response = httpx.post(url, json=payload, timeout=settings.http_timeout_s)
+    except httpx.HTTPError as err:
+        raise CliError(f"cannot reach the prediction API at {url}: {type(err).__name__}; is it up?") from None
+    if response.status_code >= 400:
+        raise CliError(f"prediction API answered {response.status_code}: {response.text[:500]}")
+    typer.echo(json.dumps(response.json(), indent=2))
+
+
+# -- logs ------------------------------------------------------------------------------------------
+class Format(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    PARQUET = "parquet"
+
+
+@logs_app.command("query")
+def logs_query(
+    request_id: Annotated[str | None, typer.Option(help="only this request id")] = None,
+    applicant: Annotated[int | None, typer.Option(help="only this applicant (SK_ID_CURR)")] = None,
+    model_version: Annotated[str | None, typer.Option(help="only this model version")] = None,
+    since: Annotated[str, typer.Option(help="start: now, 90s, 15m, 2h, 7d or ISO-8601")] = "1h",
+    until: Annotated[str, typer.Option(help="end (exclusive), same forms")] = "now",
+    limit: Annotated[int | None, typer.Option(min=1, help="at most this many rows")] = None,
+    output_format: Annotated[Format, typer.Option("--format", help="table, json or parquet")] = Format.TABLE,
+    output: Annotated[Path | None, typer.Option(help="write to this file (required for parquet)")] = None,
+) -> None:
+    """Logged predictions (features, probability, model version, latency), one row per request, and a summary."""
+    from mlops_cli.logs import LogQuery, query_logs
+
+    if output_format is Format.PARQUET and output is None:
+        raise CliError("--format parquet needs --output FILE")
+    result = query_logs(
+        _settings(),
+        LogQuery(
+            since=since,
+            until=until,
+            request_id=request_id,
+            applicant=applicant,
+            model_version=model_version,
+            limit=limit,
+        ),
+    )
+    summary = result.summary()
+    if output_format is Format.PARQUET:
+        import pyarrow.parquet as pq
+
+        pq.write_table(result.table, output)
+        typer.echo(f"{summary}\nwritten to {output}")
+        return
+    if output_format is Format.JSON:
+        text = json.dumps(_json_rows(result.table), indent=2)
+        if output:
+            output.write_text(text + "\n")
+            typer.echo(f"{summary}\nwritten to {output}")
+        else:
+            typer.echo(text)
+            typer.echo(summary, err=True)
+        return
+    _print_table(result.table, output)
+    typer.echo(summary)
+
+
+def _json_rows(table) -> list[dict[str, Any]]:
+    from mlops_common.features import FEATURE_NAMES
+
+    rows = []
+    for row in table.to_pylist():
+        features = {name: row.pop(name) for name in FEATURE_NAMES}
+        row["timestamp"] = row["timestamp"].isoformat()
+        row["features"] = features
+        rows.append(row)
+    return rows
+
+
+def _print_table(table, output: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlops_common.features import FEATURE_NAMES
+
+    view = Table(show_lines=False)
+    for column in ("time (UTC)", "request id", "applicant", "version", "probability", "decision", "latency ms"):
+        view.add_column(column, no_wrap=column != "request id")
+    view.add_column("features")
+    for row in table.to_pylist():
+        features = " ".join(f"{n}={row[n]:g}" if row[n] is not None else f"{n}=null" for n in FEATURE_NAMES)
+        view.add_row(
+            f"{row['timestamp']:%Y-%m-%d %H:%M:%S}",
+            row["request_id"],
+            "" if row["applicant_id"] is None else str(row["applicant_id"]),
+            row["model_version"],
+            f"{row['probability']:.4f}",
+            row["decision"],
+            f"{row['latency_ms']:.1f}",
+            features,
+        )
+    if output:
+        with output.open("w") as handle:
+            Console(file=handle, width=200).print(view)
+    elif table.num_rows:
+        Console(file=sys.stdout, width=max(160, Console().width)).print(view)
+
+
+# -- dashboards ------------------------------------------------------------------------------------
+@app.command("dashboards")
+def dashboards(
+    range_: Annotated[str, typer.Option("--range", help="time range drawn, e.g. 15m, 1h")] = "15m",
+    out: Annotated[Path | None, typer.Option(help="folder for the PNGs (default .stack/dashboards)")] = None,
+) -> None:
+    """Draw every Grafana dashboard from the local Prometheus into PNG files."""
+    from dashboards.__main__ import main
+
+    Settings.export_local_stack_env()
+    _delegate(main, ["render", "--range", range_, *(["--out", str(out)] if out else [])])

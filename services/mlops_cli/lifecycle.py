@@ -1,0 +1,277 @@
+"""Model lifecycle on the MLflow registry: which version is champion/challenger and why, promote and
+roll back with an audit trail, and what Triton actually serves.
+
+Audit trail: every promote/rollback sets tags on the version that becomes champion
+(``champion.action``, ``champion.by``, ``champion.at`` (UTC ISO-8601), ``champion.reason``,
+``champion.previous``) and appends one event to the registered model's tags (``audit/<UTC time>``, a JSON
+object), so ``history`` keeps every move, the trainer's gate promotions included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from mlops_cli.errors import CliError
+from mlops_cli.settings import Settings
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG_ACTION, TAG_BY, TAG_AT, TAG_REASON, TAG_PREVIOUS = (
+    f"champion.{name}" for name in ("action", "by", "at", "reason", "previous")
+)
+AUDIT_PREFIX = "audit/"
+AUC_METRIC = "holdout_roc_auc"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    aliases: list[str]
+    auc: float | None
+    tags: dict[str, str]
+
+    @property
+    def gate_tags(self) -> dict[str, str]:
+        return {k: v for k, v in self.tags.items() if k.startswith("gate.")}
+
+
+@dataclass(frozen=True)
+class Event:
+    at: str
+    action: str
+    version: str
+    previous: str
+    by: str
+    reason: str
+
+
+@dataclass
+class ModelStatus:
+    registered_model: str
+    triton_model: str
+    champion: VersionInfo | None
+    challenger: VersionInfo | None
+    # Versions Triton reports READY for the platform's model; None if Triton could not be asked.
+    served: list[str] | None
+    triton_error: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Registry:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.export_mlflow_client_env()
+        self.name = settings.registered_model_name
+        self.client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        uri = settings.mlflow_tracking_uri.rstrip("/")
+        if uri.startswith(("http://", "https://")):
+            # Fail in a second, not after MLflow's retries, when the server is down.
+            try:
+                httpx.get(f"{uri}/health", timeout=settings.http_timeout_s).raise_for_status()
+            except httpx.HTTPError as err:
+                raise self._unreachable(err) from None
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _unreachable(self, err: Exception) -> CliError:
+        return CliError(
+            f"cannot reach MLflow at {self.settings.mlflow_tracking_uri} ({type(err).__name__}); "
+            "is the stack up (`mlops stack status`)?"
+        )
+
+    @staticmethod
+    def _is_connection_error(err: MlflowException) -> bool:
+        text = str(err.message)
+        return "failed with exception" in text or "Max retries exceeded" in text or "Connection refused" in text
+
+    def _call(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except MlflowException as err:
+            if self._is_connection_error(err):
+                raise self._unreachable(err) from None
+            raise CliError(f"{what}: {str(err.message).splitlines()[0]}") from None
+        except Exception as err:  # requests' connection errors after MLflow's retries
+            raise self._unreachable(err) from None
+
+    def _missing(self, err: MlflowException) -> bool:
+        """True if ``err`` says something does not exist (not that MLflow is unreachable)."""
+        if self._is_connection_error(err):
+            raise self._unreachable(err) from None
+        return True
+
+    def version(self, version: str) -> ModelVersion:
+        if not version.isdigit():
+            raise CliError(f"model version {version!r}: expected a number, e.g. 3")
+        try:
+            return self.client.get_model_version(self.name, version)
+        except MlflowException as err:
+            self._missing(err)
+        self._ensure_model()
+        known = ", ".join(v.version for v in self._versions()) or "none"
+        raise CliError(f"{self.name} has no version {version} (versions: {known})")
+
+    def _versions(self) -> list[ModelVersion]:
+        found = self._call("search versions", self.client.search_model_versions, f"name = '{self.name}'")
+        return sorted(found, key=lambda v: int(v.version))
+
+    def by_alias(self, alias: str) -> ModelVersion | None:
+        try:
+            return self.client.get_model_version_by_alias(self.name, alias)
+        except MlflowException as err:
+            self._missing(err)
+        self._ensure_model()
+        return None
+
+    def _ensure_model(self) -> None:
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException as err:
+            self._missing(err)
+            raise CliError(
+                f"no registered model {self.name!r} in MLflow at {self.settings.mlflow_tracking_uri}; "
+                "train one first (`mlops train`)"
+            ) from None
+
+    def info(self, mv: ModelVersion | None) -> VersionInfo | None:
+        if mv is None:
+            return None
+        auc = None
+        if mv.run_id:
+            try:
+                auc = self.client.get_run(mv.run_id).data.metrics.get(AUC_METRIC)
+            except MlflowException:
+                auc = None
+        return VersionInfo(mv.version, list(mv.aliases or []), auc, dict(mv.tags or {}))
+
+    def status(self) -> ModelStatus:
+        champion = self.info(self.by_alias(CHAMPION))
+        challenger = self.info(self.by_alias(CHALLENGER))
+        served, error = None, None
+        try:
+            served = triton_ready_versions(self.settings)
+        except CliError as err:
+            error = str(err)
+        return ModelStatus(self.name, self.settings.triton_model_name, champion, challenger, served, error)
+
+    def history(self) -> list[Event]:
+        events = []
+        for mv in self._versions():
+            tags = mv.tags or {}
+            if tags.get("gate.decision") == "promoted":
+                events.append(
+                    Event(
+                        at=_iso(datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)),
+                        action="gate",
+                        version=mv.version,
+                        previous=tags.get("gate.champion_version", "none"),
+                        by=mv.user_id or "trainer",
+                        reason=tags.get("gate.reason", ""),
+                    )
+                )
+        model = self._call("get model", self.client.get_registered_model, self.name)
+        for key, value in (model.tags or {}).items():
+            if key.startswith(AUDIT_PREFIX):
+                try:
+                    events.append(Event(**json.loads(value)))
+                except (TypeError, ValueError):
+                    continue
+        return sorted(events, key=lambda e: e.at)
+
+    # -- moving the champion ------------------------------------------------------------------------
+    def move_champion(self, version: str, *, action: str, reason: str) -> tuple[str | None, Event]:
+        """Point ``champion`` at ``version`` and record who, when, why and the previous champion."""
+        if not reason.strip():
+            raise CliError("--reason must say why (it goes into the audit trail)")
+        target = self.version(version)
+        current = self.by_alias(CHAMPION)
+        previous = current.version if current else None
+        if previous == target.version:
+            raise CliError(f"version {target.version} of {self.name} is already the champion")
+        event = Event(
+            at=_iso(datetime.now(UTC)),
+            action=action,
+            version=target.version,
+            previous=previous or "none",
+            by=self.settings.operator,
+            reason=reason.strip(),
+        )
+        self._call("set alias", self.client.set_registered_model_alias, self.name, CHAMPION, target.version)
+        for key, value in (
+            (TAG_ACTION, action),
+            (TAG_BY, event.by),
+            (TAG_AT, event.at),
+            (TAG_REASON, event.reason),
+            (TAG_PREVIOUS, event.previous),
+        ):
+            self._call("set tag", self.client.set_model_version_tag, self.name, target.version, key, value)
+        stamp = event.at.replace(":", "").replace("+0000", "Z")
+        self._call(
+            "record audit event",
+            self.client.set_registered_model_tag,
+            self.name,
+            f"{AUDIT_PREFIX}{stamp}",
+            json.dumps(event.__dict__),
+        )
+        return previous, event
+
+    def rollback_target(self) -> str:
+        """The version recorded as the previous champion of the current champion."""
+        current = self.by_alias(CHAMPION)
+        if current is None:
+            raise CliError(f"{self.name} has no champion to roll back from")
+        tags = current.tags or {}
+        previous = tags.get(TAG_PREVIOUS) or tags.get("gate.champion_version") or "none"
+        if previous == "none" or previous == current.version:
+            raise CliError(
+                f"champion version {current.version} of {self.name} records no previous champion to roll back to; "
+                "use `mlops model promote VERSION --reason ...`"
+            )
+        return previous
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def triton_ready_versions(settings: Settings) -> list[str]:
+    """Versions of the platform's model that Triton reports READY (its repository index over HTTP)."""
+    url = f"{settings.triton_http_base_url}/v2/repository/index"
+    try:
+        response = httpx.post(url, json={"ready": True}, timeout=settings.http_timeout_s)
+        response.raise_for_status()
+    except httpx.HTTPError as err:
+        raise CliError(f"cannot ask Triton at {settings.triton_http_base_url}: {type(err).__name__}") from None
+    return sorted(
+        (
+            str(entry["version"])
+            for entry in response.json()
+            if entry.get("name") == settings.triton_model_name and entry.get("state") == "READY" and "version" in entry
+        ),
+        key=int,
+    )
+
+
+def wait_until_served(settings: Settings, version: str, timeout_s: float, poll_s: float = 0.5) -> float:
+    """Block until Triton serves ``version`` and no other version; returns the seconds waited."""
+    started = time.monotonic()
+    last: list[str] | str = "nothing yet"
+    while time.monotonic() - started < timeout_s:
+        try:
+            last = triton_ready_versions(settings)
+            if last == [version]:
+                return time.monotonic() - started
+        except CliError as err:
+            last = str(err)
+        time.sleep(poll_s)
+    raise CliError(
+        f"Triton did not serve version {version} of {settings.triton_model_name} within {timeout_s:.0f} s "
+        f"(last seen: {last}); is model sync running (`make serve`)?"
+    )

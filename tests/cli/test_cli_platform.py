@@ -1,0 +1,272 @@
+"""``mlops`` against the session's real MLflow, S3, Feast, Triton, model sync, BFF and log worker.
+
+The registry tests work on a model name of their own (trained here with ``mlops train``), so the session's
+``trained_platform`` champion is left as it is."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from serving_fixtures import Serving, start_serving, wait_for
+from typer.testing import CliRunner
+
+from devstack.components import app_daemon
+from devstack.processes import free_port
+from mlops_cli.app import app
+from mlops_common.features import FEATURE_NAMES
+from mlops_common.inference_log import InferenceLogRecord, object_key, partition_of, records_to_table, table_to_parquet
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def invoke(env: dict[str, str], *args: str):
+    """One CLI run; the root logger's handlers are restored afterwards (the trainer's logging setup would
+    otherwise keep writing to this run's captured, closed stderr)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return runner.invoke(app, list(args), env=env)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def mlops(env: dict[str, str], *args: str, code: int = 0):
+    result = invoke(env, *args)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def status(env: dict[str, str]) -> dict:
+    return json.loads(mlops(env, "model", "status", "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def cli_env(trained_platform, unique_name, tmp_path_factory) -> dict[str, str]:
+    """The session's platform under a registered model and Triton model of this module's own; no local stack."""
+    return {
+        **trained_platform.env,
+        "STACK_DIR": str(tmp_path_factory.mktemp("cli") / "no-stack"),
+        "REGISTERED_MODEL_NAME": unique_name("cli-model"),
+        "TRITON_MODEL_NAME": unique_name("cli_model", sep="_"),
+        "MLFLOW_EXPERIMENT_NAME": unique_name("cli-experiment"),
+        "BFF_PORT": str(free_port()),
+        "MODEL_SYNC_METRICS_PORT": str(free_port()),
+        "LOG_WORKER_METRICS_PORT": str(free_port()),
+        "TRITON_RUNTIME": "python",
+        "SYNC_INTERVAL_S": "1",
+        "BATCH_MAX_AGE_S": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def two_versions(cli_env) -> dict[str, str]:
+    """Version 1 promoted by the gate, version 2 trained with --no-promote (a challenger only)."""
+    first = mlops(cli_env, "train", "--param", "max_iter=30")
+    assert "PROMOTED to champion" in first.output
+    second = mlops(cli_env, "train", "--param", "max_iter=20", "--no-promote")
+    assert "kept as challenger" in second.output
+    return cli_env
+
+
+def test_model_status_shows_the_session_champion(trained_platform, tmp_path):
+    env = {**trained_platform.env, "STACK_DIR": str(tmp_path / "no-stack")}
+    result = mlops(env, "model", "status")
+    version = trained_platform.first_model.version
+    assert f"champion    version {version}" in result.output
+    assert "gate: promoted" in result.output
+    report = status(env)
+    assert report["champion"]["version"] == version
+    assert report["champion"]["auc"] == pytest.approx(trained_platform.first_model.metrics["holdout_roc_auc"])
+
+
+def test_train_no_promote_keeps_the_champion(two_versions):
+    report = status(two_versions)
+    assert report["champion"]["version"] == "1"
+    assert report["challenger"]["version"] == "2"
+    assert report["challenger"]["tags"]["gate.decision"] == "kept_as_challenger"
+
+
+def test_unknown_version_and_nothing_to_roll_back_are_one_line_errors(two_versions):
+    result = mlops(two_versions, "model", "promote", "99", "--reason", "typo", code=2)
+    assert "has no version 99 (versions: 1, 2)" in result.output
+    result = mlops(two_versions, "model", "rollback", "--reason", "nothing before 1", code=2)
+    assert "records no previous champion" in result.output
+    mlops(two_versions, "model", "promote", "1", "--reason", "again", code=2)
+
+
+@dataclass
+class Load:
+    """Predictions sent continuously to the BFF; every answer must be a 200."""
+
+    url: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    ok: int = 0
+    failed: list[str] = field(default_factory=list)
+    versions: set[str] = field(default_factory=set)
+
+    def run(self) -> None:
+        body = {name: 1.0 for name in FEATURE_NAMES}
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set():
+                try:
+                    response = client.post(f"{self.url}/predict", json=body)
+                    if response.status_code == 200:
+                        self.ok += 1
+                        self.versions.add(response.json()["model_version"])
+                    else:
+                        self.failed.append(f"{response.status_code} {response.text[:200]}")
+                except httpx.HTTPError as err:
+                    self.failed.append(repr(err))
+
+
+@pytest.fixture(scope="module")
+def cli_serving(two_versions, tmp_path_factory) -> Iterator[Serving]:
+    logs = tmp_path_factory.mktemp("cli-serving")
+    serving = start_serving(two_versions, logs)
+    worker = app_daemon("log_worker", "log_worker", logs / "log_worker.log", env=two_versions, die_with_parent=True)
+    worker.start()
+    try:
+        wait_for(lambda: status(two_versions)["triton_serves"] == ["1"], 120, "Triton serving version 1")
+        yield serving
+    finally:
+        worker.stop()
+        serving.bff.stop()
+        serving.model_sync.stop()
+
+
+def test_promote_then_rollback_move_the_alias_with_audit_tags_and_triton_follows_under_load(cli_serving):
+    env = {**cli_serving.env, "BFF_URL": cli_serving.bff_url}
+    load = Load(cli_serving.bff_url)
+    thread = threading.Thread(target=load.run, daemon=True)
+    thread.start()
+    try:
+        result = mlops(env, "model", "promote", "2", "--reason", "challenger reviewed", "--wait", "--timeout", "120")
+        assert "Triton serves version 2" in result.output
+        report = status(env)
+        assert report["champion"]["version"] == "2"
+        assert report["triton_serves"] == ["2"]
+        assert report["in_sync"]
+        tags = report["champion"]["tags"]
+        assert tags["champion.action"] == "promote"
+        assert tags["champion.previous"] == "1"
+        assert tags["champion.reason"] == "challenger reviewed"
+        assert tags["champion.by"]
+        assert datetime.fromisoformat(tags["champion.at"]).tzinfo is not None
+
+        result = mlops(env, "model", "rollback", "--reason", "bad canary", "--wait", "--timeout", "120")
+        assert "champion of" in result.output
+        assert "now version 1 (was 2)" in result.output
+        report = status(env)
+        assert report["champion"]["version"] == "1"
+        assert report["triton_serves"] == ["1"]
+        assert report["champion"]["tags"]["champion.previous"] == "2"
+        assert report["champion"]["tags"]["champion.action"] == "rollback"
+    finally:
+        load.stop.set()
+        thread.join(timeout=15)
+    assert load.failed == [], load.failed[:5]
+    assert load.ok > 0
+    assert load.versions == {"1", "2"}
+
+    history = json.loads(mlops(env, "model", "history", "--json").stdout)
+    assert [(e["action"], e["version"], e["previous"]) for e in history] == [
+        ("gate", "1", "none"),
+        ("promote", "2", "1"),
+        ("rollback", "1", "2"),
+    ]
+    assert "rollback version 1" in mlops(env, "model", "history").output
+
+
+def test_predict_then_logs_query_finds_the_row_by_request_id(cli_serving, trained_platform):
+    env = {**cli_serving.env, "BFF_URL": cli_serving.bff_url}
+    applicant = int(trained_platform.tables.application_train["SK_ID_CURR"].iloc[0])
+    answer = json.loads(mlops(env, "predict", "--applicant", str(applicant)).stdout)
+    request_id = answer["request_id"]
+
+    def logged() -> bool:
+        result = invoke(env, "logs", "query", "--request-id", request_id, "--format", "json")
+        return result.exit_code == 0 and len(json.loads(result.stdout)) == 1
+
+    wait_for(logged, 60, f"request {request_id} in the inference logs")
+    result = mlops(env, "logs", "query", "--request-id", request_id, "--format", "json")
+    (row,) = json.loads(result.stdout)
+    assert row["applicant_id"] == applicant
+    assert isinstance(row["applicant_id"], int)
+    assert row["probability"] == pytest.approx(answer["probability"])
+    assert row["model_version"] == answer["model_version"]
+    assert set(row["features"]) == set(FEATURE_NAMES)
+    assert row["latency_ms"] >= 0
+    assert "1 inference-log row from" in result.output  # the summary (stderr)
+
+    table = mlops(env, "logs", "query", "--applicant", str(applicant)).output
+    assert request_id in table
+    assert str(applicant) in table
+    assert "s3://" not in table
+
+
+@pytest.fixture
+def written_logs(trained_platform, s3_server, tmp_path) -> tuple[dict[str, str], list[InferenceLogRecord]]:
+    """Records written as the log worker writes them (its own code), in a bucket of this test's own."""
+    env = {**trained_platform.env, "STACK_DIR": str(tmp_path / "no-stack"), "LOGS_BUCKET": s3_server.new_bucket("cli")}
+    now = datetime.now(UTC)
+    records = [
+        InferenceLogRecord(
+            request_id=f"req-{i}",
+            timestamp=now,
+            entity_id=100967 if i % 2 else None,
+            features={name: float(i) for name in FEATURE_NAMES},
+            model_name="credit_default",
+            model_version=str(1 + i % 2),
+            probability=0.1 * i,
+            decision="approve",
+            latency_ms=2.5 + i,
+        )
+        for i in range(4)
+    ]
+    partitions: dict = {}
+    for record in records:
+        partitions.setdefault(partition_of(record), []).append(record)
+    client = s3_server.client()
+    for partition, group in partitions.items():
+        key = object_key("inference-logs", partition, [r.request_id for r in group])
+        client.put_object(Bucket=env["LOGS_BUCKET"], Key=key, Body=table_to_parquet(records_to_table(group)))
+        # At-least-once delivery: the same records again, in a second object.
+        key = object_key("inference-logs", partition, [*(r.request_id for r in group), "dup"])
+        client.put_object(Bucket=env["LOGS_BUCKET"], Key=key, Body=table_to_parquet(records_to_table(group)))
+    return env, records
+
+
+def test_logs_query_filters_deduplicates_and_keeps_applicant_ids_integers(written_logs, tmp_path):
+    env, _ = written_logs
+    rows = json.loads(mlops(env, "logs", "query", "--since", "2h", "--format", "json").stdout)
+    assert sorted(r["request_id"] for r in rows) == ["req-0", "req-1", "req-2", "req-3"]
+    by_applicant = json.loads(mlops(env, "logs", "query", "--applicant", "100967", "--format", "json").stdout)
+    assert [r["request_id"] for r in by_applicant] == ["req-1", "req-3"]
+    assert all(r["applicant_id"] == 100967 and type(r["applicant_id"]) is int for r in by_applicant)
+    assert (
+        json.loads(mlops(env, "logs", "query", "--request-id", "req-2", "--format", "json").stdout)[0]["applicant_id"]
+        is None
+    )
+
+    table = mlops(env, "logs", "query").output
+    assert "100967" in table
+    assert "100967.0" not in table
+    assert "4 inference-log rows from 4 objects" in table
+    assert "model versions 1 (2), 2 (2)" in table
+
+    out = tmp_path / "logs.parquet"
+    mlops(env, "logs", "query", "--model-version", "2", "--format", "parquet", "--output", str(out))
+    written = pq.read_table(out)
+    assert written.column("request_id").to_pylist() == ["req-1", "req-3"]
+    assert str(written.schema.field("applicant_id").type) == "int64"
