@@ -42,6 +42,11 @@ def test_readme_block_runs_as_printed(block: str, serving: Serving) -> None:
     }
     script = block.replace(LOCAL_BFF, serving.bff_url)
     result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True, timeout=300
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        cwd=README.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"{script}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
