@@ -8,6 +8,7 @@ queries live in ``mlops_cli.lifecycle`` and ``mlops_cli.logs``.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
@@ -453,3 +454,27 @@ def dashboards(
 
     Settings.export_local_stack_env()
     _delegate(main, ["render", "--range", range_, *(["--out", str(out)] if out else [])])
+
+
+# -- benchmarks ------------------------------------------------------------------------------------
+class Benchmark(StrEnum):
+    serving = "serving"
+    logging = "logging"
+
+
+BENCHMARK_SCRIPTS = {Benchmark.serving: "serving/run.py", Benchmark.logging: "inference_logging/run.py"}
+
+
+@app.command("bench")
+def bench(
+    which: Annotated[Benchmark, typer.Argument(help="serving: in-process vs Triton vs the API; logging: its cost")],
+    out: Annotated[Path | None, typer.Option(help="write the report here (e.g. benchmarks/results/serving.md)")] = None,
+) -> None:
+    """Run a benchmark of benchmarks/ on its own private stack (minutes; see benchmarks/README.md)."""
+    from mlops_common.settings import REPO_ROOT
+
+    script = REPO_ROOT / "benchmarks" / BENCHMARK_SCRIPTS[which]
+    command = [sys.executable, str(script), *(["--out", str(out)] if out else [])]
+    code = subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+    if code:
+        raise typer.Exit(code)

@@ -36,6 +36,7 @@ COMMANDS = [
     ["logs"],
     ["logs", "query"],
     ["dashboards"],
+    ["bench"],
 ]
 
 
@@ -44,6 +45,13 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage: mlops" in result.output
+
+
+def test_bench_names_its_benchmarks_and_refuses_others():
+    result = runner.invoke(app, ["bench", "cpu"])
+    assert result.exit_code == 2
+    assert "serving" in result.output
+    assert "logging" in result.output
 
 
 def test_train_help_offers_params_config_and_no_promote():
