@@ -89,8 +89,10 @@ def ensure_perf_analyzer() -> Path:
     import zipfile
 
     PERF_ANALYZER.parent.mkdir(parents=True, exist_ok=True)
+    # uv makes .venv without pip; the venv `make setup` bootstraps uv into has it.
+    pip = ROOT / ".tools" / "uv" / "bin" / "pip"
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "tritonclient==2.51.0", "-d", str(PERF_ANALYZER.parent)],
+        [str(pip), "download", "--no-deps", "tritonclient==2.51.0", "-d", str(PERF_ANALYZER.parent)],
         check=True,
     )
     wheel = next(PERF_ANALYZER.parent.glob("tritonclient-2.51.0-*.whl"))
