@@ -20,21 +20,10 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
+from bff.schemas import FEATURES_EXAMPLE
 from mlops_cli.errors import CliError
 from mlops_cli.settings import Settings
-
-EXAMPLE_BODY: dict[str, Any] = {
-    "AMT_INCOME_TOTAL": 50000,
-    "AMT_CREDIT": 200000,
-    "AMT_ANNUITY": 15000,
-    "DAYS_BIRTH": -12000,
-    "DAYS_EMPLOYED": -2000,
-    "bureau_credit_count": 3,
-    "bureau_credit_active_count": 1,
-    "bureau_credit_days_enddate_mean": -500,
-    "bureau_amt_credit_sum": 300000,
-    "bureau_amt_credit_sum_overdue": 0,
-}
+from mlops_common.features import ENTITY_KEY
 
 
 class _OneLineErrors(TyperGroup):
@@ -336,7 +325,7 @@ def predict(
         except (OSError, json.JSONDecodeError) as err:
             raise CliError(f"--json: not valid JSON ({err})") from None
     else:
-        payload = {"SK_ID_CURR": applicant} if applicant is not None else EXAMPLE_BODY
+        payload = {ENTITY_KEY: applicant} if applicant is not None else FEATURES_EXAMPLE
     path = "/predict/batch" if isinstance(payload, list) else "/predict"
     url = settings.prediction_api_url + path
     try:
