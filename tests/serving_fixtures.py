@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from devstack.components import app_daemon
-from devstack.processes import Daemon
+from devstack.processes import Daemon, free_port
 
 
 @dataclass
@@ -33,6 +33,29 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
+
+
+# Short, so a test of Triton trouble sees the 503 quickly.
+TRITON_TIMEOUT_S = 2.0
+
+
+def faults_env(trained_platform, s3_server, unique_name, tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """The trained platform's environment with a test's own log topology, bucket, spool and ports, for
+    tests that break or watch their own serving processes."""
+    return {
+        **trained_platform.env,
+        "INFERENCE_LOG_EXCHANGE": unique_name("inference-logs"),
+        "INFERENCE_LOG_QUEUE": unique_name("inference-logs"),
+        "LOGS_BUCKET": s3_server.new_bucket("logs"),
+        "LOG_SPOOL_DIR": str(tmp_path / "log-spool"),
+        "BFF_PORT": str(free_port()),
+        "MODEL_SYNC_METRICS_PORT": str(free_port()),
+        "LOG_WORKER_METRICS_PORT": str(free_port()),
+        "TRITON_RUNTIME": "python",
+        "SYNC_INTERVAL_S": "1",
+        "TRITON_TIMEOUT_S": str(TRITON_TIMEOUT_S),
+        **overrides,
+    }
 
 
 def start_serving(env: dict[str, str], logs: Path) -> Serving:

@@ -52,11 +52,12 @@ def scrape_targets(path: Path = SCRAPE_TARGETS_FILE) -> list[ScrapeTarget]:
 def scrape_config(addresses: Mapping[str, str], *, interval_s: float) -> dict:
     """Prometheus' configuration for the platform at ``addresses`` (container -> ``host:port``);
     every target of scrape-targets.yaml needs one."""
-    missing = [t.container for t in scrape_targets() if t.container not in addresses]
+    targets = scrape_targets()
+    missing = [t.container for t in targets if t.container not in addresses]
     if missing:
         raise PrometheusSetupError(f"no local address for {missing} (observability/scrape-targets.yaml)")
     jobs = []
-    for target in scrape_targets():
+    for target in targets:
         labels = {
             "job": target.service_name,
             "namespace": NAMESPACE,

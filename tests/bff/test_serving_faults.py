@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from serving_fixtures import Serving, start_serving, wait_for
+from serving_fixtures import TRITON_TIMEOUT_S, Serving, faults_env, start_serving, wait_for
 
 from bff.schemas import FEATURES_EXAMPLE
 from devstack.components import TritonServer, app_daemon, start_triton
@@ -35,27 +35,8 @@ from log_pipeline import TcpProxy, via_proxy
 
 pytestmark = pytest.mark.integration
 
-TRITON_TIMEOUT_S = 2.0
 # Scheduling slack on a small shared machine: this bounds a hang, it does not measure speed.
 ANSWER_MARGIN_S = 8.0
-
-
-def faults_env(trained_platform, s3_server, unique_name, tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """The trained platform's environment with this test's own log topology, bucket, spool and ports."""
-    return {
-        **trained_platform.env,
-        "INFERENCE_LOG_EXCHANGE": unique_name("inference-logs"),
-        "INFERENCE_LOG_QUEUE": unique_name("inference-logs"),
-        "LOGS_BUCKET": s3_server.new_bucket("logs"),
-        "LOG_SPOOL_DIR": str(tmp_path / "log-spool"),
-        "BFF_PORT": str(free_port()),
-        "MODEL_SYNC_METRICS_PORT": str(free_port()),
-        "LOG_WORKER_METRICS_PORT": str(free_port()),
-        "TRITON_RUNTIME": "python",
-        "SYNC_INTERVAL_S": "1",
-        "TRITON_TIMEOUT_S": str(TRITON_TIMEOUT_S),
-        **overrides,
-    }
 
 
 def stop_all(*daemons: Daemon | Serving | TritonServer | TcpProxy | None) -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from observability_files import CLUSTER_ONLY_EXPRESSIONS, GPU_ONLY_EXPRESSIONS, OBSERVABILITY
 from platform_fixtures import QUICK_MODEL, settings_from
-from serving_fixtures import Serving, start_serving, wait_for
+from serving_fixtures import Serving, faults_env, start_serving, wait_for
 
 from bff.schemas import FEATURES_EXAMPLE
 from dashboards.grafana import QueryWindow, iter_panel_queries, load_dashboards
@@ -86,22 +86,15 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         home_dir=work / "triton-home",
         die_with_parent=True,
     )
-    env = {
-        **trained_platform.env,
-        "TRITON_GRPC_URL": triton.grpc_url,
-        "TRITON_HTTP_URL": triton.http_url,
-        "MODEL_REPOSITORY": str(triton.model_repository),
-        "INFERENCE_LOG_EXCHANGE": unique_name("inference-logs"),
-        "INFERENCE_LOG_QUEUE": unique_name("inference-logs"),
-        "LOGS_BUCKET": s3_server.new_bucket("logs"),
-        "LOG_SPOOL_DIR": str(work / "log-spool"),
-        "BFF_PORT": str(free_port()),
-        "MODEL_SYNC_METRICS_PORT": str(free_port()),
-        "LOG_WORKER_METRICS_PORT": str(free_port()),
-        "TRITON_RUNTIME": "python",
-        "SYNC_INTERVAL_S": "1",
-        "TRITON_TIMEOUT_S": "2",
-    }
+    env = faults_env(
+        trained_platform,
+        s3_server,
+        unique_name,
+        work,
+        TRITON_GRPC_URL=triton.grpc_url,
+        TRITON_HTTP_URL=triton.http_url,
+        MODEL_REPOSITORY=str(triton.model_repository),
+    )
     stack = StackSettings()
     sys_svc.ensure_rabbitmq_prometheus(stack.rabbitmq_host_port[0], stack.rabbitmq_prometheus_port)
     addresses = {
