@@ -94,14 +94,14 @@ serve: ## Model sync (champion -> Triton), log worker and BFF as managed daemons
 	$(PY) -m devstack start-app log_worker -- $(PY) -m log_worker
 	$(PY) -m devstack start-app bff --health $(BFF_URL)/health/ready -- $(PY) -m bff
 
-predict: ## The README's three curl calls against the BFF, then the inference logs in S3
+predict: ## The README's three curl calls against the BFF, then the inference-log table in S3
 	@echo "--- POST /predict (features in the body)"
 	curl -sS --fail-with-body -X POST $(BFF_URL)/predict -H 'Content-Type: application/json' -d '$(FEATURES_BODY)'
 	@echo; echo "--- POST /predict (features from the online store)"
 	curl -sS --fail-with-body -X POST $(BFF_URL)/predict -H 'Content-Type: application/json' -d '{"SK_ID_CURR": 100002}'
 	@echo; echo "--- POST /predict/batch (two rows)"
 	curl -sS --fail-with-body -X POST $(BFF_URL)/predict/batch -H 'Content-Type: application/json' -d '[$(FEATURES_BODY), {"SK_ID_CURR": 100002, "AMT_CREDIT": 250000}]'
-	@echo; echo "--- inference logs in S3 (the worker flushes a partial batch after BATCH_MAX_AGE_S)"
+	@echo; echo "--- inference logs (the Delta table in S3; the worker flushes a partial batch after BATCH_MAX_AGE_S)"
 	sleep 7
 	$(VENV)/bin/mlops logs query --since 15m --limit 5
 

@@ -1,12 +1,15 @@
-"""``python -m log_worker``: consume inference logs into S3 until SIGTERM/SIGINT (then flush and exit)."""
+"""``python -m log_worker``: consume inference logs into the Delta table until SIGTERM/SIGINT (then
+flush and exit). Exits with status 2 if the table exists with other columns than this version writes."""
 
 import asyncio
 import signal
+import sys
 
 from prometheus_client import start_http_server
 
 from log_worker.settings import Settings
 from log_worker.worker import REGISTRY, LogWorker
+from mlops_common.delta import TableSchemaError
 from mlops_common.logging import configure_logging
 
 
@@ -22,7 +25,10 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
     start_http_server(settings.log_worker_metrics_port, registry=REGISTRY)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except TableSchemaError as err:
+        sys.exit(f"log worker: {err}; migrate or move the table (LOGS_PREFIX) before starting this version")
 
 
 if __name__ == "__main__":

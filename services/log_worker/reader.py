@@ -1,5 +1,6 @@
-"""``python -m log_worker.reader --since 1h``: which inference-log objects cover a time range, and
-how many distinct requests they hold (``mlops_common.inference_log.read_inference_logs``)."""
+"""``python -m log_worker.reader --since 1h``: the inference-log table's rows in a time range (read
+with ``mlops_common.inference_log.load_inference_log_table``: only the date partitions of the range),
+how many data files held them, and how many distinct request ids they have (as many as rows)."""
 
 import argparse
 import re
@@ -7,8 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from log_worker.settings import Settings
-from mlops_common.inference_log import list_log_objects, read_inference_logs
-from mlops_common.s3 import s3_client
+from mlops_common.inference_log import load_inference_log_table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -35,17 +35,19 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings()
     now = datetime.now(UTC)
-    start, end = parse_time(args.since, now), parse_time(args.until, now)
-    keys = list_log_objects(
-        s3_client(settings), settings.logs_bucket, settings.logs_prefix, start, end, model_name=args.model
-    )
-    for key in keys:
-        print(f"s3://{settings.logs_bucket}/{key}")
-    frame = read_inference_logs(settings, start, end, model_name=args.model)
+    try:
+        start, end = parse_time(args.since, now), parse_time(args.until, now)
+    except ValueError as err:
+        parser.error(f"--since/--until: {err} (expected now, 90s, 15m, 2h, 7d or an ISO-8601 time)")
+    if start >= end:
+        parser.error(f"--since {args.since!r} is not before --until {args.until!r}")
+    table, files = load_inference_log_table(settings, start, end, model_name=args.model)
+    distinct = len(set(table["request_id"].to_pylist()))
     span = f"{start:%Y-%m-%dT%H:%M:%SZ} .. {end:%Y-%m-%dT%H:%M:%SZ}"
-    print(f"{len(frame)} inference-log rows (distinct request ids) in {len(keys)} objects, {span}")
+    print(f"table {settings.inference_log_table_uri}")
+    print(f"{table.num_rows} inference-log rows ({distinct} distinct request ids) from {files} data files, {span}")
     if args.head:
-        print(frame.head(args.head).to_string())
+        print(table.slice(0, args.head).to_pandas().to_string())
     return 0
 
 

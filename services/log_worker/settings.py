@@ -1,17 +1,21 @@
 from pydantic import Field
 
-from mlops_common.inference_log import InferenceLogStoreSettings
+from mlops_common.ground_truth import GroundTruthStoreSettings
 from mlops_common.settings import RabbitSettings
 
 
-class Settings(RabbitSettings, InferenceLogStoreSettings):
-    """Settings of the worker that moves inference logs from RabbitMQ to Parquet in S3
-    (the bucket and prefix, ``LOGS_BUCKET``/``LOGS_PREFIX``, come from InferenceLogStoreSettings)."""
+class Settings(RabbitSettings, GroundTruthStoreSettings):
+    """Settings of the worker that moves inference logs from RabbitMQ into the Delta table in S3
+    (the bucket and prefix, ``LOGS_BUCKET``/``LOGS_PREFIX``, come from InferenceLogStoreSettings), and
+    of ``python -m log_worker.maintenance``, which also looks after the ground-truth table."""
 
     batch_max_records: int = Field(1000, ge=1)
     batch_max_age_s: float = Field(5.0, gt=0)
-    # Unacknowledged messages held at once; must cover a full batch (a message holds >= 1 record).
-    prefetch_count: int = Field(2000, ge=1)
+    # Memory bound: at most this many message bytes are held unacknowledged (their parsed rows take
+    # about as much again). The prefetch window is this over MAX_MESSAGE_BYTES; a larger message goes
+    # to the dead-letter queue. The BFF's messages hold LOG_MESSAGE_MAX_RECORDS (100) records of ~1 KB.
+    max_held_bytes: int = Field(256 << 20, ge=1 << 20)
+    max_message_bytes: int = Field(1 << 20, ge=64 << 10)
     log_worker_metrics_port: int = 9103
     # Connect and read timeout of each S3 call (botocore retries a failed call up to 3 times).
     s3_timeout_s: float = Field(10.0, gt=0)
@@ -21,3 +25,11 @@ class Settings(RabbitSettings, InferenceLogStoreSettings):
     connect_timeout_s: float = Field(10.0, gt=0)
     # On SIGTERM: how long to keep writing what the worker holds before it exits (the rest is requeued).
     shutdown_timeout_s: float = Field(30.0, gt=0)
+    # Maintenance: data files no longer in the table are deleted once they are this old (the window
+    # in which older table versions can still be read, and in which a concurrent write is safe).
+    table_retention_days: float = Field(7.0, ge=0)
+
+    @property
+    def prefetch_count(self) -> int:
+        """Unacknowledged messages held at once."""
+        return max(1, self.max_held_bytes // self.max_message_bytes)

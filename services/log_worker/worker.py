@@ -1,17 +1,22 @@
-"""The log worker: inference-log records from RabbitMQ to Parquet objects in S3, none lost.
+"""The log worker: inference-log records from RabbitMQ to the Delta table in S3, each exactly once.
 
-It consumes with manual acks and a prefetch window. Messages (JSON lines, see
-``mlops_common.inference_log``) are parsed on arrival and collect into a batch, written when it holds
-``batch_max_records`` records or its oldest message is ``batch_max_age_s`` old, whichever comes first
-(a timer, so a quiet queue still flushes). A batch becomes one Parquet object per partition (model,
-version, hour) at a key derived from its request ids, so writing the same batch again overwrites.
+It consumes with manual acks and a prefetch window sized from bytes (``Settings.prefetch_count``).
+Messages (JSON lines, see ``mlops_common.inference_log``) are parsed and turned into Arrow rows on
+arrival and collect into a batch, written when it holds ``batch_max_records`` records, the window is
+full, or its oldest message is ``batch_max_age_s`` old (a timer, so a quiet queue still flushes). A
+batch is one MERGE on ``request_id`` into the table: a record the table already holds (a redelivery, a
+second worker, a replay from the dead-letter queue) is not inserted again.
 
-Its messages are acked only after every object is written. If a write fails they are nacked
-(requeued) and the worker probes S3 with backoff until it answers before writing again, so an outage
-costs each message one redelivery. A record that does not parse or validate is republished, with the
-reason in the ``x-inference-log-error`` header, to the dead-letter queue (confirmed) before its
-message is acked. If the connection drops, the messages in hand are forgotten: the broker redelivers
-them. On ``stop`` (SIGTERM) the worker stops consuming, writes what it holds and returns.
+Its messages are acked only after the MERGE has committed. Failures are told apart by asking S3:
+- S3 does not answer: the batch stays in hand (unacked, so nothing new arrives beyond the window) and
+  the worker probes S3 with backoff, then writes the same batch again;
+- S3 answers, so the rows are at fault: the batch is split in halves until the failing records are
+  alone, and those records alone go to the dead-letter queue with the reason.
+A record that does not parse, validate or fit an Arrow row, and a message over ``max_message_bytes``,
+is republished to the dead-letter queue (confirmed, the reason in the ``x-inference-log-error``
+header) before its message is acked. If the connection drops, the messages in hand are forgotten: the
+broker redelivers them. On ``stop`` (SIGTERM) the worker stops consuming, writes what it holds and
+returns.
 """
 
 from __future__ import annotations
@@ -21,23 +26,26 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import pyarrow as pa
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
 from log_worker.settings import Settings
+from mlops_common.delta import TableSchemaError
 from mlops_common.inference_log import (
+    TABLE_SCHEMA,
     InferenceLogRecord,
-    object_key,
-    partition_records,
+    open_inference_log_table,
     records_to_table,
     split_message,
-    table_to_parquet,
+    write_inference_log_rows,
 )
 from mlops_common.metrics import service_registry
 from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
@@ -52,16 +60,32 @@ CONSUMED = Counter(
     "Messages received from the inference-log queue (with redeliveries)",
     registry=REGISTRY,
 )
-RECORDS_WRITTEN = Counter("log_worker_records_written", "Inference-log records written to S3", registry=REGISTRY)
+RECORDS_WRITTEN = Counter(
+    "log_worker_records_written", "Inference-log records inserted into the table", registry=REGISTRY
+)
+RECORDS_ALREADY_WRITTEN = Counter(
+    "log_worker_records_already_written",
+    "Records not inserted because the table already held their request id (delivered more than once)",
+    registry=REGISTRY,
+)
 BATCHES_WRITTEN = Counter(
-    "log_worker_batches_written", "Batches written to S3 (one Parquet object per partition)", registry=REGISTRY
+    "log_worker_batches_written", "Batches merged into the table (one commit each)", registry=REGISTRY
 )
 WRITE_FAILURES = Counter(
-    "log_worker_write_failures", "Batch writes to S3 that failed (their messages were requeued)", registry=REGISTRY
+    "log_worker_write_failures",
+    "Batch writes that failed while S3 did not answer (the batch was kept and written again)",
+    registry=REGISTRY,
 )
+DEAD_LETTER_REASONS = ("invalid", "too_large", "unwritable")
 DEAD_LETTERED = Counter(
-    "log_worker_dead_lettered", "Records sent to the dead-letter queue as unparseable or invalid", registry=REGISTRY
+    "log_worker_dead_lettered",
+    "Records sent to the dead-letter queue: invalid (does not parse or validate), too_large (message over "
+    "the size limit), unwritable (the table refused it while S3 answered)",
+    ["reason"],
+    registry=REGISTRY,
 )
+for _reason in DEAD_LETTER_REASONS:
+    DEAD_LETTERED.labels(_reason)
 BATCH_WRITE_SECONDS = Histogram(
     "log_worker_batch_write_seconds",
     "Time to write one batch to S3",
@@ -70,6 +94,7 @@ BATCH_WRITE_SECONDS = Histogram(
 )
 
 ERROR_HEADER = "x-inference-log-error"
+ERROR_KIND_HEADER = "x-inference-log-error-kind"
 _INITIAL_BACKOFF_S = 0.2
 _MAX_REASON_CHARS = 1000
 
@@ -83,31 +108,93 @@ def reject_reason(err: Exception) -> str:
     return reason[:_MAX_REASON_CHARS]
 
 
-def parse_message(body: bytes) -> tuple[list[InferenceLogRecord], list[tuple[bytes, str]]]:
-    """The valid records of a message body, and each rejected line with the reason."""
+@dataclass(frozen=True)
+class Reject:
+    line: bytes
+    reason: str
+    kind: str  # one of DEAD_LETTER_REASONS
+
+
+@dataclass
+class ParsedMessage:
+    """The rows of a message's valid records (``TABLE_SCHEMA``), the index of each row's line in the
+    message, and the lines rejected with their reasons."""
+
+    rows: pa.Table
+    lines: list[bytes]
+    row_lines: list[int]
+    rejects: list[Reject]
+
+
+def parse_message(body: bytes, *, max_bytes: int | None = None) -> ParsedMessage:
+    if max_bytes is not None and len(body) > max_bytes:
+        reason = f"message of {len(body)} bytes is over the limit of {max_bytes} bytes (MAX_MESSAGE_BYTES)"
+        return ParsedMessage(TABLE_SCHEMA.empty_table(), [], [], [Reject(body, reason, "too_large")])
     lines = split_message(body)
     if not lines:
-        return [], [(body, "empty message")]
+        return ParsedMessage(TABLE_SCHEMA.empty_table(), [], [], [Reject(body, "empty message", "invalid")])
     records: list[InferenceLogRecord] = []
-    rejects: list[tuple[bytes, str]] = []
-    for line in lines:
+    row_lines: list[int] = []
+    rejects: list[Reject] = []
+    for index, line in enumerate(lines):
         try:
             records.append(InferenceLogRecord.from_json_bytes(line))
+            row_lines.append(index)
         except ValueError as err:
-            rejects.append((line, reject_reason(err)))
-    return records, rejects
+            rejects.append(Reject(line, reject_reason(err), "invalid"))
+    try:
+        rows = records_to_table(records)
+    except (pa.ArrowException, ValueError, TypeError):
+        # Find the records Arrow refuses, one by one; the rest stay.
+        kept, kept_lines = [], []
+        for record, index in zip(records, row_lines, strict=True):
+            try:
+                records_to_table([record])
+            except (pa.ArrowException, ValueError, TypeError) as err:
+                rejects.append(
+                    Reject(lines[index], f"record does not fit the table: {err}"[:_MAX_REASON_CHARS], "unwritable")
+                )
+            else:
+                kept.append(record)
+                kept_lines.append(index)
+        rows, row_lines = records_to_table(kept), kept_lines
+    return ParsedMessage(rows, lines, row_lines, rejects)
+
+
+class StorageUnavailableError(Exception):
+    """A write failed while S3 did not answer: the rows are not at fault."""
+
+
+def write_isolating_failures(
+    rows: pa.Table, write: Callable[[pa.Table], int], storage_answers: Callable[[], bool]
+) -> tuple[int, list[tuple[int, str]]]:
+    """Write ``rows``; if a write fails while storage answers, split the rows in halves and write each,
+    down to single rows, so a row the table refuses takes no neighbour with it. Returns the number of
+    rows inserted and the (position, reason) of each row that could not be written. Raises
+    ``StorageUnavailableError`` if a write fails while storage does not answer (the parts written so
+    far are committed; writing them again inserts nothing, the table being keyed)."""
+    try:
+        return write(rows), []
+    except Exception as err:
+        if not storage_answers():
+            raise StorageUnavailableError(repr(err)) from err
+        if rows.num_rows == 1:
+            return 0, [(0, f"the table refused the record: {type(err).__name__}: {err}"[:_MAX_REASON_CHARS])]
+        half = rows.num_rows // 2
+        inserted_first, failed_first = write_isolating_failures(rows.slice(0, half), write, storage_answers)
+        inserted_second, failed_second = write_isolating_failures(rows.slice(half), write, storage_answers)
+        return inserted_first + inserted_second, failed_first + [(half + i, why) for i, why in failed_second]
 
 
 @dataclass
 class _Delivery:
     message: AbstractIncomingMessage
-    records: list[InferenceLogRecord]
-    rejects: list[tuple[bytes, str]]
+    parsed: ParsedMessage
     received: float
 
     @property
     def size(self) -> int:
-        return len(self.records) + len(self.rejects)
+        return self.parsed.rows.num_rows + len(self.parsed.rejects)
 
 
 class _BrokerFailure(Exception):
@@ -125,7 +212,7 @@ class LogWorker:
         self._stopping = asyncio.Event()
         self._dlx: AbstractExchange | None = None
         self._backoff = _INITIAL_BACKOFF_S
-        # False from a failed write until S3 answers again.
+        # False from a write that failed with S3 silent until S3 answers again.
         self._s3_up = True
 
     def stop(self) -> None:
@@ -134,7 +221,7 @@ class LogWorker:
         self._arrived.set()
 
     async def run(self) -> None:
-        await self._ensure_bucket()
+        await self._open_table()
         while not self._stopping.is_set():
             try:
                 await self._session()
@@ -154,14 +241,21 @@ class LogWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def _ensure_bucket(self) -> None:
+    async def _open_table(self) -> None:
+        """Wait for S3, then create the table if there is none. A table with other columns
+        (``TableSchemaError``) is a deployment error: it propagates and the worker exits."""
         delay = _INITIAL_BACKOFF_S
         while not self._stopping.is_set():
             try:
                 await asyncio.to_thread(ensure_bucket, self._s3, self._settings.logs_bucket)
+                await asyncio.to_thread(open_inference_log_table, self._settings, timeout_s=self._settings.s3_timeout_s)
                 return
+            except TableSchemaError:
+                raise
             except Exception as err:
-                log.warning("logs bucket %s not reachable yet (%r)", self._settings.logs_bucket, err)
+                log.warning(
+                    "inference-log table %s not reachable yet (%r)", self._settings.inference_log_table_uri, err
+                )
             await self._sleep(delay)
             delay = min(delay * 2, self._settings.s3_retry_max_s)
 
@@ -178,7 +272,12 @@ class LogWorker:
             _, queue, self._dlx = await declare_topology(channel, self._topology)
             connection.close_callbacks.add(lambda *_: self._arrived.set())
             consumer_tag = await queue.consume(self._on_message)
-            log.info("log worker consuming %s", self._topology.queue)
+            log.info(
+                "log worker consuming %s into %s (prefetch %d messages)",
+                self._topology.queue,
+                self._settings.inference_log_table_uri,
+                self._settings.prefetch_count,
+            )
             self._backoff = _INITIAL_BACKOFF_S
             await self._process(connection)
             await queue.cancel(consumer_tag)
@@ -186,13 +285,20 @@ class LogWorker:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         CONSUMED.inc()
-        records, rejects = parse_message(message.body)
-        delivery = _Delivery(message, records, rejects, asyncio.get_running_loop().time())
+        parsed = parse_message(message.body, max_bytes=self._settings.max_message_bytes)
+        delivery = _Delivery(message, parsed, asyncio.get_running_loop().time())
         self._pending.append(delivery)
         self._pending_records += delivery.size
         # Wake the batcher to start the age timer, or because the batch is full.
-        if len(self._pending) == 1 or self._pending_records >= self._settings.batch_max_records:
+        if len(self._pending) == 1 or self._batch_due():
             self._arrived.set()
+
+    def _batch_due(self) -> bool:
+        """A full batch, or a full prefetch window (nothing more arrives until something is acked)."""
+        return (
+            self._pending_records >= self._settings.batch_max_records
+            or len(self._pending) >= self._settings.prefetch_count
+        )
 
     async def _process(self, connection: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -201,7 +307,7 @@ class LogWorker:
                 raise _BrokerFailure("connection closed")
             wait: float | None = None
             if self._pending:
-                if self._pending_records >= self._settings.batch_max_records:
+                if self._batch_due():
                     wait = 0.0
                 else:
                     wait = max(0.0, self._pending[0].received + self._settings.batch_max_age_s - loop.time())
@@ -232,62 +338,78 @@ class LogWorker:
         self._pending_records -= size
         return batch
 
+    def _put_back(self, batch: list[_Delivery]) -> None:
+        self._pending.extendleft(reversed(batch))
+        self._pending_records += sum(delivery.size for delivery in batch)
+
     async def _flush_batch(self) -> bool:
-        """Write, dead-letter and ack one batch; False (messages requeued) when the S3 write failed."""
+        """Write, dead-letter and ack one batch; False when S3 did not answer (the batch is back in hand)."""
         batch = self._take_batch()
-        records = [record for delivery in batch for record in delivery.records]
-        if records:
+        rejects = [(d.message, reject) for d in batch for reject in d.parsed.rejects]
+        if any(d.parsed.rows.num_rows for d in batch):
+            rows = pa.concat_tables([d.parsed.rows for d in batch])
             started = time.perf_counter()
             try:
-                await asyncio.to_thread(self._write, records)
-            except Exception as err:
+                inserted, failed = await asyncio.to_thread(
+                    write_isolating_failures, rows, self._write, self._storage_answers
+                )
+            except StorageUnavailableError as err:
                 self._s3_up = False
                 WRITE_FAILURES.inc()
-                log.warning("writing %d inference-log records to S3 failed (%r); requeueing", len(records), err)
-                for delivery in batch:
-                    await delivery.message.nack(requeue=True)
+                log.warning("writing %d inference-log records failed, S3 does not answer (%s)", rows.num_rows, err)
+                self._put_back(batch)
                 return False
             BATCH_WRITE_SECONDS.observe(time.perf_counter() - started)
             BATCHES_WRITTEN.inc()
-            RECORDS_WRITTEN.inc(len(records))
-        await self._dead_letter(batch)
+            RECORDS_WRITTEN.inc(inserted)
+            RECORDS_ALREADY_WRITTEN.inc(rows.num_rows - inserted - len(failed))
+            rejects += self._unwritable(batch, failed)
+        await self._dead_letter(rejects)
         for delivery in batch:
             await delivery.message.ack()
         return True
 
-    def _write(self, records: list[InferenceLogRecord]) -> None:
-        for partition, group in sorted(partition_records(records).items()):
-            # A record delivered twice in one batch (a lost publisher confirm) is written once.
-            unique = list({record.request_id: record for record in reversed(group)}.values())
-            unique.sort(key=lambda record: record.timestamp)
-            key = object_key(self._settings.logs_prefix, partition, (record.request_id for record in unique))
-            self._s3.put_object(
-                Bucket=self._settings.logs_bucket,
-                Key=key,
-                Body=table_to_parquet(records_to_table(unique)),
-                ContentType="application/vnd.apache.parquet",
-            )
+    def _write(self, rows: pa.Table) -> int:
+        return write_inference_log_rows(self._settings, rows, timeout_s=self._settings.s3_timeout_s)
 
-    async def _dead_letter(self, batch: list[_Delivery]) -> None:
-        rejects = [(delivery.message, line, reason) for delivery in batch for line, reason in delivery.rejects]
+    def _storage_answers(self) -> bool:
+        try:
+            self._s3.head_bucket(Bucket=self._settings.logs_bucket)
+        except Exception:
+            return False
+        return True
+
+    @staticmethod
+    def _unwritable(
+        batch: list[_Delivery], failed: list[tuple[int, str]]
+    ) -> list[tuple[AbstractIncomingMessage, Reject]]:
+        """The message and line of each row of the batch the table refused."""
+        owners = [(d, line) for d in batch for line in d.parsed.row_lines]
+        rejects = []
+        for position, reason in failed:
+            delivery, line = owners[position]
+            rejects.append((delivery.message, Reject(delivery.parsed.lines[line], reason, "unwritable")))
+        return rejects
+
+    async def _dead_letter(self, rejects: list[tuple[AbstractIncomingMessage, Reject]]) -> None:
         if not rejects:
             return
         assert self._dlx is not None
         results = await asyncio.gather(
-            *(self._publish_reject(message, line, reason) for message, line, reason in rejects),
-            return_exceptions=True,
+            *(self._publish_reject(message, reject) for message, reject in rejects), return_exceptions=True
         )
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise _BrokerFailure(f"dead-lettering {len(failures)} records failed: {failures[0]!r}")
-        DEAD_LETTERED.inc(len(rejects))
-        for _, line, reason in rejects:
-            log.warning("dead-lettered an inference-log record: %s: %r", reason, line[:200])
+        for _, reject in rejects:
+            DEAD_LETTERED.labels(reject.kind).inc()
+            log.warning("dead-lettered an inference-log record: %s: %r", reject.reason, reject.line[:200])
 
-    async def _publish_reject(self, message: AbstractIncomingMessage, line: bytes, reason: str) -> Any:
+    async def _publish_reject(self, message: AbstractIncomingMessage, reject: Reject) -> Any:
         assert self._dlx is not None
         headers = {
-            ERROR_HEADER: reason,
+            ERROR_HEADER: reject.reason,
+            ERROR_KIND_HEADER: reject.kind,
             "x-original-exchange": message.exchange or "",
             "x-original-routing-key": message.routing_key or "",
         }
@@ -295,7 +417,7 @@ class LogWorker:
             headers["x-original-message-id"] = message.message_id
         return await self._dlx.publish(
             aio_pika.Message(
-                line,
+                reject.line,
                 content_type=message.content_type,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 headers=headers,
@@ -305,16 +427,12 @@ class LogWorker:
         )
 
     async def _wait_for_s3(self) -> None:
-        """Back off until S3 answers (the nacked messages come back meanwhile and wait in hand)."""
+        """Back off until S3 answers (the batch and whatever else arrived wait in hand, unacked)."""
         delay = _INITIAL_BACKOFF_S
         while not self._stopping.is_set():
             await self._sleep(delay)
-            try:
-                await asyncio.to_thread(self._s3.head_bucket, Bucket=self._settings.logs_bucket)
-            except Exception as err:
-                log.debug("S3 still unavailable: %r", err)
-                delay = min(delay * 2, self._settings.s3_retry_max_s)
-            else:
+            if await asyncio.to_thread(self._storage_answers):
                 log.info("S3 answers again; resuming writes")
                 self._s3_up = True
                 return
+            delay = min(delay * 2, self._settings.s3_retry_max_s)

@@ -63,10 +63,12 @@ app = typer.Typer(
 )
 stack_app = _typer("The local stack (SeaweedFS, PostgreSQL, Redis, RabbitMQ, MLflow, Triton, Prometheus).")
 model_app = _typer("Model lifecycle: champion/challenger in MLflow, what Triton serves, promote, roll back.")
-logs_app = _typer("Inference logs (Parquet in S3).")
+logs_app = _typer("Inference logs (the Delta table in S3).")
+labels_app = _typer("Ground truth: observed outcomes of applicants (the Delta table beside the logs).")
 app.add_typer(stack_app, name="stack")
 app.add_typer(model_app, name="model")
 app.add_typer(logs_app, name="logs")
+app.add_typer(labels_app, name="labels")
 
 
 @app.callback()
@@ -389,6 +391,70 @@ def logs_query(
         return
     _print_table(result.table, output)
     typer.echo(summary)
+
+
+class DlqAction(StrEnum):
+    LIST = "list"
+    REPLAY = "replay"
+    PURGE = "purge"
+
+
+@logs_app.command("dlq")
+def logs_dlq(
+    action: Annotated[DlqAction, typer.Argument(help="list: counts by reason; replay: to the worker again; purge")],
+    limit: Annotated[int | None, typer.Option(min=0, help="list: records shown; replay: at most this many")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="purge: confirm")] = False,
+) -> None:
+    """The dead-letter queue of the inference logs (`python -m log_worker.dlq` in a pod)."""
+    from log_worker.dlq import main
+
+    Settings.export_local_stack_env()
+    argv = [action.value, *(["--limit", str(limit)] if limit is not None and action is not DlqAction.PURGE else [])]
+    _delegate(main, [*argv, *(["--yes"] if yes and action is DlqAction.PURGE else [])])
+
+
+@logs_app.command("maintain")
+def logs_maintain(
+    retention_days: Annotated[float | None, typer.Option(help="keep unreferenced files this long (default 7)")] = None,
+    unsafe_retention: Annotated[bool, typer.Option(help="allow under 1 day (every writer stopped)")] = False,
+) -> None:
+    """Compact, checkpoint and vacuum the log and ground-truth tables (the chart's CronJob runs the same)."""
+    from log_worker.maintenance import main
+
+    Settings.export_local_stack_env()
+    argv = [*(["--retention-days", str(retention_days)] if retention_days is not None else [])]
+    _delegate(main, [*argv, *(["--unsafe-retention"] if unsafe_retention else [])])
+
+
+# -- labels ----------------------------------------------------------------------------------------
+@labels_app.command("import")
+def labels_import(
+    file: Annotated[
+        Path, typer.Argument(help="CSV or Parquet with applicant_id, outcome (0/1), observed_at (ISO-8601)")
+    ],
+) -> None:
+    """Import observed outcomes; an applicant's label is replaced only by a newer observation."""
+    from mlops_common.ground_truth import MAX_LABELS_PER_WRITE, LabelFileError, read_label_file, write_labels
+
+    settings = _settings()
+    try:
+        labels = read_label_file(file)
+    except LabelFileError as err:
+        raise CliError(str(err)) from None
+    totals = {"inserted": 0, "updated": 0, "unchanged": 0}
+    for start in range(0, len(labels), MAX_LABELS_PER_WRITE):
+        try:
+            counts = write_labels(settings, labels[start : start + MAX_LABELS_PER_WRITE])
+        except Exception as err:  # object store down, bad credentials
+            raise CliError(
+                f"cannot write to {settings.ground_truth_table_uri} after {start} labels: "
+                f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            ) from None
+        totals = {key: totals[key] + counts[key] for key in totals}
+    typer.echo(
+        f"{len(labels)} labels from {file} into {settings.ground_truth_table_uri}: "
+        f"{totals['inserted']} new, {totals['updated']} updated, {totals['unchanged']} kept (a newer one is stored)"
+    )
 
 
 def _json_rows(table) -> list[dict[str, Any]]:

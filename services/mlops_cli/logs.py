@@ -1,9 +1,9 @@
-"""``mlops logs query``: the inference-log table (Parquet in S3) queried with DuckDB.
+"""``mlops logs query``: the inference-log table (Delta Lake in S3) queried with DuckDB.
 
-DuckDB's S3 support is its ``httpfs`` extension, which it downloads on first use; this platform must work
-offline, so the objects are listed and fetched with the platform's own reader
-(``mlops_common.inference_log.load_inference_log_table``, partition pruning by hour) and DuckDB queries
-the resulting Arrow table: de-duplication by request id (delivery is at least once) and the filters.
+The rows of the time range are read with the platform's reader
+(``mlops_common.inference_log.load_inference_log_table``: only the date partitions of the range) and
+DuckDB applies the filters to that Arrow table. The table holds each request id once, so there is
+nothing to de-duplicate here.
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ class LogQuery:
 @dataclass(frozen=True)
 class LogResult:
     table: pa.Table
-    objects: int
+    files: int
     start: datetime
     end: datetime
 
     def summary(self) -> str:
         rows = self.table.num_rows
         span = f"{self.start:%Y-%m-%dT%H:%M:%SZ} .. {self.end:%Y-%m-%dT%H:%M:%SZ}"
-        text = f"{rows} inference-log row{'s' if rows != 1 else ''} from {self.objects} objects, {span}"
+        text = f"{rows} inference-log row{'s' if rows != 1 else ''} from {self.files} data files, {span}"
         if rows:
             stats = _stats(self.table)
             text += (
@@ -100,14 +100,14 @@ def time_range(query: LogQuery, now: datetime | None = None) -> tuple[datetime, 
 def query_logs(settings: Settings, query: LogQuery) -> LogResult:
     start, end = time_range(query)
     try:
-        table, objects = load_inference_log_table(settings, start, end)
+        table, files = load_inference_log_table(settings, start, end)
     except Exception as err:  # botocore: endpoint down, no bucket, bad credentials
         raise CliError(
             f"cannot read the inference logs in s3://{settings.logs_bucket}/{settings.logs_prefix} "
             f"({settings.s3_endpoint_url or 'AWS S3'}): {type(err).__name__}: {str(err).splitlines()[0][:200]}"
         ) from None
     con = duckdb.connect()
-    con.register("raw_logs", table)
+    con.register("logs", table)
     where, params = [], []
     if query.request_id is not None:
         where.append("request_id = ?")
@@ -120,10 +120,6 @@ def query_logs(settings: Settings, query: LogQuery) -> LogResult:
         params.append(query.model_version)
     features = ", ".join(f'"{name}"' for name in FEATURE_NAMES)
     sql = f"""
-        WITH logs AS (
-            SELECT * FROM raw_logs
-            QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY timestamp, model_version) = 1
-        )
         SELECT timestamp, request_id, CAST(entity_id AS BIGINT) AS applicant_id, model_name, model_version,
                probability, decision, latency_ms, {features}, store_features
         FROM logs
@@ -132,4 +128,4 @@ def query_logs(settings: Settings, query: LogQuery) -> LogResult:
         {f"LIMIT {int(query.limit)}" if query.limit else ""}
     """
     result = con.sql(sql, params=params).to_arrow_table()
-    return LogResult(result, objects, start, end)
+    return LogResult(result, files, start, end)

@@ -13,7 +13,7 @@ import os
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from mlops_common.inference_log import InferenceLogStoreSettings
+from mlops_common.ground_truth import GroundTruthStoreSettings
 from mlops_common.settings import FeastSettings, MlflowSettings, TritonSettings
 
 
@@ -40,7 +40,7 @@ class _LocalStackSource(PydanticBaseSettingsSource):
         return {key.lower(): value for key, value in local_stack_env().items() if key.lower() in fields}
 
 
-class Settings(FeastSettings, MlflowSettings, TritonSettings, InferenceLogStoreSettings):
+class Settings(FeastSettings, MlflowSettings, TritonSettings, GroundTruthStoreSettings):
     """Everything ``mlops`` talks to; each field is its upper-case environment variable."""
 
     # The prediction API (the BFF); unset: http://127.0.0.1:<BFF_PORT>.

@@ -4,13 +4,13 @@ to Parquet in S3) and every job that reads the logs back (drift analysis, retrai
 On the wire a record is one JSON object; an AMQP message carries one or more records as JSON lines
 (``MESSAGE_CONTENT_TYPE``). NaN and ±inf feature values travel as the JSON constants ``NaN`` and
 ``Infinity`` (as Python's ``json`` writes them) so the logged vector is exactly the one sent to
-Triton. In S3 each record is one row of a Parquet object at
+Triton. In S3 the records are rows of a Delta Lake table (``mlops_common.delta``) at
 
-    <prefix>/model=<name>/version=<v>/date=YYYY-MM-DD/hour=HH/<batch id>.parquet
+    s3://<LOGS_BUCKET>/<LOGS_PREFIX>/    partitioned by model_name, model_version, date (UTC, YYYY-MM-DD)
 
-with one float64 column per feature, named as in the feature contract. The batch id is a hash of
-the batch's request ids, so a batch written again after a failed acknowledgement overwrites its
-first copy. Delivery is at least once: ``read_inference_logs`` de-duplicates by request id.
+with one float64 column per feature, named as in the feature contract. Delivery from the BFF is at
+least once; the table holds each request id once, because writers only ever MERGE on ``request_id``
+(``write_inference_log_rows``): a record delivered twice, by any path, is one row.
 
 Changing the record, the Parquet schema or the feature contract means bumping ``SCHEMA_VERSION``:
 workers reject records of a version they do not know (to the dead-letter queue).
@@ -18,23 +18,16 @@ workers reject records of a version they do not know (to the dead-letter queue).
 
 from __future__ import annotations
 
-import hashlib
-import io
-import re
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as pads
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlops_common.delta import delta_storage_options, merge_new_rows, open_table
 from mlops_common.features import FEATURE_NAMES
-from mlops_common.s3 import s3_client
 from mlops_common.settings import S3Settings
 
 if TYPE_CHECKING:
@@ -53,7 +46,12 @@ class InferenceLogStoreSettings(S3Settings):
     """Where the log worker writes the inference logs and where readers find them."""
 
     logs_bucket: str = "mlops-inference-logs"
-    logs_prefix: str = "inference-logs"
+    # The table's folder in the bucket (its _delta_log/ is directly below it).
+    logs_prefix: str = Field("inference-logs", pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?$")
+
+    @property
+    def inference_log_table_uri(self) -> str:
+        return f"s3://{self.logs_bucket}/{self.logs_prefix.strip('/')}"
 
 
 class InferenceLogRecord(BaseModel):
@@ -117,7 +115,7 @@ def split_message(body: bytes) -> list[bytes]:
     return [line for line in body.split(b"\n") if line.strip()]
 
 
-# -- Parquet ----------------------------------------------------------------------------------------
+# -- the table -------------------------------------------------------------------------------------
 _RECORD_COLUMNS: tuple[pa.Field, ...] = (
     pa.field("schema_version", pa.int16(), nullable=False),
     pa.field("request_id", pa.string(), nullable=False),
@@ -131,16 +129,19 @@ _OUTCOME_COLUMNS: tuple[pa.Field, ...] = (
     pa.field("probability", pa.float64(), nullable=False),
     pa.field("decision", pa.string(), nullable=False),
     pa.field("latency_ms", pa.float64(), nullable=False),
+    # The partition of the row: the UTC day of its timestamp.
+    pa.field("date", pa.string(), nullable=False),
 )
 # float64 holds every float32 the model saw exactly, and every float a client sent.
-PARQUET_SCHEMA = pa.schema(
-    [*_RECORD_COLUMNS, *(pa.field(name, pa.float64()) for name in FEATURE_NAMES), *_OUTCOME_COLUMNS],
-    metadata={"inference_log_schema_version": str(SCHEMA_VERSION)},
+TABLE_SCHEMA = pa.schema(
+    [*_RECORD_COLUMNS, *(pa.field(name, pa.float64()) for name in FEATURE_NAMES), *_OUTCOME_COLUMNS]
 )
-assert len(set(PARQUET_SCHEMA.names)) == len(PARQUET_SCHEMA.names), "a feature name collides with a record column"
+assert len(set(TABLE_SCHEMA.names)) == len(TABLE_SCHEMA.names), "a feature name collides with a record column"
+PARTITION_COLUMNS = ("model_name", "model_version", "date")
 
 
 def records_to_table(records: Sequence[InferenceLogRecord]) -> pa.Table:
+    """Rows in ``TABLE_SCHEMA``; raises (``pyarrow.ArrowException``) for a record Arrow cannot hold."""
     columns: dict[str, list[Any]] = {
         "schema_version": [r.schema_version for r in records],
         "request_id": [r.request_id for r in records],
@@ -153,57 +154,30 @@ def records_to_table(records: Sequence[InferenceLogRecord]) -> pa.Table:
         "probability": [r.probability for r in records],
         "decision": [r.decision for r in records],
         "latency_ms": [r.latency_ms for r in records],
+        "date": [f"{r.timestamp:%Y-%m-%d}" for r in records],
     }
-    return pa.Table.from_pydict(columns, schema=PARQUET_SCHEMA)
+    return pa.Table.from_pydict(columns, schema=TABLE_SCHEMA)
 
 
-def table_to_parquet(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
-# -- object keys ------------------------------------------------------------------------------------
-@dataclass(frozen=True, order=True)
-class Partition:
-    model_name: str
-    model_version: str
-    hour: datetime  # UTC, truncated to the hour
-
-    def prefix(self, root: str) -> str:
-        return (
-            f"{root.strip('/')}/model={self.model_name}/version={self.model_version}"
-            f"/date={self.hour:%Y-%m-%d}/hour={self.hour:%H}"
-        )
-
-
-def partition_of(record: InferenceLogRecord) -> Partition:
-    return Partition(
-        record.model_name, record.model_version, record.timestamp.replace(minute=0, second=0, microsecond=0)
+def open_inference_log_table(settings: InferenceLogStoreSettings, *, timeout_s: float = 30.0) -> None:
+    """Create the table if there is none; raise ``TableSchemaError`` if it exists with other columns."""
+    open_table(
+        settings.inference_log_table_uri,
+        TABLE_SCHEMA,
+        PARTITION_COLUMNS,
+        delta_storage_options(settings, timeout_s=timeout_s),
     )
 
 
-def partition_records(records: Iterable[InferenceLogRecord]) -> dict[Partition, list[InferenceLogRecord]]:
-    groups: dict[Partition, list[InferenceLogRecord]] = defaultdict(list)
-    for record in records:
-        groups[partition_of(record)].append(record)
-    return dict(groups)
-
-
-def object_key(root: str, partition: Partition, request_ids: Iterable[str]) -> str:
-    """Deterministic: the same partition and set of request ids give the same key, in any order."""
-    digest = hashlib.sha256("\n".join(sorted(request_ids)).encode()).hexdigest()[:32]
-    return f"{partition.prefix(root)}/{digest}.parquet"
-
-
-_HOUR_KEY = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/[^/]+\.parquet$")
-
-
-def _hour_of_key(key: str) -> datetime | None:
-    match = _HOUR_KEY.search(key)
-    if match is None:
-        return None
-    return datetime.fromisoformat(f"{match[1]}T{match[2]}:00:00+00:00")
+def write_inference_log_rows(settings: InferenceLogStoreSettings, rows: pa.Table, *, timeout_s: float = 30.0) -> int:
+    """Add the rows whose request id the table does not hold yet (in one commit); return how many."""
+    return merge_new_rows(
+        settings.inference_log_table_uri,
+        rows,
+        key="request_id",
+        partition_by=PARTITION_COLUMNS,
+        options=delta_storage_options(settings, timeout_s=timeout_s),
+    )
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -213,78 +187,46 @@ def _aware_utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def _list_prefixes(client: Any, bucket: str, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-    return [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
-
-
-def _list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-
-def list_log_objects(
-    client: Any, bucket: str, prefix: str, start: datetime, end: datetime, *, model_name: str | None = None
-) -> list[str]:
-    """Keys of the Parquet objects whose hour partition overlaps [start, end), sorted."""
-    start, end = _aware_utc(start, "start"), _aware_utc(end, "end")
-    first_hour = start.replace(minute=0, second=0, microsecond=0)
-    days: list[date] = []
-    day = first_hour.date()
+def _days(start: datetime, end: datetime) -> list[str]:
+    days, day = [], start.date()
     while datetime.combine(day, datetime.min.time(), UTC) < end:
-        days.append(day)
+        days.append(f"{day:%Y-%m-%d}")
         day += timedelta(days=1)
-    root = f"{prefix.strip('/')}/"
-    models = [f"{root}model={model_name}/"] if model_name else _list_prefixes(client, bucket, root)
-    keys = []
-    for model_prefix in models:
-        for version_prefix in _list_prefixes(client, bucket, model_prefix):
-            for day in days:
-                for key in _list_keys(client, bucket, f"{version_prefix}date={day:%Y-%m-%d}/"):
-                    hour = _hour_of_key(key)
-                    if hour is not None and first_hour <= hour < end:
-                        keys.append(key)
-    return sorted(keys)
+    return days
 
 
 def load_inference_log_table(
-    settings: InferenceLogStoreSettings,
-    start: datetime,
-    end: datetime,
-    *,
-    model_name: str | None = None,
-    max_workers: int = 8,
+    settings: InferenceLogStoreSettings, start: datetime, end: datetime, *, model_name: str | None = None
 ) -> tuple[pa.Table, int]:
     """Logged inferences with ``start <= timestamp < end`` (timezone-aware datetimes) as one Arrow
-    table (``PARQUET_SCHEMA``, sorted by timestamp, not yet de-duplicated), and how many objects held them."""
+    table (``TABLE_SCHEMA``, sorted by timestamp), and how many data files held them (only the date
+    partitions of the range are read). An empty table where nothing was logged yet."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
     start, end = _aware_utc(start, "start"), _aware_utc(end, "end")
-    client = s3_client(settings)
-    keys = list_log_objects(client, settings.logs_bucket, settings.logs_prefix, start, end, model_name=model_name)
-
-    def load(key: str) -> pa.Table:
-        body = client.get_object(Bucket=settings.logs_bucket, Key=key)["Body"].read()
-        return pq.read_table(io.BytesIO(body))
-
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        tables = list(pool.map(load, keys))
-    table = pa.concat_tables(tables, promote_options="default") if tables else PARQUET_SCHEMA.empty_table()
-    in_range = pc.and_(pc.greater_equal(table["timestamp"], start), pc.less(table["timestamp"], end))
-    return table.filter(in_range).sort_by([("timestamp", "ascending"), ("request_id", "ascending")]), len(keys)
+    try:
+        table = DeltaTable(settings.inference_log_table_uri, storage_options=delta_storage_options(settings))
+    except TableNotFoundError:
+        return TABLE_SCHEMA.empty_table(), 0
+    partitions: list[tuple[str, str, Any]] = [("date", "in", _days(start, end))]
+    if model_name is not None:
+        partitions.append(("model_name", "=", model_name))
+    dataset = table.to_pyarrow_dataset(partitions=partitions)
+    in_range = (pads.field("timestamp") >= pa.scalar(start, pa.timestamp("us", tz="UTC"))) & (
+        pads.field("timestamp") < pa.scalar(end, pa.timestamp("us", tz="UTC"))
+    )
+    files = len(dataset.files) if isinstance(dataset, pads.FileSystemDataset) else 0
+    rows = dataset.to_table(filter=in_range).select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA)
+    return rows.sort_by([("timestamp", "ascending"), ("request_id", "ascending")]), files
 
 
 def read_inference_logs(
-    settings: InferenceLogStoreSettings,
-    start: datetime,
-    end: datetime,
-    *,
-    model_name: str | None = None,
-    max_workers: int = 8,
+    settings: InferenceLogStoreSettings, start: datetime, end: datetime, *, model_name: str | None = None
 ) -> pd.DataFrame:
-    """Logged inferences with ``start <= timestamp < end`` (timezone-aware datetimes), one row per
-    request id (the earliest copy wins), sorted by timestamp; columns as ``PARQUET_SCHEMA``.
-    ``entity_id`` stays an integer (pandas' nullable ``Int64``), not a float, when some rows have none."""
+    """``load_inference_log_table`` as a DataFrame. ``entity_id`` stays an integer (pandas' nullable
+    ``Int64``), not a float, when some rows have none."""
     import pandas as pd
 
-    table, _ = load_inference_log_table(settings, start, end, model_name=model_name, max_workers=max_workers)
-    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-    return frame.drop_duplicates("request_id", keep="first").reset_index(drop=True)
+    table, _ = load_inference_log_table(settings, start, end, model_name=model_name)
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)

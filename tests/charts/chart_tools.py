@@ -133,10 +133,10 @@ def containers(pod_template: Doc) -> list[Doc]:
 
 
 def python_service(container: Doc) -> str | None:
-    """The platform service a container runs (`python -m <service>`), if any."""
+    """The platform service a container runs (`python -m <service>` or `python -m <service>.<tool>`), if any."""
     argv = container.get("command", []) + container.get("args", [])
     if len(argv) >= 3 and argv[0] == "python" and argv[1] == "-m":
-        return str(argv[2])
+        return str(argv[2]).split(".")[0]
     return None
 
 

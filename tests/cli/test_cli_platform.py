@@ -23,7 +23,13 @@ from devstack.components import app_daemon
 from devstack.processes import free_port
 from mlops_cli.app import app
 from mlops_common.features import FEATURE_NAMES
-from mlops_common.inference_log import InferenceLogRecord, object_key, partition_of, records_to_table, table_to_parquet
+from mlops_common.inference_log import (
+    InferenceLogRecord,
+    InferenceLogStoreSettings,
+    open_inference_log_table,
+    records_to_table,
+    write_inference_log_rows,
+)
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -238,20 +244,15 @@ def written_logs(trained_platform, s3_server, tmp_path) -> tuple[dict[str, str],
         )
         for i in range(4)
     ]
-    partitions: dict = {}
-    for record in records:
-        partitions.setdefault(partition_of(record), []).append(record)
-    client = s3_server.client()
-    for partition, group in partitions.items():
-        key = object_key("inference-logs", partition, [r.request_id for r in group])
-        client.put_object(Bucket=env["LOGS_BUCKET"], Key=key, Body=table_to_parquet(records_to_table(group)))
-        # At-least-once delivery: the same records again, in a second object.
-        key = object_key("inference-logs", partition, [*(r.request_id for r in group), "dup"])
-        client.put_object(Bucket=env["LOGS_BUCKET"], Key=key, Body=table_to_parquet(records_to_table(group)))
+    settings = InferenceLogStoreSettings(**s3_server.settings().model_dump(), logs_bucket=env["LOGS_BUCKET"])
+    open_inference_log_table(settings)
+    assert write_inference_log_rows(settings, records_to_table(records)) == 4
+    # At-least-once delivery: the same records again insert nothing.
+    assert write_inference_log_rows(settings, records_to_table(records[:2])) == 0
     return env, records
 
 
-def test_logs_query_filters_deduplicates_and_keeps_applicant_ids_integers(written_logs, tmp_path):
+def test_logs_query_filters_and_keeps_applicant_ids_integers(written_logs, tmp_path):
     env, _ = written_logs
     rows = json.loads(mlops(env, "logs", "query", "--since", "2h", "--format", "json").stdout)
     assert sorted(r["request_id"] for r in rows) == ["req-0", "req-1", "req-2", "req-3"]
@@ -266,7 +267,8 @@ def test_logs_query_filters_deduplicates_and_keeps_applicant_ids_integers(writte
     table = mlops(env, "logs", "query").output
     assert "100967" in table
     assert "100967.0" not in table
-    assert "4 inference-log rows from 4 objects" in table
+    # Two partitions (model versions 1 and 2), one commit: one data file each.
+    assert "4 inference-log rows from 2 data files" in table
     assert "model versions 1 (2), 2 (2)" in table
 
     out = tmp_path / "logs.parquet"
@@ -274,3 +276,34 @@ def test_logs_query_filters_deduplicates_and_keeps_applicant_ids_integers(writte
     written = pq.read_table(out)
     assert written.column("request_id").to_pylist() == ["req-1", "req-3"]
     assert str(written.schema.field("applicant_id").type) == "int64"
+
+
+def test_labels_import_writes_the_ground_truth_table_and_names_a_bad_row(trained_platform, s3_server, tmp_path):
+    env = {**trained_platform.env, "STACK_DIR": str(tmp_path / "no-stack"), "LOGS_BUCKET": s3_server.new_bucket("cli")}
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "applicant_id,outcome,observed_at\n100002,1,2026-06-01T00:00:00Z\n100003,0,2026-06-01T00:00:00Z\n"
+    )
+    out = mlops(env, "labels", "import", str(labels)).output
+    assert f"2 labels from {labels} into s3://{env['LOGS_BUCKET']}/ground-truth: 2 new, 0 updated" in out
+    newer = tmp_path / "newer.csv"
+    newer.write_text("applicant_id,outcome,observed_at\n100002,0,2026-07-01T00:00:00Z\n100003,1,2026-05-01T00:00:00Z\n")
+    assert "0 new, 1 updated, 1 kept" in mlops(env, "labels", "import", str(newer)).output
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("applicant_id,outcome,observed_at\n100004,yes,2026-06-01T00:00:00Z\n")
+    result = mlops(env, "labels", "import", str(bad), code=2)
+    assert "line 2: outcome:" in result.output
+
+
+def test_logs_maintain_and_dlq_run_the_worker_tools(written_logs, unique_name):
+    env, _ = written_logs
+    out = mlops(env, "logs", "maintain").output
+    assert f"s3://{env['LOGS_BUCKET']}/inference-logs: 4 rows; data files 2 -> 2 (compacted)" in out
+    assert f"s3://{env['LOGS_BUCKET']}/ground-truth: no table yet" in out
+    assert "--unsafe-retention" in mlops(env, "logs", "maintain", "--retention-days", "0", code=2).output
+
+    queues = {"INFERENCE_LOG_EXCHANGE": unique_name("cli-logs"), "INFERENCE_LOG_QUEUE": unique_name("cli-logs")}
+    listed = mlops({**env, **queues}, "logs", "dlq", "list").output
+    assert f"0 dead-lettered records in {queues['INFERENCE_LOG_QUEUE']}.dlq" in listed
+    assert "--yes" in mlops({**env, **queues}, "logs", "dlq", "purge", code=2).output

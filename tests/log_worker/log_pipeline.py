@@ -1,12 +1,11 @@
 """Helpers for the inference-log pipeline tests (fixtures are in conftest.py): TCP proxies that cut or
 stall a server so a test causes a real outage without touching the shared servers, per-test settings,
-a record factory, a continuous producer, and ways to look into S3 and the metrics."""
+a record factory, a continuous producer, and ways to look into the table (DuckDB) and the metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-import pyarrow.parquet as pq
+import duckdb
 import pytest
 
 from bff.inference_log import InferenceLogPublisher
@@ -26,6 +25,7 @@ from devstack.components import S3Server
 from devstack.processes import free_port
 from log_worker.settings import Settings as WorkerSettings
 from log_worker.worker import REGISTRY, LogWorker
+from mlops_common.duckdb_s3 import connect_duckdb
 from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import InferenceLogRecord
 from mlops_common.rabbit import InferenceLogTopology
@@ -237,21 +237,27 @@ async def eventually(predicate: Callable[[], Any], *, within: float = 30.0, what
         await asyncio.sleep(0.05)
 
 
-def request_ids_in_s3(s3: S3Server, bucket: str, prefix: str) -> list[str]:
-    """Every request id in every Parquet object under the prefix, duplicates included."""
-    client = s3.client()
-    ids: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
-        for obj in page.get("Contents", []):
-            body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            ids.extend(pq.read_table(io.BytesIO(body), columns=["request_id"]).column("request_id").to_pylist())
-    return ids
+def table_request_ids(setup: LogSetup) -> list[str]:
+    """Every request id in the inference-log table as DuckDB's Delta reader sees it, duplicates
+    included (none, when the table is right); empty before the table exists."""
+    settings = setup.worker_settings()
+    con = connect_duckdb(settings)
+    uri = settings.inference_log_table_uri
+    try:
+        return [row[0] for row in con.sql(f"SELECT request_id FROM delta_scan('{uri}')").fetchall()]
+    except duckdb.Error as err:
+        if "_delta_log" in str(err) or "No files in log segment" in str(err):
+            return []
+        raise
 
 
-async def s3_has_exactly(setup: LogSetup, expected: set[str]) -> bool:
-    found = await asyncio.to_thread(request_ids_in_s3, setup.s3, setup.bucket, setup.prefix)
+async def table_has_exactly(setup: LogSetup, expected: set[str]) -> bool:
+    """The table holds each expected request id exactly once and nothing else (asserted), or not yet
+    all of them (False)."""
+    found = await asyncio.to_thread(table_request_ids, setup)
     unexpected = set(found) - expected
-    assert not unexpected, f"request ids in S3 that were never submitted: {sorted(unexpected)[:5]}"
+    assert not unexpected, f"request ids in the table that were never submitted: {sorted(unexpected)[:5]}"
+    assert len(found) == len(set(found)), f"{len(found) - len(set(found))} request ids are in the table twice"
     return set(found) == expected
 
 

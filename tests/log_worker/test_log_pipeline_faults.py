@@ -1,8 +1,9 @@
-"""The inference-log pipeline under faults: publisher -> RabbitMQ -> log worker -> Parquet in S3.
+"""The inference-log pipeline under faults: publisher -> RabbitMQ -> log worker(s) -> Delta table in S3.
 
-Every scenario runs under continuous submission and ends with the exact equality the issue asks for:
-the distinct request ids in S3 are exactly the ids submitted (none lost, none invented), while
-``submit`` never raised or blocked (the producer task would have failed) and nothing was dropped.
+Every scenario runs under continuous submission and ends with the exact equality the issue asks for,
+read by DuckDB's Delta reader: rows in the table == distinct request ids == ids submitted (none lost,
+none invented, none twice), while ``submit`` never raised or blocked (the producer task would have
+failed) and nothing was dropped.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from log_pipeline import (
     eventually,
     make_record,
     metric,
-    request_ids_in_s3,
     running_worker,
-    s3_has_exactly,
     started_publisher,
+    table_has_exactly,
+    table_request_ids,
     via_proxy,
 )
 
-from log_worker.worker import ERROR_HEADER
+from log_worker import dlq
+from log_worker.worker import ERROR_HEADER, ERROR_KIND_HEADER
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE
 from mlops_common.settings import REPO_ROOT
 
@@ -68,7 +70,7 @@ async def test_broker_stopped_and_restarted_mid_stream(log_setup: LogSetup, rabb
         submitted = await producer.stop()
         await eventually(lambda: publisher.spool_backlog_bytes == 0, what="the spool to be replayed")
 
-        await eventually(lambda: s3_has_exactly(log_setup, submitted), what="every submitted id in S3")
+        await eventually(lambda: table_has_exactly(log_setup, submitted), what="every submitted id in the table")
     assert_accounted(publisher.stats, submitted)
     assert publisher.stats.replayed > 0
 
@@ -91,7 +93,7 @@ async def test_broker_stalled_mid_stream(log_setup: LogSetup, rabbit_proxy: TcpP
         await eventually(lambda: publisher.ready, what="the publisher to reconnect")
         submitted = await producer.stop()
         await eventually(lambda: publisher.spool_backlog_bytes == 0, what="the spool to be replayed")
-        await eventually(lambda: s3_has_exactly(log_setup, submitted), what="every submitted id in S3")
+        await eventually(lambda: table_has_exactly(log_setup, submitted), what="every submitted id in the table")
     assert_accounted(publisher.stats, submitted)
 
 
@@ -114,9 +116,28 @@ async def test_s3_down_for_a_while_under_the_worker(log_setup: LogSetup, s3_prox
 
         s3_proxy.up()
         submitted = await producer.stop()
-        await eventually(lambda: s3_has_exactly(log_setup, submitted), what="every submitted id in S3")
+        await eventually(lambda: table_has_exactly(log_setup, submitted), what="every submitted id in the table")
     assert_accounted(publisher.stats, submitted)
     assert publisher.stats.spooled == 0
+
+
+async def test_two_workers_writing_at_once(log_setup: LogSetup):
+    # Both consume the same queue and commit to the same table partitions concurrently; the ones that
+    # lose a commit race merge again. Small batches make the races frequent.
+    settings = log_setup.worker_settings(batch_max_records=50, batch_max_age_s=0.05)
+    async with (
+        running_worker(settings),
+        running_worker(settings),
+        started_publisher(log_setup.publisher_settings(log_message_max_records=10)) as publisher,
+    ):
+        producer = Producer(publisher, batch=10).start()
+        await producer.wait_for_more(3000)
+        submitted = await producer.stop()
+        # Commit races cost retries (with random backoff): a bound on a hang, not a speed target.
+        await eventually(
+            lambda: table_has_exactly(log_setup, submitted), within=120, what="every submitted id in the table"
+        )
+    assert_accounted(publisher.stats, submitted)
 
 
 METRIC_NAMES = (
@@ -133,8 +154,8 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
-async def s3_ids(setup: LogSetup) -> list[str]:
-    return await asyncio.to_thread(request_ids_in_s3, setup.s3, setup.bucket, setup.prefix)
+async def table_ids(setup: LogSetup) -> list[str]:
+    return await asyncio.to_thread(table_request_ids, setup)
 
 
 def start_worker_process(env: dict[str, str], log_path) -> subprocess.Popen[bytes]:
@@ -156,7 +177,7 @@ async def test_worker_killed_with_sigkill_mid_batch(log_setup: LogSetup, s3_prox
         async with started_publisher(log_setup.publisher_settings()) as publisher:
             producer = Producer(publisher).start()
             await eventually(lambda: publisher.stats.confirmed >= 300, what="records confirmed")
-            await eventually(lambda: s3_ids(log_setup), what="the first batches in S3")
+            await eventually(lambda: table_ids(log_setup), what="the first batches in the table")
 
             # Hold the worker's next S3 upload half-way, then kill it while it holds unacked messages.
             s3_proxy.stall()
@@ -169,7 +190,7 @@ async def test_worker_killed_with_sigkill_mid_batch(log_setup: LogSetup, s3_prox
             second = start_worker_process(env, log_path)
             await producer.wait_for_more(300)
             submitted = await producer.stop()
-            await eventually(lambda: s3_has_exactly(log_setup, submitted), what="every submitted id in S3")
+            await eventually(lambda: table_has_exactly(log_setup, submitted), what="every submitted id in the table")
         assert_accounted(publisher.stats, submitted)
 
         metrics = await asyncio.to_thread(scrape, int(env["LOG_WORKER_METRICS_PORT"]))
@@ -196,7 +217,7 @@ async def test_publisher_closed_with_records_buffered(log_setup: LogSetup):
             await publisher.close(10.0)
         submitted = {r.request_id for r in records}
         assert publisher.stats.confirmed == 3000
-        await eventually(lambda: s3_has_exactly(log_setup, submitted), what="every submitted id in S3")
+        await eventually(lambda: table_has_exactly(log_setup, submitted), what="every submitted id in the table")
     assert_accounted(publisher.stats, submitted)
 
 
@@ -221,7 +242,9 @@ async def test_publisher_closed_while_broker_hangs_then_restarted(log_setup: Log
         started_publisher(log_setup.publisher_settings(rabbitmq_url=url)) as second,
     ):
         await eventually(lambda: second.stats.replayed == 3000, what="the spool to be replayed")
-        await eventually(lambda: s3_has_exactly(log_setup, {r.request_id for r in records}), what="all ids in S3")
+        await eventually(
+            lambda: table_has_exactly(log_setup, {r.request_id for r in records}), what="all ids in the table"
+        )
     assert second.stats.dropped == 0
     assert second.spool_backlog_bytes == 0
 
@@ -238,7 +261,7 @@ async def test_poison_messages_end_in_the_dead_letter_queue(log_setup: LogSetup)
         b"",
     ]
     expected_dead = [poison[0], poison[1], poison[2], b"{broken", b""]
-    dead_before = metric("log_worker_dead_lettered_total")
+    dead_before = metric("log_worker_dead_lettered_total", reason="invalid")
 
     async with (
         running_worker(log_setup.worker_settings()),
@@ -256,9 +279,12 @@ async def test_poison_messages_end_in_the_dead_letter_queue(log_setup: LogSetup)
         await producer.wait_for_more(300)
         submitted = await producer.stop()
         await eventually(
-            lambda: s3_has_exactly(log_setup, submitted | {valid_in_mixed.request_id}), what="all valid ids in S3"
+            lambda: table_has_exactly(log_setup, submitted | {valid_in_mixed.request_id}),
+            what="all valid ids in the table",
         )
-        await eventually(lambda: metric("log_worker_dead_lettered_total") >= dead_before + 5, what="dead-lettering")
+        await eventually(
+            lambda: metric("log_worker_dead_lettered_total", reason="invalid") >= dead_before + 5, what="dead-lettering"
+        )
     assert_accounted(publisher.stats, submitted)
 
     connection = await aio_pika.connect(log_setup.rabbitmq_url)
@@ -275,3 +301,52 @@ async def test_poison_messages_end_in_the_dead_letter_queue(log_setup: LogSetup)
     assert "schema_version" in reasons[poison[2]]
     assert "timestamp" in reasons[poison[1]]
     assert all(m.headers["x-original-routing-key"] == log_setup.topology.routing_key for m in dead)
+
+
+async def test_dead_letter_tool_lists_replays_written_records_once_and_purges(log_setup: LogSetup, monkeypatch, capsys):
+    written = [make_record() for _ in range(20)]
+    async with running_worker(log_setup.worker_settings()):
+        async with started_publisher(log_setup.publisher_settings()) as publisher:
+            for record in written:
+                publisher.submit(record)
+        await eventually(lambda: table_has_exactly(log_setup, {r.request_id for r in written}), what="the records")
+
+        # Copies of records already in the table land in the DLQ (as after a fix that came too late),
+        # with one record that is still invalid.
+        connection = await aio_pika.connect(log_setup.rabbitmq_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            dlx = await channel.get_exchange(log_setup.topology.dead_letter_exchange)
+            for body, kind in [*((r.to_json_bytes(), "unwritable") for r in written[:5]), (b"{broken", "invalid")]:
+                headers = {ERROR_HEADER: f"test: {kind}", ERROR_KIND_HEADER: kind}
+                await dlx.publish(aio_pika.Message(body, headers=headers), log_setup.topology.dead_letter_queue)
+        for key, value in log_setup.worker_env().items():
+            monkeypatch.setenv(key, value)
+
+        assert await asyncio.to_thread(dlq.main, ["list", "--limit", "2"]) == 0
+        out = capsys.readouterr().out
+        assert f"6 dead-lettered records in {log_setup.topology.dead_letter_queue}" in out
+        assert "  invalid: 1\n  unwritable: 5" in out
+        assert out.count("- [") == 2
+
+        again = metric("log_worker_records_already_written_total")
+        assert await asyncio.to_thread(dlq.main, ["replay"]) == 0
+        assert "replayed 6 records" in capsys.readouterr().out
+        await eventually(lambda: metric("log_worker_records_already_written_total") >= again + 5, what="the replay")
+        # The broken record is back in the DLQ; the five copies are still one row each.
+        await eventually(lambda: dlq_holds(log_setup, 1), what="the invalid record back in the DLQ")
+        assert await table_has_exactly(log_setup, {r.request_id for r in written})
+
+    with pytest.raises(SystemExit):
+        dlq.main(["purge"])
+    assert "--yes" in capsys.readouterr().err
+    assert await asyncio.to_thread(dlq.main, ["purge", "--yes"]) == 0
+    assert "purged 1 records" in capsys.readouterr().out
+
+
+async def dlq_holds(setup: LogSetup, count: int) -> bool:
+    connection = await aio_pika.connect(setup.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(setup.topology.dead_letter_queue, passive=True)
+        return queue.declaration_result.message_count == count

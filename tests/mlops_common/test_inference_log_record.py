@@ -1,28 +1,22 @@
-"""The inference-log record contract: validation, exact JSON round trip, Parquet schema, object keys."""
+"""The inference-log record contract: validation, exact JSON round trip, the table's rows."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
-import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
 from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import (
-    PARQUET_SCHEMA,
     SCHEMA_VERSION,
+    TABLE_SCHEMA,
     InferenceLogRecord,
-    Partition,
     encode_message,
-    object_key,
-    partition_of,
     records_to_table,
     split_message,
-    table_to_parquet,
 )
 
 TS = datetime(2026, 5, 4, 13, 45, 6, 789012, tzinfo=UTC)
@@ -107,26 +101,20 @@ def test_messages_are_json_lines():
     assert split_message(body + b"\n\n") == records
 
 
-def test_parquet_holds_one_row_per_record_with_one_column_per_feature():
+def test_rows_hold_one_row_per_record_with_one_column_per_feature_and_the_utc_date():
     records = [InferenceLogRecord(**fields(request_id=f"r-{i}", entity_id=None if i else 7)) for i in range(3)]
-    table = pq.read_table(io.BytesIO(table_to_parquet(records_to_table(records))))
-    assert table.schema.remove_metadata() == PARQUET_SCHEMA.remove_metadata()
-    assert table.schema.metadata[b"inference_log_schema_version"] == str(SCHEMA_VERSION).encode()
+    table = records_to_table(records)
+    assert table.schema == TABLE_SCHEMA
     rows = table.to_pylist()
     assert [r["request_id"] for r in rows] == ["r-0", "r-1", "r-2"]
     assert [r["entity_id"] for r in rows] == [7, None, None]
     assert rows[0]["timestamp"] == TS
+    assert rows[0]["date"] == "2026-05-04"
     assert [rows[0][name] for name in FEATURE_NAMES] == list(records[0].features.values())
     assert rows[0]["store_features"] == list(FEATURE_NAMES[5:])
 
 
-def test_object_keys_are_hive_partitioned_and_deterministic():
-    record = InferenceLogRecord(**fields())
-    partition = partition_of(record)
-    assert partition == Partition("credit_default", "3", datetime(2026, 5, 4, 13, tzinfo=UTC))
-    key = object_key("logs/", partition, ["b", "a", "c"])
-    assert key.startswith("logs/model=credit_default/version=3/date=2026-05-04/hour=13/")
-    assert key.endswith(".parquet")
-    # The same request ids in any order give the same key; any other set another one.
-    assert object_key("logs", partition, ["c", "b", "a"]) == key
-    assert object_key("logs", partition, ["a", "b"]) != key
+def test_the_date_partition_is_the_utc_day():
+    late_evening_in_new_york = datetime(2026, 5, 4, 22, 30, tzinfo=timezone(timedelta(hours=-4)))
+    record = InferenceLogRecord(**fields(timestamp=late_evening_in_new_york))
+    assert records_to_table([record])["date"].to_pylist() == ["2026-05-05"]

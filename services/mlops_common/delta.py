@@ -1,0 +1,149 @@
+"""Delta Lake tables on the platform's S3 (``deltalake``): storage options, creation, exactly-once merges.
+
+Why Delta Lake (measured on this machine, ``../shared/notes/log-table-on-this-machine.md``): a racing
+writer's commit is a conditional ``PUT`` of the next ``_delta_log`` entry, so several writers need no
+lock service and no catalog; the loser gets ``CommitFailedError`` and reruns its merge. Spark, Trino,
+Athena and DuckDB read the table as it is.
+
+Rows are inserted only by ``merge_new_rows``: a MERGE on the key, restricted to the partitions the
+batch touches, that inserts the keys the table does not hold yet. Plain appends would bypass that,
+so nothing here appends.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from mlops_common.settings import S3Settings
+
+# Concurrent writers retry a lost commit; each attempt re-reads the table.
+MERGE_ATTEMPTS = 30
+
+
+class TableSchemaError(RuntimeError):
+    """The table at the URI exists with columns other than the ones this code writes."""
+
+
+def delta_storage_options(settings: S3Settings, *, timeout_s: float = 30.0) -> dict[str, str]:
+    """``object_store`` options for ``deltalake`` (its own S3 client, not boto3's)."""
+    options = {
+        "AWS_REGION": settings.aws_default_region,
+        "timeout": f"{timeout_s}s",
+        "connect_timeout": f"{timeout_s}s",
+    }
+    if settings.s3_endpoint_url:
+        options["AWS_ENDPOINT_URL"] = settings.s3_endpoint_url
+        options["AWS_ALLOW_HTTP"] = str(settings.s3_endpoint_url.startswith("http://")).lower()
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        options["AWS_ACCESS_KEY_ID"] = settings.aws_access_key_id
+        options["AWS_SECRET_ACCESS_KEY"] = settings.aws_secret_access_key.get_secret_value()
+    return options
+
+
+def _check_schema(table: DeltaTable, schema: pa.Schema, uri: str) -> None:
+    found = {field.name: field.type for field in pa.schema(table.schema().to_arrow())}
+    expected = {field.name: field.type for field in schema}
+    if found.keys() != expected.keys():
+        missing, unknown = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        raise TableSchemaError(f"Delta table {uri} has other columns: missing {missing}, unknown {unknown}")
+
+
+def open_table(uri: str, schema: pa.Schema, partition_by: Sequence[str], options: dict[str, str]) -> DeltaTable:
+    """The Delta table at ``uri``, created empty with ``schema`` if there is none (several processes
+    may race to create it: one commit wins, the others open it). Raises ``TableSchemaError`` when an
+    existing table has other columns."""
+    for _ in range(MERGE_ATTEMPTS):
+        try:
+            table = DeltaTable(uri, storage_options=options)
+        except TableNotFoundError:
+            try:
+                table = DeltaTable.create(
+                    uri, schema, mode="ignore", partition_by=list(partition_by), storage_options=options
+                )
+            except CommitFailedError:
+                continue
+        _check_schema(table, schema, uri)
+        return table
+    raise CommitFailedError(f"could not create or open the Delta table {uri}")
+
+
+def first_per_key(batch: pa.Table, key: str) -> pa.Table:
+    """The first row of each key, in the batch's order (MERGE would insert every copy of a key that
+    occurs twice in its source)."""
+    if batch.num_rows == pc.count_distinct(batch[key]).as_py():
+        return batch
+    positions = pa.table({key: batch[key], "_position": pa.array(range(batch.num_rows))})
+    first = positions.group_by(key, use_threads=False).aggregate([("_position", "min")])["_position_min"]
+    return batch.take(pc.take(first, pc.sort_indices(first)))
+
+
+def _sql_list(values: Sequence[Any]) -> str:
+    return ", ".join("'" + str(value).replace("'", "''") + "'" for value in values)
+
+
+def merge_new_rows(
+    uri: str,
+    batch: pa.Table,
+    *,
+    key: str,
+    partition_by: Sequence[str],
+    options: dict[str, str],
+    attempts: int = MERGE_ATTEMPTS,
+) -> int:
+    """Insert the rows of ``batch`` whose ``key`` the table does not hold yet; return how many.
+
+    Exactly once per key within a partition, whoever else writes: the MERGE is pinned to the
+    partitions that occur in the batch (IN-lists built from its own values, so none is missed), and
+    a commit lost to a concurrent writer is retried from a fresh read of the table."""
+    batch = first_per_key(batch, key)
+    if batch.num_rows == 0:
+        return 0
+    pinned = " AND ".join(
+        f"t.{column} IN ({_sql_list(pc.unique(batch[column]).to_pylist())})" for column in partition_by
+    )
+    predicate = f"{pinned} AND t.{key} = s.{key}" if pinned else f"t.{key} = s.{key}"
+
+    def insert_new(table: DeltaTable) -> dict[str, Any]:
+        return table.merge(batch, predicate, source_alias="s", target_alias="t").when_not_matched_insert_all().execute()
+
+    return int(_retry_lost_commits(uri, options, insert_new, attempts)["num_target_rows_inserted"])
+
+
+def upsert_rows(uri: str, batch: pa.Table, *, key: str, newer: str, options: dict[str, str]) -> dict[str, int]:
+    """Insert new keys; replace the row of a key the table holds when the batch's row is at least as
+    new by the ``newer`` column (so replays and out-of-order writes settle on the newest row). Within
+    the batch, the last copy of a key wins. Retried like ``merge_new_rows``; returns the counts
+    ``inserted``, ``updated`` and ``unchanged`` (keys whose stored row is newer or equal and kept)."""
+    last_first = batch.take(pa.array(range(batch.num_rows - 1, -1, -1)))
+    batch = first_per_key(last_first, key)
+
+    def upsert(table: DeltaTable) -> dict[str, Any]:
+        merger = table.merge(batch, f"t.{key} = s.{key}", source_alias="s", target_alias="t")
+        merger = merger.when_matched_update_all(predicate=f"s.{newer} >= t.{newer}")
+        return merger.when_not_matched_insert_all().execute()
+
+    metrics = _retry_lost_commits(uri, options, upsert, MERGE_ATTEMPTS)
+    inserted, updated = int(metrics["num_target_rows_inserted"]), int(metrics["num_target_rows_updated"])
+    return {"inserted": inserted, "updated": updated, "unchanged": batch.num_rows - inserted - updated}
+
+
+def _retry_lost_commits(
+    uri: str, options: dict[str, str], operation: Callable[[DeltaTable], dict[str, Any]], attempts: int
+) -> dict[str, Any]:
+    """Run ``operation`` on a fresh read of the table until its commit wins over concurrent writers."""
+    for attempt in range(attempts):
+        try:
+            return operation(DeltaTable(uri, storage_options=options))
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.3))
+    raise ValueError("attempts must be at least 1")
