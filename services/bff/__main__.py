@@ -16,7 +16,8 @@ def main() -> None:
         port=settings.bff_port,
         log_level=settings.log_level.lower(),
         access_log=False,  # request counts and latencies are in /metrics; a line per request costs CPU
-        timeout_graceful_shutdown=10,
+        # Then the lifespan exit drains the inference-log spool for up to log_drain_timeout_s.
+        timeout_graceful_shutdown=settings.bff_graceful_shutdown_s,
     )
 
 

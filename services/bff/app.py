@@ -156,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             if logs is not None:
-                await logs.close()
+                await logs.close(settings.log_drain_timeout_s)
             await triton.close()
             await store.close()
 

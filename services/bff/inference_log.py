@@ -9,16 +9,26 @@ Background task: publishes the buffer as persistent, ``mandatory`` messages of u
 What is not confirmed in time (broker down, slow, refusing, message unroutable) goes to the spool
 (``bff.spool``) and the task reconnects with backoff; while the broker is unreachable it moves every
 new record from the buffer to the spool. Once connected, it replays the spool in order, moving the
-spool's cursor only past records the broker confirmed. ``close`` publishes what is buffered, within
-the timeout, and spools the rest.
+spool's cursor only past records the broker confirmed.
+
+The spool holds at most ``log_spool_max_bytes``: a record that does not fit is dropped (the oldest
+stay), counted and logged at ERROR at most once per ``SPOOL_FULL_LOG_INTERVAL_S``.
+
+Shutdown: ``close(timeout)`` (the BFF's lifespan exit after SIGTERM, with ``log_drain_timeout_s``)
+publishes what is buffered, then, if the broker is reachable (one connection attempt if it was not
+connected), drains the spool to it, all within the timeout. Whatever is still unconfirmed is spooled;
+the records left in the spool are counted in ``bff_inference_log_shutdown_undrained_records_total``
+and logged. They stay on disk for the next process, so they are lost only with the volume.
 
 Accounting (``bff_inference_log_records_total{outcome}``, and ``stats`` per publisher): each submitted
-record is ``enqueued`` once and leaves memory once, as ``confirmed``, ``spooled`` or ``dropped``;
-spooled records are ``replayed`` when the broker confirms them from the spool. ``dropped`` means the
-disk failed (a spool write error, or a spooled record unreadable later) and is logged at ERROR.
-So at rest ``enqueued == confirmed + spooled + dropped(written)`` and the spool holds
-``spooled - replayed - dropped(read)``. A record whose confirm was lost may reach the broker twice:
-delivery is at least once and readers de-duplicate by request id.
+record is ``enqueued`` once and leaves memory once, as ``confirmed``, ``spooled``, ``dropped`` or
+``dropped_spool_full``; spooled records are ``replayed`` when the broker confirms them from the spool.
+``dropped`` means the disk failed (a spool write error, or a spooled record unreadable later) and is
+logged at ERROR; ``dropped_spool_full`` means the spool was at its size limit.
+So at rest ``enqueued == confirmed + spooled + dropped(written) + dropped_spool_full`` and the spool
+holds ``spooled - replayed - dropped(read)`` (plus what an earlier process left in it), which is what
+``close`` counts as undrained. A record whose confirm was lost may reach the broker twice: delivery is
+at least once and readers de-duplicate by request id.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -45,11 +56,11 @@ from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("enqueued", "confirmed", "spooled", "replayed", "dropped")
+OUTCOMES = ("enqueued", "confirmed", "spooled", "replayed", "dropped", "dropped_spool_full")
 RECORDS = Counter(
     "bff_inference_log_records",
     "Inference log records: enqueued by requests, then confirmed by the broker, spooled to disk, "
-    "replayed from the spool, or dropped (disk failure)",
+    "replayed from the spool, dropped (disk failure) or dropped_spool_full (spool at its size limit)",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -58,6 +69,14 @@ for _outcome in OUTCOMES:
 SPOOL_BACKLOG = Gauge(
     "bff_inference_log_spool_backlog_bytes", "Spooled inference-log bytes not yet replayed", registry=REGISTRY
 )
+UNDRAINED = Counter(
+    "bff_inference_log_shutdown_undrained_records",
+    "Spooled inference-log records the publisher could not send to the broker before it closed: they stay "
+    "in the spool, and are lost if its volume is deleted",
+    registry=REGISTRY,
+)
+# A full spool drops records at the request rate: one ERROR line per interval, with the count.
+SPOOL_FULL_LOG_INTERVAL_S = 60.0
 BROKER_CONNECTED = Gauge(
     "bff_inference_log_broker_connected", "1 while the inference-log publisher is connected", registry=REGISTRY
 )
@@ -82,10 +101,43 @@ class PublisherStats:
     spooled: int = 0
     replayed: int = 0
     dropped: int = 0
+    dropped_spool_full: int = 0
+    # Records left in the spool when the publisher closed.
+    undrained: int = 0
 
 
 class _BrokerFailure(Exception):
     """Some messages were not confirmed (they are on disk now): reconnect."""
+
+
+class _SpoolFullLog:
+    """Logs records dropped for a full spool: the first at once, then at most one line per interval
+    with the count since the last line, and a last line when the spool takes records again."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._last: float | None = None
+        self._unlogged = 0
+
+    def dropped(self, n: int, spool: Spool) -> None:
+        self._unlogged += n
+        now = time.monotonic()
+        if self._last is None or now - self._last >= self._interval_s:
+            self.flush(spool, "")
+
+    def flush(self, spool: Spool, note: str) -> None:
+        if not self._unlogged:
+            return
+        log.error(
+            "inference-log spool %s is full (%d bytes on disk, limit %d): %d records DROPPED%s",
+            spool.directory,
+            spool.disk_bytes,
+            spool.max_bytes,
+            self._unlogged,
+            note,
+        )
+        self._unlogged = 0
+        self._last = time.monotonic()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -114,6 +166,7 @@ class InferenceLogPublisher:
         self._backoff = _RECONNECT_INITIAL_S
         self.stats = PublisherStats()
         self._counters = {outcome: RECORDS.labels(outcome) for outcome in OUTCOMES}
+        self._spool_full_log = _SpoolFullLog(SPOOL_FULL_LOG_INTERVAL_S)
 
     # -- public -------------------------------------------------------------------------------------
     @property
@@ -140,10 +193,17 @@ class InferenceLogPublisher:
         if self._task is not None:
             raise RuntimeError("InferenceLogPublisher already started")
         self._spool = Spool.open_slot(
-            Path(self._settings.log_spool_dir), segment_max_bytes=self._settings.log_spool_segment_bytes
+            Path(self._settings.log_spool_dir),
+            segment_max_bytes=self._settings.log_spool_segment_bytes,
+            max_bytes=self._settings.log_spool_max_bytes,
         )
         if self._spool.has_pending():
-            log.info("inference-log spool %s holds %d bytes to replay", self._spool.directory, self.spool_backlog_bytes)
+            log.info(
+                "inference-log spool %s holds %d records (%d bytes) to replay",
+                self._spool.directory,
+                self._spool.pending_records,
+                self.spool_backlog_bytes,
+            )
         SPOOL_BACKLOG.set(self.spool_backlog_bytes)
         self._task = asyncio.create_task(self._run(), name="inference-log-publisher")
 
@@ -162,13 +222,20 @@ class InferenceLogPublisher:
 
     # The timeout is not a cancellation: what is unconfirmed when it expires is spooled, not lost.
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-        """Publish what is buffered, spooling whatever the broker has not confirmed after ``timeout``
-        seconds, then disconnect and close the spool."""
+        """Publish what is buffered and drain the spool to the broker if it is reachable, for at most
+        ``timeout`` seconds; spool whatever the broker has not confirmed by then, count and log what the
+        spool still holds, then disconnect and close the spool."""
         if self._closing:
             return
         self._deadline = asyncio.get_running_loop().time() + timeout
         self._closing = True
         self._wakeup.set()
+        if self._spool is not None and self._spool.has_pending():
+            log.info(
+                "inference-log publisher closing: draining %d spooled records to the broker (at most %.1f s)",
+                self._spool.pending_records,
+                timeout,
+            )
         if self._task is not None:
             done, _ = await asyncio.wait([self._task], timeout=timeout + 1.0)
             if not done:
@@ -180,12 +247,28 @@ class InferenceLogPublisher:
         self._spool_buffer()
         await self._disconnect()
         if self._spool is not None:
+            self._spool_full_log.flush(self._spool, " (at shutdown)")
+            self._count_undrained(self._spool, timeout)
             try:
                 self._spool.close()
             except OSError:
                 log.exception("closing the inference-log spool %s failed", self._spool.directory)
         self._state = PublisherState.CLOSED
         log.info("inference-log publisher closed: %s", asdict(self.stats))
+
+    def _count_undrained(self, spool: Spool, timeout: float) -> None:
+        undrained = spool.pending_records
+        self.stats.undrained = undrained
+        UNDRAINED.inc(undrained)
+        if undrained:
+            log.warning(
+                "inference-log publisher closed with %d records (%d bytes) NOT sent to the broker within %.1f s: "
+                "they stay in the spool %s for the next process, and are lost if that volume is deleted",
+                undrained,
+                spool.pending_bytes,
+                timeout,
+                spool.directory,
+            )
 
     # -- accounting and spooling --------------------------------------------------------------------
     def _count(self, outcome: str, n: int) -> None:
@@ -199,12 +282,17 @@ class InferenceLogPublisher:
         try:
             if self._spool is None:
                 raise OSError("the inference-log spool is not open (publisher not started)")
-            self._spool.append(bodies)
+            written = self._spool.append(bodies)
         except Exception:
             log.error("inference-log spool write failed: %d records DROPPED", len(bodies), exc_info=True)
             self._count("dropped", len(bodies))
         else:
-            self._count("spooled", len(bodies))
+            self._count("spooled", written)
+            if written < len(bodies):
+                self._count("dropped_spool_full", len(bodies) - written)
+                self._spool_full_log.dropped(len(bodies) - written, self._spool)
+            else:
+                self._spool_full_log.flush(self._spool, "; it takes records again")
         SPOOL_BACKLOG.set(self.spool_backlog_bytes)
 
     def _spool_buffer(self) -> None:
@@ -214,9 +302,16 @@ class InferenceLogPublisher:
 
     # -- background task ----------------------------------------------------------------------------
     async def _run(self) -> None:
-        # Closing before the first connection still tries one (the buffer may be full); closing
-        # while the broker is known to be down does not.
-        while not (self._closing and self._state is PublisherState.DISCONNECTED):
+        # Closing while not connected makes one more connection attempt, within the close timeout, if
+        # there is something to send: the buffer, or the spool to drain (the broker may be back).
+        tried_while_closing = False
+        while True:
+            if self._closing:
+                assert self._spool is not None
+                nothing_to_send = not self._buffer and not self._spool.has_pending()
+                if tried_while_closing or nothing_to_send or self._time_left(1.0) <= 0:
+                    return
+                tried_while_closing = True
             try:
                 await self._connect()
             except Exception as err:
@@ -236,6 +331,8 @@ class InferenceLogPublisher:
     def _on_unavailable(self, err: Exception) -> None:
         if not isinstance(err, (_BrokerFailure, *_BROKER_ERRORS)):
             log.error("inference-log publisher failed unexpectedly; reconnecting", exc_info=err)
+        elif self._closing:
+            log.warning("inference-log publisher closing: stopped sending to the broker (%r)", err)
         elif not self._outage:
             log.warning("inference-log broker unavailable (%r): spooling records until it is back", err)
         self._outage = True
@@ -298,15 +395,21 @@ class InferenceLogPublisher:
         await asyncio.wait([closing], timeout=2.0)
 
     async def _pump(self) -> None:
-        """Publish the buffer and replay the spool until closing (buffer flushed) or a failure."""
+        """Publish the buffer and replay the spool until a failure, or, when closing, until both are
+        empty or the close timeout is spent."""
         assert self._spool is not None
         while True:
             if self._connection is None or self._connection.is_closed:
                 raise _BrokerFailure("connection closed")
             if self._closing:
-                if not self._buffer:
+                if self._time_left(1.0) <= 0:
                     return
-                await self._publish_fresh()
+                if self._buffer:
+                    await self._publish_fresh()
+                elif self._spool.has_pending():
+                    await self._replay()
+                else:
+                    return
                 continue
             if self._buffer:
                 if len(self._buffer) < self._settings.log_message_max_records:

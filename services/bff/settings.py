@@ -8,6 +8,10 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings):
 
     bff_host: str = "0.0.0.0"
     bff_port: int = 8080
+    # Shutdown after SIGTERM: uvicorn waits up to bff_graceful_shutdown_s for requests in flight, then
+    # the inference-log publisher has log_drain_timeout_s to flush its buffer and drain the spool to
+    # RabbitMQ. A pod's terminationGracePeriodSeconds must cover both (the chart adds them up).
+    bff_graceful_shutdown_s: int = Field(10, ge=1)
     # Probability at or above which the decision is "reject".
     decision_threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_batch_size: int = Field(256, ge=1)
@@ -30,3 +34,7 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings):
     # Reconnect backoff doubles from 0.1 s up to this.
     log_reconnect_max_s: float = Field(5.0, gt=0)
     log_spool_segment_bytes: int = Field(16 << 20, ge=1024)
+    # The spool's segment files never exceed this; records that do not fit are dropped and counted
+    # (outcome "dropped_spool_full"). Per process: each uvicorn worker has a spool slot of its own.
+    log_spool_max_bytes: int = Field(512 << 20, gt=0)
+    log_drain_timeout_s: float = Field(20.0, gt=0)

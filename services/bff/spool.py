@@ -12,6 +12,10 @@ process never appends to an old segment: a crash may have left it with a torn la
 reading detects (short frame) and skips. A frame with a wrong checksum is skipped and counted.
 Readers take records from the cursor in append order and ``commit`` once they have handed them on;
 segments wholly before the cursor are deleted. Not thread-safe: one event loop uses it.
+
+Size limit: with ``max_bytes``, the segment files never hold more than that many bytes in total
+(frames included, replayed ones too until their segment is deleted). ``append`` writes the records
+that fit, in order, and returns how many; the caller decides what to do with the rest.
 """
 
 from __future__ import annotations
@@ -61,9 +65,12 @@ class _Segment:
 
 
 class Spool:
-    def __init__(self, directory: Path, *, segment_max_bytes: int = 16 << 20) -> None:
+    def __init__(self, directory: Path, *, segment_max_bytes: int = 16 << 20, max_bytes: int | None = None) -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, not {max_bytes}")
         self.directory = Path(directory)
         self.segment_max_bytes = segment_max_bytes
+        self.max_bytes = max_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -86,27 +93,44 @@ class Spool:
         self._active: _Segment | None = None
         self._fd: int | None = None
         self._closed = False
+        self._pending_records = 0
         self.commit(SpoolBatch([], self._cursor))
+        # Complete frames after the cursor (a torn tail is not a record): counted once here, then kept
+        # up to date by append and commit.
+        self._pending_records = sum(
+            self._count_frames(s, self._cursor.offset if s.seq == self._cursor.segment else 0)
+            for s in self._segments.values()
+        )
 
     @classmethod
-    def open_slot(cls, base: Path, *, segment_max_bytes: int = 16 << 20) -> Spool:
+    def open_slot(cls, base: Path, *, segment_max_bytes: int = 16 << 20, max_bytes: int | None = None) -> Spool:
         """The first spool under ``base/slot-N`` that no other process holds: several processes
-        (uvicorn workers) can share one configured directory, and a restarted one adopts a slot."""
+        (uvicorn workers) can share one configured directory, and a restarted one adopts a slot.
+        ``max_bytes`` limits each slot."""
         for slot in range(MAX_SLOTS):
             try:
-                return cls(Path(base) / f"slot-{slot}", segment_max_bytes=segment_max_bytes)
+                return cls(Path(base) / f"slot-{slot}", segment_max_bytes=segment_max_bytes, max_bytes=max_bytes)
             except SpoolLockedError:
                 continue
         raise SpoolLockedError(f"all {MAX_SLOTS} spool slots under {base} are in use")
 
     # -- writing ------------------------------------------------------------------------------------
-    def append(self, payloads: Sequence[bytes]) -> None:
-        """Append records in order. Raises OSError when the disk fails; nothing partial stays behind."""
+    def append(self, payloads: Sequence[bytes]) -> int:
+        """Append records in order, as many as fit under ``max_bytes``; returns how many were written
+        (a prefix of ``payloads``). Raises OSError when the disk fails; nothing partial stays behind."""
         if self._closed:
             raise OSError(f"spool {self.directory} is closed")
         if not payloads:
-            return
-        blob = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+            return 0
+        frames = [_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads]
+        fitting = self._fitting(frames)
+        if fitting < len(frames) and self._caught_up_on_active():
+            # Everything in the active segment was handed on: delete it rather than count it.
+            self._seal(sync=False)
+            fitting = self._fitting(frames)
+        if fitting == 0:
+            return 0
+        blob = b"".join(frames[:fitting])
         if self._active is not None and self._active.size and self._active.size + len(blob) > self.segment_max_bytes:
             self._seal()
         if self._active is None:
@@ -126,6 +150,23 @@ class Spool:
                 self._seal(sync=False)
             raise
         self._active.size += len(blob)
+        self._pending_records += fitting
+        return fitting
+
+    def _fitting(self, frames: list[bytes]) -> int:
+        """How many of the frames, from the first, fit under ``max_bytes``."""
+        if self.max_bytes is None:
+            return len(frames)
+        room = self.max_bytes - self.disk_bytes
+        for count, frame in enumerate(frames):
+            room -= len(frame)
+            if room < 0:
+                return count
+        return len(frames)
+
+    def _caught_up_on_active(self) -> bool:
+        active = self._active
+        return active is not None and active.size > 0 and self._cursor == SpoolPosition(active.seq, active.size)
 
     def _open_segment(self) -> None:
         seq = self._next_seq
@@ -169,9 +210,19 @@ class Spool:
 
     # -- reading ------------------------------------------------------------------------------------
     @property
+    def disk_bytes(self) -> int:
+        """Bytes of the segment files: what ``max_bytes`` limits."""
+        return sum(s.size for s in self._segments.values())
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes (frames included) not yet committed."""
-        return sum(s.size for s in self._segments.values()) - self._cursor.offset
+        return self.disk_bytes - self._cursor.offset
+
+    @property
+    def pending_records(self) -> int:
+        """Records not yet committed (frames that fail their checksum included, until read)."""
+        return self._pending_records
 
     def has_pending(self) -> bool:
         return self.pending_bytes > 0
@@ -218,6 +269,7 @@ class Spool:
         tmp.write_text(f"{end.segment} {end.offset}\n")
         tmp.replace(self.directory / "CURSOR")
         self._cursor = end
+        self._pending_records = max(0, self._pending_records - len(batch.payloads) - batch.corrupt)
         for seq in [s for s in self._segments if s < end.segment]:
             self._segment_path(seq).unlink(missing_ok=True)
             del self._segments[seq]
@@ -225,6 +277,21 @@ class Spool:
     # -- helpers ------------------------------------------------------------------------------------
     def _segment_path(self, seq: int) -> Path:
         return self.directory / f"{seq:020d}{_SEGMENT_SUFFIX}"
+
+    def _count_frames(self, segment: _Segment, offset: int) -> int:
+        """Complete frames from ``offset`` on, reading only their headers."""
+        count = 0
+        with self._segment_path(segment.seq).open("rb") as handle:
+            while offset + _HEADER.size <= segment.size:
+                handle.seek(offset)
+                header = handle.read(_HEADER.size)
+                if len(header) < _HEADER.size:
+                    break
+                end = offset + _HEADER.size + _HEADER.unpack(header)[0]
+                if end > segment.size:
+                    break
+                count, offset = count + 1, end
+        return count
 
     def _read_cursor(self) -> SpoolPosition:
         try:

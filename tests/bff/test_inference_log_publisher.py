@@ -1,19 +1,27 @@
 """The BFF's inference-log publisher: the request path never blocks or raises, what the broker cannot
-take goes to the spool in order, a later process replays it, and the counters add up."""
+take goes to the spool in order, a later process replays it, a full spool drops and counts, closing
+drains the spool to a reachable broker and counts what it could not send, and the counters add up."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
+from pydantic import ValidationError
 
+import bff.inference_log as inference_log
 from bff.inference_log import OUTCOMES, InferenceLogPublisher, PublisherState
 from bff.metrics import REGISTRY
 from bff.settings import Settings
@@ -22,6 +30,11 @@ from devstack.processes import free_port
 from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, InferenceLogRecord, split_message
 from mlops_common.rabbit import InferenceLogTopology
+from mlops_common.settings import REPO_ROOT
+
+# The TCP proxy of the log-pipeline tests (tests/log_worker is not on sys.path for this directory).
+sys.path.append(str(Path(__file__).resolve().parents[1] / "log_worker"))
+from log_pipeline import TcpProxy, via_proxy
 
 _ids = count()
 
@@ -122,6 +135,74 @@ async def test_a_failing_disk_drops_loudly_and_submit_still_does_not_raise(tmp_p
     monkeypatch.undo()
     await publisher.close(1.0)
     assert publisher.stats.enqueued == publisher.stats.spooled + publisher.stats.dropped == 3
+
+
+def records_total(outcome: str) -> float:
+    return REGISTRY.get_sample_value("bff_inference_log_records_total", {"outcome": outcome}) or 0.0
+
+
+def undrained_total() -> float:
+    return REGISTRY.get_sample_value("bff_inference_log_shutdown_undrained_records_total") or 0.0
+
+
+def spool_files_bytes(spool_dir: Path) -> int:
+    return sum(p.stat().st_size for p in spool_dir.rglob("*.seg"))
+
+
+def test_a_fresh_process_exports_the_new_series_at_zero():
+    # rate() and increase() only see a change from a sample that exists: the series of the spool-full
+    # drops and of the undrained records must be there, at 0, before the first event.
+    code = (
+        "from bff.inference_log import REGISTRY; "
+        "print(REGISTRY.get_sample_value('bff_inference_log_records_total', {'outcome': 'dropped_spool_full'}), "
+        "REGISTRY.get_sample_value('bff_inference_log_shutdown_undrained_records_total'))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "services")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["0.0", "0.0"]
+
+
+async def test_a_full_spool_drops_the_newest_records_counts_and_logs_them_rate_limited(tmp_path, monkeypatch, caplog):
+    # Lines at most once an hour: apart from the first drop, only close logs the count it holds.
+    monkeypatch.setattr(inference_log, "SPOOL_FULL_LOG_INTERVAL_S", 3600.0)
+    limit = 16 * 1024
+    publisher = InferenceLogPublisher(
+        settings(tmp_path, log_buffer_size=1, log_spool_max_bytes=limit, log_spool_segment_bytes=4096)
+    )
+    await publisher.start()
+    before = {outcome: records_total(outcome) for outcome in OUTCOMES}
+    records = [record() for _ in range(400)]
+    with caplog.at_level(logging.INFO, logger="bff.inference_log"):
+        # No await: the broker is down and the buffer holds one, so submit spools every other record itself.
+        for r in records:
+            publisher.submit(r)
+        await publisher.close(1.0)
+    stats = publisher.stats
+    assert 0 < stats.spooled < 400
+    assert stats.dropped_spool_full == 400 - stats.spooled
+    assert stats.dropped == stats.confirmed == 0
+    assert stats.enqueued == stats.confirmed + stats.spooled + stats.dropped + stats.dropped_spool_full == 400
+    after = {outcome: records_total(outcome) for outcome in OUTCOMES}
+    assert after["dropped_spool_full"] - before["dropped_spool_full"] == stats.dropped_spool_full
+    assert after["spooled"] - before["spooled"] == stats.spooled
+    # The real files stay under the limit, and hold the oldest records, in order: the newest were dropped
+    # (the first record waited in the buffer, and found the spool full when close flushed it).
+    assert spool_files_bytes(tmp_path) <= limit
+    assert spooled_ids(tmp_path) == [r.request_id for r in records[1 : stats.spooled + 1]]
+    # Logged, not once per record: the first drop, then the rest of the count when the publisher closed.
+    full = [r for r in caplog.records if "is full" in r.getMessage()]
+    assert [r.levelno for r in full] == [logging.ERROR, logging.ERROR], [r.getMessage() for r in full]
+    counts = [int(re.search(r": (\d+) records DROPPED", r.getMessage())[1]) for r in full]
+    assert counts[0] == 1
+    assert sum(counts) == stats.dropped_spool_full
+    # What stays on disk is counted as undrained (the broker never came back).
+    assert stats.undrained == stats.spooled
+
+
+@pytest.mark.parametrize("field", ["log_spool_max_bytes", "log_drain_timeout_s"])
+def test_the_spool_limit_and_the_drain_budget_must_be_positive(tmp_path, field):
+    with pytest.raises(ValidationError, match=field):
+        settings(tmp_path, **{field: 0})
 
 
 async def test_counter_has_every_outcome(tmp_path):
@@ -228,3 +309,88 @@ async def test_rejected_messages_are_dead_lettered_by_the_broker(tmp_path, rabbi
         await asyncio.sleep(0.05)
     assert [m.body for m in dead] == [r.to_json_bytes()]
     assert dead[0].headers["x-death"][0]["reason"] == "rejected"
+
+
+@pytest.fixture
+def rabbit_proxy(rabbitmq_url: str):
+    parts = urlsplit(rabbitmq_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.mark.integration
+async def test_close_drains_the_spool_to_the_broker_once_it_is_back(tmp_path, rabbitmq_url, topology, rabbit_proxy):
+    # What SIGTERM does in the BFF (lifespan exit -> close): RabbitMQ was down, records piled up in
+    # the spool, RabbitMQ is back but the publisher has not reconnected yet.
+    rabbit_proxy.down()
+    url = via_proxy(rabbitmq_url, rabbit_proxy)
+    publisher = InferenceLogPublisher(broker_settings(tmp_path, url, topology, log_reconnect_max_s=60.0))
+    await publisher.start()
+    records = [record() for _ in range(300)]
+    for r in records:
+        publisher.submit(r)
+    await wait_for(lambda: publisher.stats.spooled == 300, "the records to reach the spool")
+    assert publisher.state is PublisherState.DISCONNECTED
+    assert publisher.spool_backlog_bytes > 0
+    undrained_before = undrained_total()
+
+    rabbit_proxy.up()  # no await between this and close: the background task cannot reconnect first
+    await publisher.close(30.0)
+
+    assert publisher.stats.replayed == 300
+    assert publisher.stats.undrained == 0
+    assert publisher.spool_backlog_bytes == 0
+    assert REGISTRY.get_sample_value("bff_inference_log_spool_backlog_bytes") == 0
+    assert undrained_total() == undrained_before
+    # On disk: nothing left for a next process.
+    assert spooled_ids(tmp_path) == []
+    # In RabbitMQ: every record, in order, once.
+    lines = [line for m in await queued_messages(rabbitmq_url, topology) for line in split_message(m.body)]
+    assert [InferenceLogRecord.from_json_bytes(line).request_id for line in lines] == [r.request_id for r in records]
+
+
+@pytest.mark.integration
+async def test_close_drains_a_backlog_left_by_an_earlier_process(tmp_path, rabbitmq_url, topology):
+    offline = InferenceLogPublisher(settings(tmp_path))
+    await offline.start()
+    records = [record() for _ in range(250)]
+    for r in records:
+        offline.submit(r)
+    await offline.close(1.0)
+    assert offline.stats.undrained == 250
+
+    # Started and closed at once: the replay happens inside close, not before.
+    online = InferenceLogPublisher(broker_settings(tmp_path, rabbitmq_url, topology))
+    await online.start()
+    await online.close(30.0)
+    assert (online.stats.replayed, online.stats.undrained) == (250, 0)
+    assert spooled_ids(tmp_path) == []
+    lines = [line for m in await queued_messages(rabbitmq_url, topology) for line in split_message(m.body)]
+    assert [InferenceLogRecord.from_json_bytes(line).request_id for line in lines] == [r.request_id for r in records]
+
+
+async def test_close_with_the_broker_still_down_counts_and_logs_what_stays_in_the_spool(tmp_path, caplog):
+    first = InferenceLogPublisher(settings(tmp_path))
+    await first.start()
+    records = [record() for _ in range(120)]
+    for r in records:
+        first.submit(r)
+    await wait_for(lambda: first.stats.spooled == 120, "the records to reach the spool")
+    before = undrained_total()
+    with caplog.at_level(logging.WARNING, logger="bff.inference_log"):
+        await first.close(2.0)
+    assert first.stats.undrained == 120
+    assert undrained_total() == before + 120
+    assert any("120 records" in r.getMessage() and "NOT sent" in r.getMessage() for r in caplog.records)
+    # Not lost while the volume lives: the records wait on disk, in order.
+    assert spooled_ids(tmp_path) == [r.request_id for r in records]
+
+    # A next process that cannot reach the broker either counts the backlog it inherited too.
+    second = InferenceLogPublisher(settings(tmp_path))
+    await second.start()
+    second.submit(extra := record())
+    await second.close(2.0)
+    assert second.stats.undrained == 121
+    assert undrained_total() == before + 120 + 121
+    assert spooled_ids(tmp_path) == [r.request_id for r in [*records, extra]]

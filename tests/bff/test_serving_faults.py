@@ -16,10 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import duckdb
 import httpx
 import pytest
 from serving_fixtures import TRITON_TIMEOUT_S, Serving, faults_env, start_serving, wait_for
@@ -27,7 +27,8 @@ from serving_fixtures import TRITON_TIMEOUT_S, Serving, faults_env, start_servin
 from bff.schemas import FEATURES_EXAMPLE
 from devstack.components import TritonServer, app_daemon, start_triton
 from devstack.processes import Daemon, free_port
-from mlops_common.inference_log import InferenceLogStoreSettings, read_inference_logs
+from mlops_common.duckdb_s3 import connect_duckdb
+from mlops_common.inference_log import InferenceLogStoreSettings
 
 # The TCP proxy of the log-pipeline tests (tests/log_worker is not on sys.path for this directory).
 sys.path.append(str(Path(__file__).resolve().parents[1] / "log_worker"))
@@ -245,7 +246,8 @@ def bff_metric(url: str, sample: str) -> float:
 
 
 def wait_spool_replayed(url: str) -> None:
-    """The BFF is connected to the broker and holds nothing on disk (close does not replay the spool)."""
+    """The BFF is connected to the broker and holds nothing on disk (replayed while running, not left to
+    the drain at shutdown, which test_serving_shutdown.py covers)."""
     wait_for(
         lambda: (
             bff_metric(url, "bff_inference_log_broker_connected") == 1
@@ -256,7 +258,8 @@ def wait_spool_replayed(url: str) -> None:
     )
 
 
-def logged_request_ids(env: dict[str, str]) -> set[str]:
+def logged_request_ids(env: dict[str, str]) -> list[str]:
+    """The request id of every row of the inference-log table, read by DuckDB's Delta reader."""
     settings = InferenceLogStoreSettings(
         s3_endpoint_url=env["S3_ENDPOINT_URL"],
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -264,31 +267,38 @@ def logged_request_ids(env: dict[str, str]) -> set[str]:
         aws_default_region=env["AWS_DEFAULT_REGION"],
         logs_bucket=env["LOGS_BUCKET"],
     )
-    now = datetime.now(UTC)
-    frame = read_inference_logs(settings, now - timedelta(days=2), now + timedelta(days=2))
-    return set(frame["request_id"])
+    con = connect_duckdb(settings)
+    try:
+        return [
+            row[0]
+            for row in con.sql(f"SELECT request_id FROM delta_scan('{settings.inference_log_table_uri}')").fetchall()
+        ]
+    except duckdb.Error:  # no table yet
+        return []
 
 
 def assert_logs_complete(env: dict[str, str], load: Load) -> None:
-    """Bounded wait for the exact equality: S3 holds every served id, and nothing else."""
+    """Bounded wait for the exact equality: rows in the table == distinct request ids == served ids."""
     served = set(load.ids)
     assert len(served) == len(load.ids), "request ids repeat across predictions"
     found: set[str] = set()
 
     def complete() -> bool:
         nonlocal found
-        found = logged_request_ids(env)
+        found = set(logged_request_ids(env))
         return found >= served
 
     try:
-        wait_for(complete, 90, "every served request id in S3")
+        wait_for(complete, 90, "every served request id in the table")
     except TimeoutError:
         missing = served - found
-        pytest.fail(f"{len(missing)} of {len(served)} served request ids never reached S3, e.g. {sorted(missing)[:3]}")
-    time.sleep(1.5)  # a late duplicate batch would show up as an id nobody was served
-    found = logged_request_ids(env)
-    assert found - served == set(), f"ids in S3 never served: {sorted(found - served)[:5]}"
-    assert found == served
+        pytest.fail(
+            f"{len(missing)} of {len(served)} served request ids never reached the table, e.g. {sorted(missing)[:3]}"
+        )
+    time.sleep(1.5)  # a late duplicate batch would show up as a second row or an id nobody was served
+    rows = logged_request_ids(env)
+    assert set(rows) - served == set(), f"ids in the table never served: {sorted(set(rows) - served)[:5]}"
+    assert len(rows) == len(set(rows)) == len(served)
 
 
 def closed_stats(bff: Daemon) -> list[str]:

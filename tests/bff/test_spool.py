@@ -1,5 +1,6 @@
 """The BFF's on-disk spool: FIFO order across segments and restarts, crash in the middle of a segment
-(torn last frame, a process killed while appending), corruption, disk failure, and ownership."""
+(torn last frame, a process killed while appending), corruption, disk failure, ownership, the size
+limit and the count of records waiting."""
 
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ def test_a_torn_last_frame_is_skipped_at_every_cut_point(tmp_path):
         directory.mkdir()
         (directory / segment).write_bytes(data[:cut])
         crashed = Spool(directory)
+        assert crashed.pending_records == 3, cut
         batch = crashed.read(100)
         assert batch.payloads == payloads(3), cut
         assert batch.torn_bytes == cut - last_frame_start
@@ -156,9 +158,12 @@ def test_a_corrupt_frame_is_counted_and_skipped(tmp_path):
     path.write_bytes(bytes(data))
 
     reopened = Spool(tmp_path)
+    assert reopened.pending_records == 5  # headers only: the bad checksum shows when it is read
     batch = reopened.read(100)
     assert batch.payloads == [p for i, p in enumerate(payloads(5)) if i != 2]
     assert batch.corrupt == 1
+    reopened.commit(batch)
+    assert reopened.pending_records == 0
     reopened.close()
 
 
@@ -206,3 +211,72 @@ def test_closed_spool_refuses_appends(tmp_path):
     spool.close()
     with pytest.raises(OSError, match="closed"):
         spool.append([b"late"])
+
+
+def disk_usage(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.glob("*.seg"))
+
+
+def test_pending_records_follow_appends_commits_and_restarts(tmp_path):
+    spool = Spool(tmp_path, segment_max_bytes=256)
+    for start in range(0, 30, 5):
+        spool.append(payloads(5, start=start))
+    assert spool.pending_records == 30
+    spool.commit(spool.read(12))
+    spool.read(5)  # read, not committed: still pending
+    assert spool.pending_records == 18
+    spool.close()
+
+    reopened = Spool(tmp_path, segment_max_bytes=256)
+    assert len(segments(tmp_path)) > 1
+    assert reopened.pending_records == 18  # counted from the files, across segments, from the cursor
+    reopened.append(payloads(2, start=30))
+    assert reopened.pending_records == 20
+    assert len(drain(reopened)) == 20
+    assert reopened.pending_records == 0
+    reopened.close()
+
+
+def test_the_segment_files_never_exceed_max_bytes(tmp_path):
+    limit = 4096
+    spool = Spool(tmp_path, segment_max_bytes=1024, max_bytes=limit)
+    accepted: list[bytes] = []
+    refused = 0
+    for i in range(400):
+        record = payloads(1, start=i)
+        written = spool.append(record)
+        assert written in (0, 1)
+        accepted += record[:written]
+        refused += 1 - written
+        assert disk_usage(tmp_path) == spool.disk_bytes <= limit
+    assert refused > 0
+    # Full: nothing more fits, although a frame of the smallest records would fit in what is left.
+    assert limit - spool.disk_bytes < 8 + len(max(accepted, key=len))
+    assert spool.append([b"x" * 100]) == 0
+    # A batch that does not fit entirely: the records that fit, in order, and how many.
+    assert drain(spool) == accepted
+    big = [b"y" * 1000] * 6
+    assert spool.append(big) == 4  # 4 frames of 1008 bytes; a fifth would pass 4096
+    assert disk_usage(tmp_path) <= limit
+    assert drain(spool) == big[:4]
+    spool.close()
+    # What was refused was never written: a new process finds exactly what was accepted, nothing more.
+    assert Spool(tmp_path, max_bytes=limit).read(1000).payloads == []
+
+
+def test_a_limit_below_one_segment_frees_the_replayed_active_segment(tmp_path):
+    # The active segment (16 MiB by default) is never full here: once everything in it was handed on,
+    # it must not keep counting against the limit, or the spool would refuse records forever.
+    spool = Spool(tmp_path, max_bytes=2048)
+    for _ in range(5):
+        first = spool.append(payloads(200))
+        assert 0 < first < 200
+        assert disk_usage(tmp_path) <= 2048
+        assert len(drain(spool)) == first
+        assert spool.pending_bytes == 0
+    spool.close()
+
+
+def test_max_bytes_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="max_bytes"):
+        Spool(tmp_path, max_bytes=0)

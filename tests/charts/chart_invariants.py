@@ -436,6 +436,73 @@ def image_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+_QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_QUANTITY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_QUANTITY_UNITS.update({"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40})
+
+
+def quantity_bytes(quantity: str | int) -> int:
+    match = _QUANTITY.match(str(quantity))
+    if match is None:
+        raise ValueError(f"unsupported quantity {quantity!r}")
+    return int(match[1]) * _QUANTITY_UNITS[match[2]]
+
+
+def _pre_stop_seconds(container: Doc) -> int:
+    """Seconds a `sleep N` preStop hook (exec or the native sleep action) holds the container; 0 without one."""
+    hook = container.get("lifecycle", {}).get("preStop", {})
+    if "sleep" in hook:
+        return int(hook["sleep"]["seconds"])
+    command = hook.get("exec", {}).get("command", [])
+    return int(command[1]) if len(command) == 2 and command[0] == "sleep" else 0
+
+
+# What a BFF needs after its shutdown budgets are spent: closing clients, exiting the interpreter.
+BFF_SHUTDOWN_MARGIN_S = 5
+
+
+def bff_shutdown_problems(docs: list[Doc]) -> list[str]:
+    """A BFF pod is taken out of its endpoints before SIGTERM (preStop sleep), its grace period covers
+    preStop + uvicorn's graceful shutdown + the inference-log drain + a margin (else the kubelet kills
+    it mid-drain), and its spool's emptyDir has a sizeLimit above the spool's byte limit (else the
+    spool is unbounded, or the kubelet evicts the pod before the spool refuses records)."""
+    problems = []
+    for owner, template in pod_templates(docs):
+        spec = template["spec"]
+        for container in containers(template):
+            if python_service(container) != "bff":
+                continue
+            where = f"{object_id(owner)}/{container['name']}"
+            pre_stop = _pre_stop_seconds(container)
+            if pre_stop < 1:
+                problems.append(f"{where}: no preStop sleep; requests still routed here after SIGTERM fail")
+            graceful = float(setting(container, "bff", "bff_graceful_shutdown_s"))
+            drain = float(setting(container, "bff", "log_drain_timeout_s"))
+            needed = pre_stop + graceful + drain + BFF_SHUTDOWN_MARGIN_S
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            if grace < needed:
+                problems.append(
+                    f"{where}: terminationGracePeriodSeconds {grace} < preStop {pre_stop} + graceful {graceful:g} "
+                    f"+ drain {drain:g} + margin {BFF_SHUTDOWN_MARGIN_S}"
+                )
+            spool_dir = str(setting(container, "bff", "log_spool_dir"))
+            mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == spool_dir), None)
+            volume = next((v for v in spec.get("volumes", []) if mount and v["name"] == mount["name"]), None)
+            if volume is None:
+                problems.append(f"{where}: LOG_SPOOL_DIR {spool_dir} is not a mounted volume")
+                continue
+            max_bytes = int(setting(container, "bff", "log_spool_max_bytes"))
+            segment = int(setting(container, "bff", "log_spool_segment_bytes"))
+            size_limit = volume.get("emptyDir", {}).get("sizeLimit")
+            if size_limit is None:
+                problems.append(f"{where}: the spool volume {volume['name']} has no emptyDir sizeLimit")
+            elif quantity_bytes(size_limit) < max_bytes + segment:
+                problems.append(
+                    f"{where}: spool volume sizeLimit {size_limit} < LOG_SPOOL_MAX_BYTES {max_bytes} + one segment"
+                )
+    return problems
+
+
 def namespace_problems(docs: list[Doc], namespace: str) -> list[str]:
     return [
         f"{object_id(d)}: namespace {d['metadata'].get('namespace')!r}, expected {namespace!r}"
@@ -455,6 +522,7 @@ ALL_CHECKS = (
     observability_problems,
     sync_wave_problems,
     image_problems,
+    bff_shutdown_problems,
 )
 
 

@@ -41,7 +41,8 @@ def test_platform_workloads_run_the_services_and_triton(rendered: dict[str, list
         if owner["metadata"]["labels"]["app.kubernetes.io/name"] != "mlops":
             continue
         for container in inv.containers(template):
-            program = python_service(container) or container["command"][0]
+            # The module a service container runs (`python -m <module>`), or the program.
+            program = container["command"][2] if python_service(container) else container["command"][0]
             programs.add((owner["kind"], program, tuple(container.get("command", [])[3:])))
     assert programs == {
         ("Job", "feature_store", ("run",)),
@@ -53,6 +54,7 @@ def test_platform_workloads_run_the_services_and_triton(rendered: dict[str, list
         ("Deployment", "tritonserver", ()),
         ("Deployment", "bff", ()),
         ("Deployment", "log_worker", ()),
+        ("CronJob", "log_worker.maintenance", ()),
     }
 
 
@@ -125,6 +127,30 @@ def test_bff_probe_paths_are_routes_of_the_bff(rendered: dict[str, list[Doc]]) -
     probed = inv.http_probe_paths(rendered["01-default"], "bff")
     assert probed == {"/health/live", "/health/ready"}
     assert probed <= routes, f"probed {probed}, served {routes}"
+
+
+def test_bff_shutdown_and_spool_volume_follow_the_values(render: object) -> None:
+    """The grace period is computed from the budgets the BFF is given, the spool volume from its limit."""
+    values = {
+        "bff.shutdown.preStopSeconds": 7,
+        "bff.shutdown.drainSeconds": 45,
+        "bff.logSpool.maxBytes": 2 << 30,
+        "bff.logSpool.segmentBytes": 32 << 20,
+    }
+    docs = render(values)  # type: ignore[operator]
+    spec = _get(docs, "Deployment", "mlops-bff")["spec"]["template"]["spec"]
+    bff = _container(docs, "Deployment", "mlops-bff", "bff")
+    assert spec["terminationGracePeriodSeconds"] == 7 + 10 + 45 + 10
+    assert bff["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "7"]}}
+    assert {name: inv.env_value(bff, name) for name in ("LOG_DRAIN_TIMEOUT_S", "BFF_GRACEFUL_SHUTDOWN_S")} == {
+        "LOG_DRAIN_TIMEOUT_S": "45",
+        "BFF_GRACEFUL_SHUTDOWN_S": "10",
+    }
+    assert inv.env_value(bff, "LOG_SPOOL_MAX_BYTES") == str(2 << 30)
+    assert inv.env_value(bff, "LOG_SPOOL_SEGMENT_BYTES") == str(32 << 20)
+    [spool] = [v for v in spec["volumes"] if v["name"] == "log-spool"]
+    assert spool["emptyDir"]["sizeLimit"] == "2096Mi"  # 2048 + 2048/128 + 32
+    assert inv.bff_shutdown_problems(docs) == []
 
 
 def test_mlflow_probe_path_is_served_by_mlflow() -> None:
@@ -217,6 +243,34 @@ BREAKAGES = {
     "latest image": (
         inv.image_problems,
         lambda d: _container(d, "Deployment", "mlops-bff", "bff").update(image="registry.example.com/mlops-bff:latest"),
+    ),
+    "BFF grace period shorter than its shutdown": (
+        inv.bff_shutdown_problems,
+        lambda d: _get(d, "Deployment", "mlops-bff")["spec"]["template"]["spec"].update(
+            terminationGracePeriodSeconds=30
+        ),
+    ),
+    "drain budget raised past the grace period": (
+        inv.bff_shutdown_problems,
+        lambda d: next(
+            e for e in _container(d, "Deployment", "mlops-bff", "bff")["env"] if e["name"] == "LOG_DRAIN_TIMEOUT_S"
+        ).update(value="60"),
+    ),
+    "BFF without a preStop sleep": (
+        inv.bff_shutdown_problems,
+        lambda d: _container(d, "Deployment", "mlops-bff", "bff").pop("lifecycle"),
+    ),
+    "spool volume without a size limit": (
+        inv.bff_shutdown_problems,
+        lambda d: next(
+            v for v in _get(d, "Deployment", "mlops-bff")["spec"]["template"]["spec"]["volumes"] if "emptyDir" in v
+        )["emptyDir"].pop("sizeLimit"),
+    ),
+    "spool limit raised past the volume": (
+        inv.bff_shutdown_problems,
+        lambda d: next(
+            e for e in _container(d, "Deployment", "mlops-bff", "bff")["env"] if e["name"] == "LOG_SPOOL_MAX_BYTES"
+        ).update(value=str(1 << 30)),
     ),
 }
 

@@ -59,6 +59,11 @@ BROKEN_RULES = {
         'absent(up{job=~".+-log-worker"})',
         'absent(up{job=~".+-log-worker-gone"})',
     ),
+    "spool-full drops looked for among disk failures": (
+        "MlopsInferenceLogSpoolFull",
+        'outcome="dropped_spool_full"',
+        'outcome="dropped"',
+    ),
 }
 
 
