@@ -1,5 +1,6 @@
 """The prediction BFF: validated requests -> online features -> one Triton call -> answer + log."""
 
+import asyncio
 import logging
 import math
 import time
@@ -22,17 +23,23 @@ from bff.metrics import REGISTRY, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
 from bff.schemas import (
     BATCH_EXAMPLES,
+    LABELS_EXAMPLE,
     PREDICT_EXAMPLES,
     BatchPrediction,
+    ErrorBody,
+    LabelsRequest,
+    LabelsWritten,
     Liveness,
     Prediction,
     PredictRequest,
     Readiness,
+    ValidationErrorBody,
 )
 from bff.settings import Settings
 from bff.triton import TritonPredictor
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
+from mlops_common.ground_truth import write_labels
 from mlops_common.inference_log import InferenceLogRecord
 
 log = logging.getLogger(__name__)
@@ -232,6 +239,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 status_code=413,
             )
         return BatchPrediction(predictions=await _predict(platform, body, batch=True))
+
+    @app.post(
+        "/labels",
+        response_model=LabelsWritten,
+        tags=["ground truth"],
+        summary="Record observed outcomes",
+        description=(
+            "Observed outcomes of applicants (1: defaulted, 0: repaid), 1 to 10,000 per call, written in one commit "
+            "to the ground-truth table beside the inference logs. One label per applicant: a label replaces the "
+            "stored one only if it was observed at the same time or later, so sending a batch again changes nothing. "
+            "An invalid label fails the whole call with 422, its index in `loc`."
+        ),
+        responses={
+            422: {"model": ValidationErrorBody, "description": "Invalid body; every invalid field is listed"},
+            503: {"model": ErrorBody, "description": "The ground-truth table (S3) is unavailable; retry later"},
+        },
+    )
+    async def labels(
+        body: Annotated[
+            LabelsRequest, Body(openapi_examples={"one": {"summary": "One label", "value": LABELS_EXAMPLE}})
+        ],
+        platform: PlatformDep,
+    ) -> LabelsWritten:
+        try:
+            counts = await asyncio.to_thread(
+                write_labels, platform.settings, body.labels, timeout_s=platform.settings.labels_write_timeout_s
+            )
+        except Exception as err:  # S3 unreachable or refusing: the body was valid
+            raise DependencyUnavailableError(f"ground-truth table: {type(err).__name__}: {err}"[:300]) from err
+        return LabelsWritten(**counts)
 
     @app.get(
         "/health/live",

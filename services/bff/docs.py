@@ -67,6 +67,7 @@ def add_offline_docs(app: FastAPI) -> None:
 # -- what the OpenAPI says about the API as a whole and about its errors --------------------------
 OPENAPI_TAGS = [
     {"name": "prediction", "description": "Probability of default and approve/reject decision"},
+    {"name": "ground truth", "description": "Observed outcomes, joined to the predictions by the quality monitor"},
     {"name": "health", "description": "Kubernetes probes"},
 ]
 

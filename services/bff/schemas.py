@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from mlops_common.features import ENTITY_KEY, FEATURES
+from mlops_common.ground_truth import MAX_LABELS_PER_WRITE, Label
 
 # The documented request body: every feature given by the caller.
 FEATURES_EXAMPLE = {
@@ -117,6 +118,23 @@ class Readiness(BaseModel):
     ready: bool = Field(description="Both dependencies answer: predictions can be served")
     triton_model: bool = Field(description="Triton reports the model ready")
     online_store: bool = Field(description="The online store answers a read")
+
+
+class LabelsRequest(BaseModel):
+    """Observed outcomes (ground truth) for the quality monitor; one commit to the ground-truth table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[Label] = Field(min_length=1, max_length=MAX_LABELS_PER_WRITE)
+
+
+LABELS_EXAMPLE = {"labels": [{"applicant_id": 100002, "outcome": 1, "observed_at": "2026-11-01T00:00:00Z"}]}
+
+
+class LabelsWritten(BaseModel):
+    inserted: int = Field(description="Applicants the table had no label for")
+    updated: int = Field(description="Labels replaced by one observed at the same time or later")
+    unchanged: int = Field(description="Labels kept because the stored one was observed later")
 
 
 # -- error bodies: the exact shapes the app's handlers (bff.app) and load shedding (bff.metrics) send --

@@ -1,10 +1,12 @@
 from pydantic import Field
 
+from mlops_common.ground_truth import GroundTruthStoreSettings
 from mlops_common.settings import FeastSettings, RabbitSettings, TritonSettings
 
 
-class Settings(FeastSettings, TritonSettings, RabbitSettings):
-    """Settings of the prediction BFF (backend for frontend)."""
+class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSettings):
+    """Settings of the prediction BFF (backend for frontend); the S3 fields and LOGS_BUCKET /
+    GROUND_TRUTH_PREFIX locate the ground-truth table that ``POST /labels`` writes."""
 
     bff_host: str = "0.0.0.0"
     bff_port: int = 8080
@@ -19,6 +21,8 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings):
     max_in_flight: int = Field(128, ge=1)
     triton_timeout_s: float = Field(2.0, gt=0)
     online_store_timeout_s: float = Field(1.0, gt=0)
+    # POST /labels: each S3 request of the ground-truth write (it retries up to three times).
+    labels_write_timeout_s: float = Field(5.0, gt=0)
     inference_logging_enabled: bool = True
     log_buffer_size: int = Field(10_000, ge=1)
     log_spool_dir: str = "/tmp/bff-log-spool"

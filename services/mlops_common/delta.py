@@ -34,10 +34,14 @@ class TableSchemaError(RuntimeError):
 
 def delta_storage_options(settings: S3Settings, *, timeout_s: float = 30.0) -> dict[str, str]:
     """``object_store`` options for ``deltalake`` (its own S3 client, not boto3's)."""
+    # Each request is bounded by timeout_s, and its retries together by about three of them (object_store's
+    # defaults, 10 retries within 180 s, would hold a caller for minutes while S3 hangs).
     options = {
         "AWS_REGION": settings.aws_default_region,
         "timeout": f"{timeout_s}s",
         "connect_timeout": f"{timeout_s}s",
+        "max_retries": "3",
+        "retry_timeout": f"{3 * timeout_s}s",
     }
     if settings.s3_endpoint_url:
         options["AWS_ENDPOINT_URL"] = settings.s3_endpoint_url
@@ -120,10 +124,14 @@ def merge_new_rows(
 def upsert_rows(uri: str, batch: pa.Table, *, key: str, newer: str, options: dict[str, str]) -> dict[str, int]:
     """Insert new keys; replace the row of a key the table holds when the batch's row is at least as
     new by the ``newer`` column (so replays and out-of-order writes settle on the newest row). Within
-    the batch, the last copy of a key wins. Retried like ``merge_new_rows``; returns the counts
-    ``inserted``, ``updated`` and ``unchanged`` (keys whose stored row is newer or equal and kept)."""
-    last_first = batch.take(pa.array(range(batch.num_rows - 1, -1, -1)))
-    batch = first_per_key(last_first, key)
+    the batch too the newest copy of a key wins (the last one on a tie). Retried like
+    ``merge_new_rows``; returns the counts ``inserted``, ``updated`` and ``unchanged`` (keys whose
+    stored row is newer and kept)."""
+    positions = pa.array(range(batch.num_rows))
+    newest_first = pc.sort_indices(
+        batch.append_column("_position", positions), [(newer, "descending"), ("_position", "descending")]
+    )
+    batch = first_per_key(batch.take(newest_first), key)
 
     def upsert(table: DeltaTable) -> dict[str, Any]:
         merger = table.merge(batch, f"t.{key} = s.{key}", source_alias="s", target_alias="t")

@@ -4,7 +4,8 @@ quality monitor joins to the inference logs on ``entity_id = applicant_id``.
 A Delta table beside the inference logs (``s3://<LOGS_BUCKET>/<GROUND_TRUTH_PREFIX>``), one row per
 applicant. Labels arrive from ``POST /labels`` on the BFF or ``mlops labels import FILE``; both call
 ``write_labels``, an upsert on ``applicant_id`` where a label replaces the stored one only if it was
-observed at the same time or later, so replays and out-of-order imports settle on the newest outcome.
+observed at the same time or later (within one batch too), so replays and out-of-order imports settle
+on the newest outcome.
 """
 
 from __future__ import annotations
@@ -71,13 +72,16 @@ def labels_to_table(labels: Sequence[Label], *, recorded_at: datetime | None = N
     )
 
 
-def write_labels(settings: GroundTruthStoreSettings, labels: Sequence[Label]) -> dict[str, int]:
-    """Upsert the labels in one commit; counts ``inserted``, ``updated``, ``unchanged``."""
+def write_labels(
+    settings: GroundTruthStoreSettings, labels: Sequence[Label], *, timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Upsert the labels in one commit; counts ``inserted``, ``updated``, ``unchanged``. Each S3 request
+    is bounded by ``timeout_s``."""
     if len(labels) > MAX_LABELS_PER_WRITE:
         raise ValueError(f"{len(labels)} labels in one write; at most {MAX_LABELS_PER_WRITE}")
     if not labels:
         return {"inserted": 0, "updated": 0, "unchanged": 0}
-    options = delta_storage_options(settings)
+    options = delta_storage_options(settings, timeout_s=timeout_s)
     open_table(settings.ground_truth_table_uri, LABEL_SCHEMA, (), options)
     return upsert_rows(
         settings.ground_truth_table_uri,

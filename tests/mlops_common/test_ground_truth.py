@@ -52,10 +52,16 @@ def test_labels_upsert_to_the_newest_observation(label_store):
         3: (0, T0),
         4: (1, T0),
     }
-    # Within one batch the last copy of an applicant wins.
-    fix = [Label(applicant_id=5, outcome=1, observed_at=T0), Label(applicant_id=5, outcome=0, observed_at=T0)]
-    write_labels(label_store, fix)
-    assert outcomes(label_store)[5] == (0, T0)
+    # Within one batch the newest observation of an applicant wins, the last copy on a tie.
+    newest_first = [
+        Label(applicant_id=5, outcome=1, observed_at=T0 + timedelta(days=1)),
+        Label(applicant_id=5, outcome=0, observed_at=T0),
+        Label(applicant_id=6, outcome=1, observed_at=T0),
+        Label(applicant_id=6, outcome=0, observed_at=T0),
+    ]
+    write_labels(label_store, newest_first)
+    assert outcomes(label_store)[5] == (1, T0 + timedelta(days=1))
+    assert outcomes(label_store)[6] == (0, T0)
 
 
 def test_too_many_labels_in_one_write_are_refused_before_any_io():
