@@ -15,6 +15,7 @@ from mlflow.models import infer_signature
 from mlops_common.features import FEATURE_DTYPE, FEATURE_NAMES, FEATURE_SERVICE, MODEL_INPUT, MODEL_OUTPUT
 from mlops_common.triton_config import TritonModelSpec, TritonRuntime, render_config
 from trainer.model import evaluate, onnx_probabilities
+from trainer.profile import PROFILE_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,10 @@ def log_and_register(
     holdout_features: np.ndarray,
     params: dict[str, Any],
     metrics: dict[str, float],
+    profile: dict[str, Any],
 ) -> str:
-    """Log params, metrics, the ONNX model and its contract in the active run; returns the new version."""
+    """Log params, metrics, the ONNX model, its contract and its reference profile in the active run;
+    returns the new version."""
     mlflow.log_params(params)
     mlflow.log_metrics(metrics)
     example = holdout_features[:2]
@@ -112,6 +115,7 @@ def log_and_register(
         save_as_external_data=False,
     )
     mlflow.log_dict(feature_contract(), "features.json")
+    mlflow.log_dict(profile, PROFILE_ARTIFACT)
     spec = TritonModelSpec()
     for runtime in TritonRuntime:
         mlflow.log_text(render_config(spec, runtime), f"triton/{runtime.value}/config.pbtxt")

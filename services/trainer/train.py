@@ -16,6 +16,7 @@ from mlops_common.feast_store import open_feature_store
 from mlops_common.raw_tables import APPLICATION_TRAIN
 from trainer.dataset import training_set
 from trainer.model import build_classifier, check_parity, evaluate, export_onnx, onnx_probabilities
+from trainer.profile import reference_profile
 from trainer.registry import GateDecision, describe_version, gate_and_alias, log_and_register
 from trainer.settings import Settings
 
@@ -75,8 +76,10 @@ def train(settings: Settings, request: TrainingRequest) -> TrainingResult:
     with step(5, f"evaluating on {len(y_holdout)} holdout rows"):
         # Scored with the ONNX export, the artifact Triton serves, exactly as the champion is scored
         # in the gate: both sides of the comparison then come from the same runtime.
-        metrics = evaluate(y_holdout, onnx_probabilities(exported, x_holdout)[:, 1])
+        holdout_scores = onnx_probabilities(exported, x_holdout)[:, 1]
+        metrics = evaluate(y_holdout, holdout_scores)
         log.info("holdout ROC AUC %.4f, log loss %.4f", metrics.roc_auc, metrics.log_loss)
+        profile = reference_profile(x_train, holdout_scores)
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment = mlflow.set_experiment(settings.mlflow_experiment_name)
@@ -97,6 +100,7 @@ def train(settings: Settings, request: TrainingRequest) -> TrainingResult:
             holdout_features=x_holdout,
             params=params,
             metrics=all_metrics,
+            profile=profile,
         )
         decision = gate_and_alias(
             model_name=settings.registered_model_name,

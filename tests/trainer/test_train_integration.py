@@ -35,6 +35,11 @@ def test_registered_model_carries_its_contract(trained_platform):
     assert {"features.json", "triton"} <= artifacts  # MLflow 3 keeps the model itself as a LoggedModel
     contract = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/features.json")
     assert contract["feature_names"] == list(FEATURE_NAMES)
+    profile = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/reference_profile.json")
+    assert list(profile["features"]) == list(FEATURE_NAMES)
+    assert profile["features"]["AMT_INCOME_TOTAL"]["rows"] == int(run.data.params["training_rows"])
+    assert sum(profile["score"]["fractions"]) == pytest.approx(1.0)
+    assert profile["score"]["rows"] == int(run.data.params["holdout_rows"])
     model = mlflow.onnx.load_model(f"models:/{settings.registered_model_name}/{result.version}")
     assert onnx_probabilities(model, np.zeros((3, len(FEATURE_NAMES)), np.float32)).shape == (3, 2)
 
