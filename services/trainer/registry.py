@@ -13,9 +13,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from mlops_common.features import FEATURE_DTYPE, FEATURE_NAMES, FEATURE_SERVICE, MODEL_INPUT, MODEL_OUTPUT
+from mlops_common.reference_profile import PROFILE_ARTIFACT
 from mlops_common.triton_config import TritonModelSpec, TritonRuntime, render_config
 from trainer.model import evaluate, onnx_probabilities
-from trainer.profile import PROFILE_ARTIFACT
 
 log = logging.getLogger(__name__)
 

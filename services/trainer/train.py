@@ -14,9 +14,9 @@ from sklearn.model_selection import train_test_split
 from feature_store.pipeline import read_raw
 from mlops_common.feast_store import open_feature_store
 from mlops_common.raw_tables import APPLICATION_TRAIN
+from mlops_common.reference_profile import reference_profile
 from trainer.dataset import training_set
 from trainer.model import build_classifier, check_parity, evaluate, export_onnx, onnx_probabilities
-from trainer.profile import reference_profile
 from trainer.registry import GateDecision, describe_version, gate_and_alias, log_and_register
 from trainer.settings import Settings
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mlops_common.features import FEATURE_NAMES
-from trainer.profile import SCORE_BIN_EDGES, bin_fractions, feature_profile, reference_profile
+from mlops_common.reference_profile import SCORE_BIN_EDGES, bin_fractions, feature_profile, reference_profile
 
 
 def test_deciles_of_1_to_100_give_ten_equal_bins():

@@ -1,6 +1,6 @@
-"""The reference profile of a model version: what its training data and its scores looked like, stored
-with the version (MLflow artifact ``reference_profile.json``) so that drift in the served traffic can be
-measured against the data this very version learned from (#11's monitor).
+"""The reference profile of a model version: what its training data and its scores looked like. The
+trainer stores it with the version (MLflow artifact ``reference_profile.json``); the monitor measures
+drift in the served traffic against the data this very version learned from, in the same bins.
 
 Per feature: quantile bin edges of the training rows (deciles; repeated edges collapse, so a feature
 with few distinct values gets fewer bins), the fraction of non-missing training rows in each bin, and the
