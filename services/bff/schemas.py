@@ -75,7 +75,13 @@ PredictRequest = create_model(
         f"Either all features, or {ENTITY_KEY} to read them from the online store; "
         "features given alongside an id override the stored values."
     ),
-    **{ENTITY_KEY: (int | None, Field(None, ge=0, description="Applicant id; features come from the online store"))},
+    # Bounded to int64: the online store's key type (a larger id cannot exist there and is a 422, not a 500).
+    **{
+        ENTITY_KEY: (
+            int | None,
+            Field(None, ge=0, le=2**63 - 1, description="Applicant id; features come from the online store"),
+        )
+    },
     **{f.name: (float | None, Field(None, description=f.description)) for f in FEATURES},
 )
 

@@ -278,3 +278,15 @@ async def test_the_overload_answer_matches_the_documented_schema(fakes):
     assert shed.status_code == 503
     assert shed.headers["retry-after"] == "1"
     ErrorBody.model_validate(shed.json())
+
+
+@pytest.mark.parametrize("applicant", [2**63, 99999999999999999999999, -1])
+async def test_applicant_ids_outside_int64_are_a_422_naming_the_field(fakes, applicant):
+    # Before the bound, ids past int64 reached the online store's protobuf encoder: 500.
+    async with fakes.client() as client:
+        one = await client.post("/predict", json={ENTITY_KEY: applicant})
+        batch = await client.post("/predict/batch", json=[{ENTITY_KEY: KNOWN_APPLICANT}, {ENTITY_KEY: applicant}])
+    assert one.status_code == 422
+    assert [e["loc"] for e in one.json()["detail"]] == [["body", ENTITY_KEY]]
+    assert batch.status_code == 422
+    assert [e["loc"] for e in batch.json()["detail"]] == [["body", 1, ENTITY_KEY]]
