@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
+import numpy as np
 from fastapi import Body, Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -44,6 +45,7 @@ from mlops_common.inference_log import InferenceLogRecord
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "1"}
+MISSING_FEATURE_MESSAGE = f"Field required when {ENTITY_KEY} is not given (null if the value is unknown)"
 
 
 class Platform:
@@ -70,14 +72,16 @@ def _missing_feature_errors(requests: list, *, batch: bool) -> list[dict]:
     for index, request in enumerate(requests):
         if getattr(request, ENTITY_KEY) is not None:
             continue
+        given = request.model_fields_set
         for name in FEATURE_NAMES:
-            if getattr(request, name) is None:
+            # Absent, not null: a typo must not turn into a silently missing value.
+            if name not in given:
                 loc = ["body", index, name] if batch else ["body", name]
                 errors.append(
                     {
                         "type": "missing",
                         "loc": loc,
-                        "msg": f"Field required when {ENTITY_KEY} is not given",
+                        "msg": MISSING_FEATURE_MESSAGE,
                         "input": None,
                     }
                 )
@@ -94,6 +98,7 @@ async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[P
     latency_ms = (time.perf_counter() - started) * 1000
     ROWS.inc(len(requests))
     threshold = platform.settings.decision_threshold
+    unknown = np.isnan(rows.matrix)
     predictions = [
         Prediction(
             request_id=uuid.uuid4().hex,
@@ -103,6 +108,7 @@ async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[P
             model_name=platform.triton.model_name,
             model_version=version,
             features_from_store=rows.from_store[i],
+            missing_features=[name for name, missing in zip(FEATURE_NAMES, unknown[i], strict=True) if missing],
         )
         for i, p in enumerate(probabilities)
     ]

@@ -92,6 +92,14 @@ the model name and version that answered. Every prediction is written to the inf
 `POST /predict` takes one body, `POST /predict/batch` a JSON array of up to {settings.max_batch_size} bodies of
 either form, mixed, answered in input order.
 
+## Missing values
+
+The model was trained with missing values (an applicant without an annuity, or without credit-bureau
+history) and handles them natively. A feature sent as `null` is **unknown**: the model sees it as missing,
+exactly as in training, and so does a feature the online store has no value for. A feature left **out** of
+a body without `{ENTITY_KEY}` is an error (422, type `missing`), so that a typo never becomes a silently
+missing value. `missing_features` in the answer names the features the model saw as missing.
+
 ## Feature contract
 
 The model's inputs, in the order of the tensor sent to Triton (float32). The same definition
@@ -146,9 +154,9 @@ def error_responses(settings: Settings, *statuses: int) -> dict[int | str, dict[
         },
         422: {
             "model": ValidationErrorBody,
-            "description": "Invalid body: wrong types, features missing without an id (type `missing`, "
-            f"msg `Field required when {ENTITY_KEY} is not given`), unknown fields, NaN, malformed JSON, an empty "
-            "batch. Every invalid field is listed; in a batch `loc` holds the row index",
+            "description": "Invalid body: wrong types, features left out without an id (type `missing`; "
+            "send null for an unknown value), unknown fields, NaN, malformed JSON, an empty batch. Every "
+            "invalid field is listed; in a batch `loc` holds the row index",
             "examples": {
                 "wrong_type": {
                     "summary": "A number sent as a string",

@@ -68,7 +68,9 @@ class OnlineFeatures:
 
 
 async def assemble(requests: list[Any], online: OnlineFeatures) -> FeatureRows:
-    """One float32 row per request. Entity rows are read from the store in one call for the batch."""
+    """One float32 row per request. Entity rows are read from the store in one call for the batch.
+    A feature given in the body wins (``null``: unknown, NaN); one not given comes from the store (NaN
+    where the store has no value). Requests without an id have every feature given (checked before)."""
     entity_ids = [getattr(r, ENTITY_KEY) for r in requests]
     stored = (
         await online.fetch([i for i in entity_ids if i is not None]) if any(i is not None for i in entity_ids) else {}
@@ -78,10 +80,12 @@ async def assemble(requests: list[Any], online: OnlineFeatures) -> FeatureRows:
     for row, (request, entity_id) in enumerate(zip(requests, entity_ids, strict=True)):
         values = stored.get(entity_id, {}) if entity_id is not None else {}
         used_store = []
+        given_fields = request.model_fields_set
         for column, name in enumerate(FEATURE_NAMES):
-            given = getattr(request, name)
-            if given is not None:
-                matrix[row, column] = given
+            if name in given_fields:
+                # An explicit null is an unknown value: NaN, as the trainer saw missing values.
+                given = getattr(request, name)
+                matrix[row, column] = np.nan if given is None else given
             else:
                 value = values.get(name)
                 matrix[row, column] = np.nan if value is None else value

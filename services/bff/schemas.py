@@ -98,6 +98,7 @@ class Prediction(BaseModel):
                     "model_name": "credit_default",
                     "model_version": "1",
                     "features_from_store": [],
+                    "missing_features": [],
                 }
             ]
         }
@@ -110,6 +111,9 @@ class Prediction(BaseModel):
     model_name: str = Field(description="Triton model that answered")
     model_version: str = Field(description="Triton model version that answered (the MLflow version)")
     features_from_store: list[str] = Field(description="Features read from the online store, not the body")
+    missing_features: list[str] = Field(
+        description="Features the model saw as missing (NaN): null in the body, or no value in the online store"
+    )
 
 
 class BatchPrediction(BaseModel):

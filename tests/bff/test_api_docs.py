@@ -290,3 +290,35 @@ async def test_applicant_ids_outside_int64_are_a_422_naming_the_field(fakes, app
     assert [e["loc"] for e in one.json()["detail"]] == [["body", ENTITY_KEY]]
     assert batch.status_code == 422
     assert [e["loc"] for e in batch.json()["detail"]] == [["body", 1, ENTITY_KEY]]
+
+
+async def test_null_is_an_unknown_value_and_an_absent_feature_an_error(fakes):
+    with_null = {**FEATURES_EXAMPLE, "AMT_ANNUITY": None}
+    absent = {k: v for k, v in FEATURES_EXAMPLE.items() if k != "AMT_ANNUITY"}
+    async with fakes.client() as client:
+        scored = await client.post("/predict", json=with_null)
+        refused = await client.post("/predict", json=absent)
+        # With an id: a null overrides the stored value with "unknown"; the rest comes from the store.
+        override = await client.post("/predict", json={ENTITY_KEY: KNOWN_APPLICANT, "AMT_CREDIT": None})
+    assert scored.status_code == 200, scored.text
+    assert scored.json()["missing_features"] == ["AMT_ANNUITY"]
+    sent = fakes.triton.matrices[0][0]
+    assert np.isnan(sent[FEATURE_NAMES.index("AMT_ANNUITY")])
+    assert np.count_nonzero(np.isnan(sent)) == 1
+    assert refused.status_code == 422
+    assert [(e["loc"], e["type"]) for e in refused.json()["detail"]] == [(["body", "AMT_ANNUITY"], "missing")]
+    assert "null if the value is unknown" in refused.json()["detail"][0]["msg"]
+    assert override.status_code == 200
+    assert override.json()["missing_features"] == ["AMT_CREDIT"]
+    assert "AMT_CREDIT" not in override.json()["features_from_store"]
+    assert np.isnan(fakes.triton.matrices[1][0][FEATURE_NAMES.index("AMT_CREDIT")])
+
+
+async def test_a_value_the_online_store_lacks_is_missing_too(fakes, monkeypatch):
+    no_bureau = {**FEATURES_EXAMPLE, "bureau_credit_days_enddate_mean": None}
+    monkeypatch.setitem(FakeOnlineStore.rows, 7, no_bureau)
+    async with fakes.client() as client:
+        answer = await client.post("/predict", json={ENTITY_KEY: 7})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["missing_features"] == ["bureau_credit_days_enddate_mean"]
+    assert np.isnan(fakes.triton.matrices[0][0][FEATURE_NAMES.index("bureau_credit_days_enddate_mean")])

@@ -107,6 +107,24 @@ def test_batch_is_one_call_in_input_order(serving, champion_onnx, trained_platfo
     assert triton_counter(triton_server, "nv_inference_count", model) - rows_before == len(batch)
 
 
+def test_rows_with_missing_values_score_as_the_trainer_scores_them(serving, champion_onnx):
+    # An applicant without an annuity, one without bureau history, one with nothing known but income.
+    unknown = [
+        {**FEATURES_EXAMPLE, "AMT_ANNUITY": None},
+        {**FEATURES_EXAMPLE, "bureau_credit_days_enddate_mean": None, "bureau_credit_count": None},
+        {name: (FEATURES_EXAMPLE[name] if name == "AMT_INCOME_TOTAL" else None) for name in FEATURE_NAMES},
+    ]
+    with serving.client() as client:
+        answer = client.post("/predict/batch", json=unknown)
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    rows = [[np.nan if body[name] is None else body[name] for name in FEATURE_NAMES] for body in unknown]
+    np.testing.assert_allclose([p["probability"] for p in predictions], expected(champion_onnx, rows), atol=1e-6)
+    assert [p["missing_features"] for p in predictions] == [
+        [name for name in FEATURE_NAMES if body[name] is None] for body in unknown
+    ]
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "loc"),
     [
