@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bff.docs import OPENAPI_TAGS, add_offline_docs, api_description, error_responses
-from bff.errors import DependencyUnavailableError, EntityNotFoundError
+from bff.errors import DependencyUnavailableError, EntityNotFoundError, ModelOutputError
 from bff.inference_log import InferenceLogPublisher
 from bff.metrics import REGISTRY, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
@@ -95,6 +95,12 @@ async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[P
     started = time.perf_counter()
     rows = await assemble(requests, platform.online)
     probabilities, version = await platform.triton.predict(rows.matrix)
+    invalid = ~((probabilities >= 0) & (probabilities <= 1))  # NaN compares False: invalid too
+    if invalid.any():
+        raise ModelOutputError(
+            f"model {platform.triton.model_name} version {version} returned {int(invalid.sum())} probabilities "
+            f"outside [0, 1] (e.g. {probabilities[invalid][0]!r}) for {len(requests)} rows"
+        )
     latency_ms = (time.perf_counter() - started) * 1000
     ROWS.inc(len(requests))
     threshold = platform.settings.decision_threshold
@@ -198,6 +204,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def dependency_unavailable(_: Request, err: DependencyUnavailableError) -> JSONResponse:
         log.warning("dependency unavailable: %s", err)
         return JSONResponse({"detail": f"temporarily unavailable: {err}"}, status_code=503, headers=RETRY_AFTER)
+
+    @app.exception_handler(ModelOutputError)
+    async def model_output_invalid(_: Request, err: ModelOutputError) -> JSONResponse:
+        log.error("invalid model output: %s", err)
+        return JSONResponse({"detail": f"the model's answer is invalid: {err}"}, status_code=500)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, err: Exception) -> JSONResponse:

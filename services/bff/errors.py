@@ -9,3 +9,8 @@ class EntityNotFoundError(LookupError):
 
 class DependencyUnavailableError(RuntimeError):
     """Triton or the online store did not answer in time; the client may retry."""
+
+
+class ModelOutputError(RuntimeError):
+    """The model answered with a probability that is not a finite number in [0, 1]: a broken model
+    version, never the client's fault (500, counted with the other 5xx, logged)."""

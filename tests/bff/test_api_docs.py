@@ -322,3 +322,17 @@ async def test_a_value_the_online_store_lacks_is_missing_too(fakes, monkeypatch)
     assert answer.status_code == 200, answer.text
     assert answer.json()["missing_features"] == ["bureau_credit_days_enddate_mean"]
     assert np.isnan(fakes.triton.matrices[0][0][FEATURE_NAMES.index("bureau_credit_days_enddate_mean")])
+
+
+@pytest.mark.parametrize("output", [np.nan, 1.5, -0.1])
+async def test_an_invalid_model_output_is_a_500_never_a_null_probability(fakes, monkeypatch, output):
+    async def broken_model(features):
+        return np.array([0.2, output], dtype=np.float32), "7"
+
+    monkeypatch.setattr(fakes.triton, "predict", broken_model)
+    async with fakes.client() as client:
+        answer = await client.post("/predict/batch", json=[FEATURES_EXAMPLE, FEATURES_EXAMPLE])
+    assert answer.status_code == 500
+    ErrorBody.model_validate(answer.json())
+    assert "returned 1 probabilities outside [0, 1]" in answer.json()["detail"]
+    assert "version 7" in answer.json()["detail"]
