@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bff.docs import OPENAPI_TAGS, add_offline_docs, api_description, error_responses
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, ModelOutputError
 from bff.inference_log import InferenceLogPublisher
+from bff.limits import BodyLimitMiddleware
 from bff.metrics import REGISTRY, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
 from bff.schemas import (
@@ -190,6 +191,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    # Added first, so it runs inside the traffic middleware: its 413s are counted and timed like any answer.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(PredictionTrafficMiddleware, max_in_flight=settings.max_in_flight)
 
     @app.exception_handler(RequestValidationError)
@@ -225,7 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"`{ENTITY_KEY}` to read them from the online store, with any features given alongside the id "
             "overriding the stored values. One online-store read (only when an id is given) and one Triton call."
         ),
-        responses=error_responses(settings, 404, 422, 503),
+        responses=error_responses(settings, 404, 413, 422, 503),
     )
     async def predict(
         body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)], platform: PlatformDep
@@ -269,6 +272,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "An invalid label fails the whole call with 422, its index in `loc`."
         ),
         responses={
+            413: {"model": ErrorBody, "description": "A body over `MAX_BODY_BYTES`, refused before it is parsed"},
             422: {"model": ValidationErrorBody, "description": "Invalid body; every invalid field is listed"},
             503: {"model": ErrorBody, "description": "The ground-truth table (S3) is unavailable; retry later"},
         },

@@ -144,12 +144,20 @@ def error_responses(settings: Settings, *statuses: int) -> dict[int | str, dict[
         },
         413: {
             "model": ErrorBody,
-            "description": f"A batch of more than {settings.max_batch_size} rows (`MAX_BATCH_SIZE`)",
+            "description": f"A body over {settings.max_body_bytes} bytes (`MAX_BODY_BYTES`, refused before it is "
+            f"parsed), or a batch of more than {settings.max_batch_size} rows (`MAX_BATCH_SIZE`)",
             "examples": {
                 "batch_too_large": {
                     "summary": "Too many rows",
                     "value": {"detail": f"batch of {too_many} rows exceeds the maximum of {settings.max_batch_size}"},
-                }
+                },
+                "body_too_large": {
+                    "summary": "Too many bytes",
+                    "value": {
+                        "detail": f"request body of {settings.max_body_bytes + 1} bytes exceeds the limit of "
+                        f"{settings.max_body_bytes} bytes (MAX_BODY_BYTES)"
+                    },
+                },
             },
         },
         422: {

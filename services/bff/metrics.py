@@ -22,9 +22,9 @@ IN_FLIGHT = Gauge("bff_in_flight_requests", "Prediction requests being processed
 
 # The statuses each API route answers with: its documented responses, and 500 for a bug.
 ROUTE_STATUSES = {
-    "/predict": ("200", "404", "422", "500", "503"),
+    "/predict": ("200", "404", "413", "422", "500", "503"),
     "/predict/batch": ("200", "404", "413", "422", "500", "503"),
-    "/labels": ("200", "422", "500", "503"),
+    "/labels": ("200", "413", "422", "500", "503"),
 }
 # Every series exists from start-up, at 0: rate() and increase() only see a change from a sample
 # that exists, so a first 5xx on a series created by that very request would alert nobody.

@@ -17,6 +17,9 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Probability at or above which the decision is "reject".
     decision_threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_batch_size: int = Field(256, ge=1)
+    # Request bodies over this are refused with 413 before they are parsed (a 256-row batch is ~150 KB,
+    # 10,000 labels ~800 KB).
+    max_body_bytes: int = Field(2 << 20, ge=1024)
     # Requests in flight beyond this get 503 + Retry-After instead of queueing up.
     max_in_flight: int = Field(128, ge=1)
     triton_timeout_s: float = Field(2.0, gt=0)

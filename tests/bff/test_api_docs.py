@@ -13,6 +13,7 @@ In-process (ASGI, no lifespan): Triton and the online store are fakes behind the
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
@@ -37,7 +38,7 @@ from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
 
 BASE_URL = "http://bff"
 KNOWN_APPLICANT = 100002
-PREDICTION_ROUTES = {"/predict": (404, 422, 503), "/predict/batch": (404, 413, 422, 503)}
+PREDICTION_ROUTES = {"/predict": (404, 413, 422, 503), "/predict/batch": (404, 413, 422, 503)}
 ERROR_MODELS: dict[int, type[BaseModel]] = {
     404: EntityNotFoundBody,
     413: ErrorBody,
@@ -336,3 +337,34 @@ async def test_an_invalid_model_output_is_a_500_never_a_null_probability(fakes, 
     ErrorBody.model_validate(answer.json())
     assert "returned 1 probabilities outside [0, 1]" in answer.json()["detail"]
     assert "version 7" in answer.json()["detail"]
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_parsed():
+    fakes = Fakes(Settings(max_body_bytes=4096))
+    small = json.dumps(FEATURES_EXAMPLE).encode()
+    big = json.dumps([FEATURES_EXAMPLE] * 40).encode()
+    assert len(small) < 4096 < len(big)
+
+    async def chunks(body: bytes):
+        for start in range(0, len(body), 1000):
+            yield body[start : start + 1000]
+
+    async with fakes.client() as client:
+        declared = await client.post("/predict/batch", content=big, headers={"content-type": "application/json"})
+        chunked = await client.post("/predict/batch", content=chunks(big), headers={"content-type": "application/json"})
+        chunked_small = await client.post(
+            "/predict", content=chunks(small), headers={"content-type": "application/json"}
+        )
+        labels = await client.post("/labels", content=b"x" * 5000, headers={"content-type": "application/json"})
+    assert declared.status_code == 413
+    assert (
+        declared.json()["detail"]
+        == f"request body of {len(big)} bytes exceeds the limit of 4096 bytes (MAX_BODY_BYTES)"
+    )
+    assert chunked.status_code == 413
+    assert chunked.json()["detail"].startswith("chunked request body exceeds the limit of 4096 bytes")
+    ErrorBody.model_validate(chunked.json())
+    # Refused before parsing: not a 422 for the invalid JSON of /labels; Triton saw only the small request.
+    assert labels.status_code == 413
+    assert len(fakes.triton.matrices) == 1
+    assert chunked_small.status_code == 200, chunked_small.text

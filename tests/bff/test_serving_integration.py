@@ -141,6 +141,15 @@ def test_bad_bodies_get_4xx_with_the_field_path(serving, payload, status, loc):
     assert loc in [e["loc"] for e in answer.json()["detail"]]
 
 
+def test_a_body_over_the_limit_is_a_413_from_the_real_server(serving):
+    # 3 MB of JSON, over the default 2 MiB: refused from its Content-Length, before parsing.
+    body = b"[" + b",".join([b'{"SK_ID_CURR": 100002}'] * 140_000) + b"]"
+    with serving.client(headers={"content-type": "application/json"}) as client:
+        answer = client.post("/predict/batch", content=body)
+    assert answer.status_code == 413
+    assert "exceeds the limit of 2097152 bytes (MAX_BODY_BYTES)" in answer.json()["detail"]
+
+
 def test_nan_infinity_and_malformed_json_are_refused(serving):
     with serving.client(headers={"content-type": "application/json"}) as client:
         nan = client.post("/predict", content='{"SK_ID_CURR": 100002, "AMT_CREDIT": NaN}')
