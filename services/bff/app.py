@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bff.docs import OPENAPI_TAGS, add_offline_docs, api_description, error_responses
-from bff.errors import DependencyUnavailableError, EntityNotFoundError, ModelOutputError
+from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
 from bff.inference_log import InferenceLogPublisher
 from bff.limits import BodyLimitMiddleware
 from bff.metrics import REGISTRY, ROWS, PredictionTrafficMiddleware
@@ -98,7 +98,7 @@ async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[P
     probabilities, version = await platform.triton.predict(rows.matrix)
     invalid = ~((probabilities >= 0) & (probabilities <= 1))  # NaN compares False: invalid too
     if invalid.any():
-        raise ModelOutputError(
+        raise InferenceError(
             f"model {platform.triton.model_name} version {version} returned {int(invalid.sum())} probabilities "
             f"outside [0, 1] (e.g. {probabilities[invalid][0]!r}) for {len(requests)} rows"
         )
@@ -208,10 +208,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning("dependency unavailable: %s", err)
         return JSONResponse({"detail": f"temporarily unavailable: {err}"}, status_code=503, headers=RETRY_AFTER)
 
-    @app.exception_handler(ModelOutputError)
-    async def model_output_invalid(_: Request, err: ModelOutputError) -> JSONResponse:
-        log.error("invalid model output: %s", err)
-        return JSONResponse({"detail": f"the model's answer is invalid: {err}"}, status_code=500)
+    @app.exception_handler(InferenceError)
+    async def inference_failed(_: Request, err: InferenceError) -> JSONResponse:
+        log.error("inference failed (a bug or a broken model version; retrying cannot help): %s", err)
+        return JSONResponse({"detail": f"inference failed: {err}"}, status_code=500)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, err: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ class DependencyUnavailableError(RuntimeError):
     """Triton or the online store did not answer in time; the client may retry."""
 
 
-class ModelOutputError(RuntimeError):
-    """The model answered with a probability that is not a finite number in [0, 1]: a broken model
-    version, never the client's fault (500, counted with the other 5xx, logged)."""
+class InferenceError(RuntimeError):
+    """Triton refused a request the BFF built (wrong shape or type) or the model answered a probability
+    outside [0, 1]: a bug or a broken model version, never the client's fault, and retrying cannot help
+    (500, counted with the other 5xx, logged)."""

@@ -4,8 +4,25 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from bff.errors import DependencyUnavailableError
+from bff.errors import DependencyUnavailableError, InferenceError
 from mlops_common.features import MODEL_INPUT, MODEL_OUTPUT
+
+# Triton's answers that a retry can cure: it is down, slow, overloaded, or the model is being (re)loaded
+# (with explicit model control, an unloaded model is NOT_FOUND). INTERNAL covers a backend that crashed
+# and restarts. Anything else (INVALID_ARGUMENT, UNIMPLEMENTED, ...) means the BFF sent what the model
+# cannot take: a bug, a 500 that no retry fixes.
+TRANSIENT_STATUSES = frozenset(
+    f"StatusCode.{name}"
+    for name in (
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "RESOURCE_EXHAUSTED",
+        "ABORTED",
+        "CANCELLED",
+        "NOT_FOUND",
+        "INTERNAL",
+    )
+)
 
 
 class TritonPredictor:
@@ -24,7 +41,10 @@ class TritonPredictor:
                 self.model_name, [infer_input], outputs=self._outputs, client_timeout=self.timeout_s
             )
         except InferenceServerException as err:
-            raise DependencyUnavailableError(f"triton: {err.message()}") from err
+            # No status: the client gave up (client_timeout) or could not connect.
+            if err.status() is None or err.status() in TRANSIENT_STATUSES:
+                raise DependencyUnavailableError(f"triton: {err.message()}") from err
+            raise InferenceError(f"triton refused the request ({err.status()}): {err.message()}") from err
         return result.as_numpy(MODEL_OUTPUT)[:, 1], result.get_response().model_version
 
     async def model_ready(self) -> bool:

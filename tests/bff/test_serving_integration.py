@@ -12,8 +12,11 @@ from mlflow import MlflowClient
 from platform_fixtures import QUICK_MODEL
 from serving_fixtures import wait_for
 
+from bff.errors import DependencyUnavailableError, InferenceError
 from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
+from bff.triton import TritonPredictor
+from devstack.processes import free_port
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import FEATURE_NAMES, FEATURE_SERVICE
 from trainer.model import onnx_probabilities
@@ -237,3 +240,23 @@ def test_promoted_champion_is_served_without_a_failed_request(serving, trained_p
     versions = [v for _, v in outcomes]
     assert current.version in versions
     assert versions[-1] == new_version
+
+
+async def test_triton_errors_are_told_apart_retryable_or_not(serving):
+    model = serving.env["TRITON_MODEL_NAME"]
+    predictor = TritonPredictor(serving.env["TRITON_GRPC_URL"], model, 10.0)
+    try:
+        # Nine columns where the model takes ten: the BFF's bug, which no retry fixes.
+        with pytest.raises(InferenceError, match="INVALID_ARGUMENT"):
+            await predictor.predict(np.zeros((1, len(FEATURE_NAMES) - 1), np.float32))
+        # A model Triton does not hold (as while model sync loads one): retry later.
+        absent = TritonPredictor(serving.env["TRITON_GRPC_URL"], "no_such_model", 10.0)
+        with pytest.raises(DependencyUnavailableError):
+            await absent.predict(np.zeros((1, len(FEATURE_NAMES)), np.float32))
+        await absent.close()
+    finally:
+        await predictor.close()
+    nobody = TritonPredictor(f"127.0.0.1:{free_port()}", model, 2.0)
+    with pytest.raises(DependencyUnavailableError):
+        await nobody.predict(np.zeros((1, len(FEATURE_NAMES)), np.float32))
+    await nobody.close()
