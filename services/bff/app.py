@@ -11,17 +11,19 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
-from fastapi import Body, Depends, FastAPI, Request, Response
+from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bff.api_keys import identify
 from bff.docs import OPENAPI_TAGS, add_offline_docs, api_description, error_responses
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
 from bff.inference_log import InferenceLogPublisher
 from bff.limits import BodyLimitMiddleware
-from bff.metrics import REGISTRY, ROWS, PredictionTrafficMiddleware
+from bff.metrics import API_KEY_REQUESTS, REGISTRY, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
 from bff.schemas import (
     BATCH_EXAMPLES,
@@ -66,6 +68,35 @@ def get_platform(request: Request) -> Platform:
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+_BEARER = HTTPBearer(
+    auto_error=False, description="`Authorization: Bearer <API key>`, when the deployment requires keys"
+)
+_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The API key, when the deployment requires keys"
+)
+_UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="prediction-api"'}
+
+
+def require_api_key(
+    platform: PlatformDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    header_key: Annotated[str | None, Security(_KEY_HEADER)],
+) -> str | None:
+    """The caller's key name, when the deployment requires keys (``API_KEYS_REQUIRED``); else None."""
+    if not platform.settings.api_keys_required:
+        return None
+    presented = bearer.credentials if bearer is not None else header_key
+    if not presented:
+        raise HTTPException(401, "an API key is required: Authorization: Bearer <key> or X-API-Key", _UNAUTHORIZED)
+    name = identify(presented, platform.settings.api_keys)
+    if name is None:
+        raise HTTPException(401, "unknown or revoked API key", _UNAUTHORIZED)
+    API_KEY_REQUESTS.labels(name).inc()
+    return name
+
+
+CallerDep = Annotated[str | None, Depends(require_api_key)]
 
 
 def _missing_feature_errors(requests: list, *, batch: bool) -> list[dict]:
@@ -160,6 +191,8 @@ def _json_safe(value):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    for key_name in settings.api_keys:
+        API_KEY_REQUESTS.labels(key_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -228,10 +261,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"`{ENTITY_KEY}` to read them from the online store, with any features given alongside the id "
             "overriding the stored values. One online-store read (only when an id is given) and one Triton call."
         ),
-        responses=error_responses(settings, 404, 413, 422, 503),
+        responses=error_responses(settings, 401, 404, 413, 422, 503),
     )
     async def predict(
-        body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)], platform: PlatformDep
+        body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)], platform: PlatformDep, _: CallerDep
     ) -> Prediction:
         return (await _predict(platform, [body], batch=False))[0]
 
@@ -246,10 +279,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "store in one call and all rows go to Triton in one call; the predictions come back in input order. "
             "One invalid row fails the whole batch with 422, its index in `loc`."
         ),
-        responses=error_responses(settings, 404, 413, 422, 503),
+        responses=error_responses(settings, 401, 404, 413, 422, 503),
     )
     async def predict_batch(
-        body: Annotated[list[PredictRequest], Body(openapi_examples=BATCH_EXAMPLES)], platform: PlatformDep
+        body: Annotated[list[PredictRequest], Body(openapi_examples=BATCH_EXAMPLES)],
+        platform: PlatformDep,
+        _: CallerDep,
     ):
         if not body:
             raise RequestValidationError([{"type": "too_short", "loc": ["body"], "msg": "batch is empty", "input": []}])
@@ -272,6 +307,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "An invalid label fails the whole call with 422, its index in `loc`."
         ),
         responses={
+            401: error_responses(settings, 401)[401],
             413: {"model": ErrorBody, "description": "A body over `MAX_BODY_BYTES`, refused before it is parsed"},
             422: {"model": ValidationErrorBody, "description": "Invalid body; every invalid field is listed"},
             503: {"model": ErrorBody, "description": "The ground-truth table (S3) is unavailable; retry later"},
@@ -282,6 +318,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             LabelsRequest, Body(openapi_examples={"one": {"summary": "One label", "value": LABELS_EXAMPLE}})
         ],
         platform: PlatformDep,
+        _: CallerDep,
     ) -> LabelsWritten:
         try:
             counts = await asyncio.to_thread(

@@ -132,6 +132,18 @@ def error_responses(settings: Settings, *statuses: int) -> dict[int | str, dict[
     """The ``responses=`` of a prediction route: the body model, a description and examples per status."""
     too_many = settings.max_batch_size + 1
     catalogue: dict[int, dict[str, Any]] = {
+        401: {
+            "model": ErrorBody,
+            "description": "No API key, or one that is unknown or revoked (only where the deployment requires "
+            "keys: `API_KEYS_REQUIRED`)",
+            "headers": {"WWW-Authenticate": {"description": "How to authenticate", "schema": {"type": "string"}}},
+            "examples": {
+                "missing_key": {
+                    "summary": "No key",
+                    "value": {"detail": "an API key is required: Authorization: Bearer <key> or X-API-Key"},
+                }
+            },
+        },
         404: {
             "model": EntityNotFoundBody,
             "description": f"An `{ENTITY_KEY}` the online store does not know",

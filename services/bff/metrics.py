@@ -22,9 +22,9 @@ IN_FLIGHT = Gauge("bff_in_flight_requests", "Prediction requests being processed
 
 # The statuses each API route answers with: its documented responses, and 500 for a bug.
 ROUTE_STATUSES = {
-    "/predict": ("200", "404", "413", "422", "500", "503"),
-    "/predict/batch": ("200", "404", "413", "422", "500", "503"),
-    "/labels": ("200", "413", "422", "500", "503"),
+    "/predict": ("200", "401", "404", "413", "422", "500", "503"),
+    "/predict/batch": ("200", "401", "404", "413", "422", "500", "503"),
+    "/labels": ("200", "401", "413", "422", "500", "503"),
 }
 # Every series exists from start-up, at 0: rate() and increase() only see a change from a sample
 # that exists, so a first 5xx on a series created by that very request would alert nobody.
@@ -32,6 +32,11 @@ for _route, _statuses in ROUTE_STATUSES.items():
     DURATION.labels(_route)
     for _status in _statuses:
         REQUESTS.labels(_route, _status)
+
+# By the key's name (API_KEYS), never the key; created at 0 for every configured name by create_app.
+API_KEY_REQUESTS = Counter(
+    "bff_api_key_requests", "Requests authenticated with an API key, by key name", ["key_name"], registry=REGISTRY
+)
 
 OVERLOADED_BODY = b'{"detail":"overloaded: too many requests in flight, retry shortly"}'
 

@@ -1,4 +1,6 @@
-from pydantic import Field
+import re
+
+from pydantic import Field, model_validator
 
 from mlops_common.ground_truth import GroundTruthStoreSettings
 from mlops_common.settings import FeastSettings, RabbitSettings, TritonSettings
@@ -9,6 +11,10 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     GROUND_TRUTH_PREFIX locate the ground-truth table that ``POST /labels`` writes."""
 
     bff_host: str = "0.0.0.0"
+    # API keys (bff.api_keys): name -> "sha256:<hex>"; checked on /predict, /predict/batch and /labels
+    # when required. Off locally (the README's curls), on in the chart's prod values.
+    api_keys_required: bool = False
+    api_keys: dict[str, str] = Field(default_factory=dict)
     bff_port: int = 8080
     # Shutdown after SIGTERM: uvicorn waits up to bff_graceful_shutdown_s for requests in flight, then
     # the inference-log publisher has log_drain_timeout_s to flush its buffer and drain the spool to
@@ -45,3 +51,18 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # (outcome "dropped_spool_full"). Per process: each uvicorn worker has a spool slot of its own.
     log_spool_max_bytes: int = Field(512 << 20, gt=0)
     log_drain_timeout_s: float = Field(20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _api_keys_usable(self) -> "Settings":
+        malformed = [name for name, digest in self.api_keys.items() if not _is_sha256(digest)]
+        if malformed:
+            raise ValueError(
+                f"API_KEYS: {malformed} are not 'sha256:<64 hex digits>' (python -m bff.api_keys new NAME)"
+            )
+        if self.api_keys_required and not self.api_keys:
+            raise ValueError("API_KEYS_REQUIRED is true but API_KEYS holds no key: nobody could call the API")
+        return self
+
+
+def _is_sha256(digest: str) -> bool:
+    return re.fullmatch(r"sha256:[0-9a-f]{64}", digest) is not None

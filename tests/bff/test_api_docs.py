@@ -38,8 +38,9 @@ from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
 
 BASE_URL = "http://bff"
 KNOWN_APPLICANT = 100002
-PREDICTION_ROUTES = {"/predict": (404, 413, 422, 503), "/predict/batch": (404, 413, 422, 503)}
+PREDICTION_ROUTES = {"/predict": (401, 404, 413, 422, 503), "/predict/batch": (401, 404, 413, 422, 503)}
 ERROR_MODELS: dict[int, type[BaseModel]] = {
+    401: ErrorBody,
     404: EntityNotFoundBody,
     413: ErrorBody,
     422: ValidationErrorBody,

@@ -15,6 +15,8 @@ BAD_VALUES = {
     "spool limit set past the volume": ({"bff.settings.LOG_SPOOL_MAX_BYTES": 1 << 30}, "bff.logSpool.maxBytes"),
     "spool limit below 1 MiB": ({"bff.logSpool.maxBytes": 1000}, "/bff/logSpool/maxBytes"),
     "no time for the drain": ({"bff.shutdown.drainSeconds": 0}, "/bff/shutdown/drainSeconds"),
+    "API keys required without their Secret": ({"bff.apiKeys.required": True}, "/bff/apiKeys"),
+    "API keys passed as a plain setting": ({"bff.settings.API_KEYS": "plain"}, "bff.apiKeys.existingSecret"),
     "port out of range": ({"bff.port": 80808}, "/bff/port"),
     "nodePort outside the node port range": ({"bff.service.nodePort": 8080}, "/bff/service/nodePort"),
     "missing registry": ({"global.imageRegistry": ""}, "image.registry (or global.imageRegistry) is required"),

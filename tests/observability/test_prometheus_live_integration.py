@@ -5,6 +5,7 @@ observability/scrape-targets.yaml with the Prometheus Operator's target labels, 
 files). The platform: its own Triton, model sync, BFF and log worker on the session's servers.
 """
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from observability_files import CLUSTER_ONLY_EXPRESSIONS, GPU_ONLY_EXPRESSIONS, 
 from platform_fixtures import QUICK_MODEL, settings_from
 from serving_fixtures import Serving, faults_env, start_serving, wait_for
 
+from bff.api_keys import hash_key, new_key
 from bff.schemas import FEATURES_EXAMPLE
 from dashboards.grafana import QueryWindow, iter_panel_queries, load_dashboards
 from dashboards.render import render_all
@@ -62,9 +64,16 @@ class LivePlatform:
         wait_for(lambda: {"pending", "firing"} & self.alert_states().get(name, set()), timeout_s, f"{name} pending")
 
 
+# The live BFF requires API keys, as in the chart's prod values, so the per-key panel has data.
+API_KEY = new_key()
+KEYED = {"Authorization": f"Bearer {API_KEY}"}
+
+
 def traffic(bff_url: str, rounds: int) -> None:
     """Good single and batch requests, entity lookups, 4xx of several kinds."""
-    with httpx.Client(base_url=bff_url, timeout=15) as client:
+    with httpx.Client(base_url=bff_url, timeout=15) as anonymous:
+        assert anonymous.post("/predict", json=FEATURES_EXAMPLE).status_code == 401
+    with httpx.Client(base_url=bff_url, timeout=15, headers=KEYED) as client:
         for n in range(rounds):
             assert client.post("/predict", json={**FEATURES_EXAMPLE, "AMT_CREDIT": 1e5 + n}).status_code == 200
             assert client.post("/predict", json={"SK_ID_CURR": 100002}).status_code == 200
@@ -94,6 +103,8 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         TRITON_GRPC_URL=triton.grpc_url,
         TRITON_HTTP_URL=triton.http_url,
         MODEL_REPOSITORY=str(triton.model_repository),
+        API_KEYS_REQUIRED="true",
+        API_KEYS=json.dumps({"observability-test": hash_key(API_KEY)}),
     )
     stack = StackSettings()
     sys_svc.ensure_rabbitmq_prometheus(stack.rabbitmq_host_port[0], stack.rabbitmq_prometheus_port)
@@ -196,7 +207,7 @@ def test_alerts_fire_on_the_real_conditions(live: LivePlatform, unique_name) -> 
 
     # Triton gone: every prediction is a 503 (error ratio) and its target is down.
     live.triton.stop()
-    with httpx.Client(base_url=live.serving.bff_url, timeout=15) as client:
+    with httpx.Client(base_url=live.serving.bff_url, timeout=15, headers=KEYED) as client:
         for _ in range(20):
             assert client.post("/predict", json=FEATURES_EXAMPLE).status_code == 503
     live.wait_for_alert("MlopsBffHighErrorRatio")

@@ -192,6 +192,17 @@ REGISTERED_MODEL_NAME: {value: {{ .Values.platform.registeredModelName | quote }
 RABBITMQ_URL: {valueFrom: {secretKeyRef: {name: {{ include "mlops.rabbitmq.secretName" . }}, key: amqp-url}}}
 {{- end }}
 
+{{- define "mlops.env.apiKeys" -}}
+{{- $keys := .Values.bff.apiKeys }}
+{{- if and $keys.required (not $keys.existingSecret) }}
+{{- fail "bff.apiKeys.required needs bff.apiKeys.existingSecret: a Secret whose key holds the API_KEYS JSON (python -m bff.api_keys new NAME)" }}
+{{- end }}
+API_KEYS_REQUIRED: {value: {{ $keys.required | quote }}}
+{{- with $keys.existingSecret }}
+API_KEYS: {valueFrom: {secretKeyRef: {name: {{ . }}, key: {{ $keys.secretKey }}}}}
+{{- end }}
+{{- end }}
+
 {{- define "mlops.env.triton" -}}
 TRITON_MODEL_NAME: {value: {{ .Values.platform.tritonModelName | quote }}}
 {{- end }}
