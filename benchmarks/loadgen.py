@@ -3,7 +3,8 @@ request as soon as the previous one answers, bounded by a request count and a du
 
 Latency is measured per request from just before sending to the full body read; throughput is
 completed requests (times rows per request) over the wall time of the measured part. A warm-up
-phase (not measured) runs first.
+phase (not measured) runs first. ``on_response``, if given, sees the body of every answer with
+status 200, warm-up included, as soon as it is read.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ async def run_load(
     duration_s: float = 10.0,
     warmup_requests: int = 50,
     label: str = "",
+    on_response: Callable[[bytes], None] | None = None,
 ) -> LoadResult:
     """POST ``bodies(i)`` (JSON-encoded once per distinct body object) to ``url``."""
     encoded: dict[int, bytes] = {}
@@ -80,7 +82,9 @@ async def run_load(
         async def warm(n: int) -> None:
             for i in range(n):
                 async with session.post(url, data=payload(i), headers=headers) as response:
-                    await response.read()
+                    body = await response.read()
+                if on_response is not None and response.status == 200:
+                    on_response(body)
 
         per_worker = max(1, warmup_requests // concurrency)
         await asyncio.gather(*(warm(per_worker) for _ in range(concurrency)))
@@ -99,12 +103,14 @@ async def run_load(
                 started = time.perf_counter()
                 try:
                     async with session.post(url, data=data, headers=headers) as response:
-                        await response.read()
+                        body = await response.read()
                         ok = response.status == 200
                 except aiohttp.ClientError:
                     ok = False
                 if ok:
                     latencies.append((time.perf_counter() - started) * 1000)
+                    if on_response is not None:
+                        on_response(body)
                 else:
                     errors += 1
 

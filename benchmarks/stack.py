@@ -19,9 +19,11 @@ import contextlib
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -319,6 +321,31 @@ class BenchPlatform:
 
 def remove_work_dir(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, *, keep: bool) -> Iterator[Path]:
+    """A fresh folder for one run's platform under ``benchmarks/results/tmp/``, deleted at the end
+    (even on failure) unless ``keep`` (``--keep-work``)."""
+    root = ROOT / "benchmarks" / "results" / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        yield work
+    finally:
+        if not keep:
+            remove_work_dir(work)
+
+
+def command_line(script: str) -> str:
+    """How a report quotes the command that produced it: ``script`` with this run's arguments."""
+    return "python " + shlex.join([script, *sys.argv[1:]])
+
+
+def write_report(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
 
 
 def feature_bodies(count: int, seed: int = 7) -> list[dict[str, float]]:

@@ -15,9 +15,7 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
-import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +26,13 @@ from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.stack import (
     ROOT,
     BenchPlatform,
+    command_line,
     cpu_seconds,
     feature_bodies,
     load_average,
     machine_summary,
-    remove_work_dir,
+    work_dir,
+    write_report,
 )
 
 log = logging.getLogger("benchmarks.inference_logging")
@@ -190,54 +190,43 @@ def main() -> int:
     parser.add_argument("--keep-work", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    command = "python " + shlex.join(["benchmarks/inference_logging/run.py", *sys.argv[1:]])
+    command = command_line("benchmarks/inference_logging/run.py")
     started = time.monotonic()
     load_at_start = load_average()
-    tmp_root = ROOT / "benchmarks" / "results" / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="inference-logging-", dir=tmp_root))
-    try:
-        with BenchPlatform.up(work) as platform:
-            worker = platform.start_log_worker()
-            bff_on = platform.start_bff("bff-logging-on", inference_logging=True)
-            bff_off = platform.start_bff("bff-logging-off", inference_logging=False)
-            worker_cpu_start = cpu_seconds(worker.pid())
-            phases = asyncio.run(
-                alternate(
-                    {True: bff_on.url, False: bff_off.url},
-                    {True: bff_on.daemon.pid(), False: bff_off.daemon.pid()},
-                    worker.pid(),
-                    args.rounds,
-                    args.concurrency,
-                    args.duration,
-                    args.settle,
-                )
+    with work_dir("inference-logging-", keep=args.keep_work) as work, BenchPlatform.up(work) as platform:
+        worker = platform.start_log_worker()
+        bff_on = platform.start_bff("bff-logging-on", inference_logging=True)
+        bff_off = platform.start_bff("bff-logging-off", inference_logging=False)
+        worker_cpu_start = cpu_seconds(worker.pid())
+        phases = asyncio.run(
+            alternate(
+                {True: bff_on.url, False: bff_off.url},
+                {True: bff_on.daemon.pid(), False: bff_off.daemon.pid()},
+                worker.pid(),
+                args.rounds,
+                args.concurrency,
+                args.duration,
+                args.settle,
             )
-            took = time.monotonic() - started
-            enqueued = platform.metric(f"{bff_on.url}/metrics", 'bff_inference_log_records_total{outcome="enqueued"}')
-            written = 0.0
-            worker_metrics = f"http://127.0.0.1:{platform.env['LOG_WORKER_METRICS_PORT']}/metrics"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                written = platform.metric(worker_metrics, "log_worker_records_written_total")
-                if written >= enqueued:
-                    break
-                time.sleep(1)
-            delivered = {
-                outcome: platform.metric(
-                    f"{bff_on.url}/metrics", f'bff_inference_log_records_total{{outcome="{outcome}"}}'
-                )
-                for outcome in ("enqueued", "confirmed", "spooled", "dropped")
-            }
-            delivered["written"] = written
-            delivered["worker_cpu_s"] = cpu_seconds(worker.pid()) - worker_cpu_start
-            text = report(command, platform, phases, args.concurrency, args.duration, delivered, took, load_at_start)
-    finally:
-        if not args.keep_work:
-            remove_work_dir(work)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+        )
+        took = time.monotonic() - started
+        enqueued = platform.metric(f"{bff_on.url}/metrics", 'bff_inference_log_records_total{outcome="enqueued"}')
+        written = 0.0
+        worker_metrics = f"http://127.0.0.1:{platform.env['LOG_WORKER_METRICS_PORT']}/metrics"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            written = platform.metric(worker_metrics, "log_worker_records_written_total")
+            if written >= enqueued:
+                break
+            time.sleep(1)
+        delivered = {
+            outcome: platform.metric(f"{bff_on.url}/metrics", f'bff_inference_log_records_total{{outcome="{outcome}"}}')
+            for outcome in ("enqueued", "confirmed", "spooled", "dropped")
+        }
+        delivered["written"] = written
+        delivered["worker_cpu_s"] = cpu_seconds(worker.pid()) - worker_cpu_start
+        text = report(command, platform, phases, args.concurrency, args.duration, delivered, took, load_at_start)
+    write_report(args.out, text)
     return 0
 
 

@@ -17,7 +17,6 @@ import logging
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,11 +28,13 @@ from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.stack import (
     ROOT,
     BenchPlatform,
+    command_line,
     ensure_perf_analyzer,
     feature_bodies,
     load_average,
     machine_summary,
-    remove_work_dir,
+    work_dir,
+    write_report,
 )
 
 log = logging.getLogger("benchmarks.serving")
@@ -291,41 +292,26 @@ def main() -> int:
     parser.add_argument("--keep-work", action="store_true", help="keep logs and state under benchmarks/results/tmp")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    command = "python " + shlex.join(["benchmarks/serving/run.py", *sys.argv[1:]])
+    command = command_line("benchmarks/serving/run.py")
     started = time.monotonic()
     load_at_start = load_average()
-    work = Path(tempfile.mkdtemp(prefix="serving-", dir=_tmp_root()))
     ensure_perf_analyzer()
-    try:
-        with BenchPlatform.up(work) as platform:
-            log.info("champion %s v%d served; measuring", platform.model_name, platform.model_version)
-            ort_rows = [bench_onnxruntime(platform.onnx_path, b) for b in (1, 256)]
-            log.info("onnxruntime: %s", ort_rows)
-            pa_rows = [bench_perf_analyzer(platform, b, c, work) for b, c in ((1, 1), (1, 2), (256, 1))]
-            log.info("perf_analyzer: %s", pa_rows)
-            pieces = bench_request_path(PIECES_ROWS)
-            log.info("request path: %s", pieces)
-            bff = platform.start_bff("bff", inference_logging=False)
-            bff_rows = asyncio.run(bench_bff(bff.url, args.duration))
-            for r in bff_rows:
-                log.info(
-                    "%s c=%d: %.0f rows/s p50 %.2f p99 %.2f", r.label, r.concurrency, r.rows_per_s, r.p50_ms, r.p99_ms
-                )
-            took = time.monotonic() - started
-            text = report(command, platform, ort_rows, pa_rows, bff_rows, took, load_at_start, pieces)
-    finally:
-        if not args.keep_work:
-            remove_work_dir(work)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    with work_dir("serving-", keep=args.keep_work) as work, BenchPlatform.up(work) as platform:
+        log.info("champion %s v%d served; measuring", platform.model_name, platform.model_version)
+        ort_rows = [bench_onnxruntime(platform.onnx_path, b) for b in (1, 256)]
+        log.info("onnxruntime: %s", ort_rows)
+        pa_rows = [bench_perf_analyzer(platform, b, c, work) for b, c in ((1, 1), (1, 2), (256, 1))]
+        log.info("perf_analyzer: %s", pa_rows)
+        pieces = bench_request_path(PIECES_ROWS)
+        log.info("request path: %s", pieces)
+        bff = platform.start_bff("bff", inference_logging=False)
+        bff_rows = asyncio.run(bench_bff(bff.url, args.duration))
+        for r in bff_rows:
+            log.info("%s c=%d: %.0f rows/s p50 %.2f p99 %.2f", r.label, r.concurrency, r.rows_per_s, r.p50_ms, r.p99_ms)
+        took = time.monotonic() - started
+        text = report(command, platform, ort_rows, pa_rows, bff_rows, took, load_at_start, pieces)
+    write_report(args.out, text)
     return 0
-
-
-def _tmp_root() -> Path:
-    root = ROOT / "benchmarks" / "results" / "tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 if __name__ == "__main__":
