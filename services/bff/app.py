@@ -13,10 +13,12 @@ from typing import Annotated
 import numpy as np
 from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bff.api_keys import identify
 from bff.docs import OPENAPI_TAGS, add_offline_docs, api_description, error_responses
@@ -189,6 +191,22 @@ def _json_safe(value):
     return value
 
 
+def _document_without_keys(app: FastAPI) -> None:
+    """Keys off: the OpenAPI document asks for none (clients and fuzzers believe what it says)."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+            schema.get("components", {}).pop("securitySchemes", None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     for key_name in settings.api_keys:
@@ -231,6 +249,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _json_safe(jsonable_encoder(err.errors()))}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        # FastAPI answers a body it cannot decode (not UTF-8) with a bare 400; it is malformed JSON like
+        # any other, so it gets the same documented 422.
+        if err.status_code == 400 and isinstance(err.__cause__, UnicodeDecodeError):
+            detail = [{"type": "json_invalid", "loc": ["body"], "msg": "body is not UTF-8 encoded JSON", "input": None}]
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, err)
 
     @app.exception_handler(EntityNotFoundError)
     async def entity_not_found(_: Request, err: EntityNotFoundError) -> JSONResponse:
@@ -282,7 +309,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=error_responses(settings, 401, 404, 413, 422, 503),
     )
     async def predict_batch(
-        body: Annotated[list[PredictRequest], Body(openapi_examples=BATCH_EXAMPLES)],
+        body: Annotated[
+            list[PredictRequest],
+            # Documented, not enforced by FastAPI: the handler answers 413 past the maximum (not 422).
+            Body(
+                openapi_examples=BATCH_EXAMPLES, json_schema_extra={"minItems": 1, "maxItems": settings.max_batch_size}
+            ),
+        ],
         platform: PlatformDep,
         _: CallerDep,
     ):
@@ -360,5 +393,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    if not settings.api_keys_required:
+        _document_without_keys(app)
     add_offline_docs(app)  # last: the routes above are matched first
     return app

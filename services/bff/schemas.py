@@ -1,10 +1,10 @@
 """Request and response bodies of the prediction API, generated from the feature contract."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from mlops_common.features import ENTITY_KEY, FEATURES
+from mlops_common.features import ENTITY_KEY, FEATURES, MAX_ENTITY_ID
 from mlops_common.ground_truth import MAX_LABELS_PER_WRITE, Label
 
 # The documented request body: every feature given by the caller.
@@ -58,13 +58,33 @@ BATCH_EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+def _integral_number_to_int(value: Any) -> Any:
+    """JSON has one number type: 100002.0 is the integer 100002 (as JSON Schema's "integer" says)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Strict otherwise: "100002" (a string) and true stay type errors. Bounded (MAX_ENTITY_ID): a larger id is
+# a 422, not a 500 from the online store's encoder.
+ApplicantId = Annotated[int, Field(ge=0, le=MAX_ENTITY_ID), BeforeValidator(_integral_number_to_int)]
+
+
 class _RequestBase(BaseModel):
     # Strict: "50000" or true is a type error, not a silent conversion; NaN/Infinity are refused.
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
         allow_inf_nan=False,
-        json_schema_extra={"examples": [FEATURES_EXAMPLE, ENTITY_EXAMPLE, {**ENTITY_EXAMPLE, "AMT_CREDIT": 250000}]},
+        json_schema_extra={
+            "examples": [FEATURES_EXAMPLE, ENTITY_EXAMPLE, {**ENTITY_EXAMPLE, "AMT_CREDIT": 250000}],
+            # The rule the handler enforces, stated in the schema so that clients and fuzzers know it:
+            # an applicant id, or every feature (each a number, or null when unknown).
+            "anyOf": [
+                {"required": [ENTITY_KEY], "properties": {ENTITY_KEY: {"type": "integer"}}},
+                {"required": [f.name for f in FEATURES]},
+            ],
+        },
     )
 
 
@@ -75,13 +95,7 @@ PredictRequest = create_model(
         f"Either all features, or {ENTITY_KEY} to read them from the online store; "
         "features given alongside an id override the stored values."
     ),
-    # Bounded to int64: the online store's key type (a larger id cannot exist there and is a 422, not a 500).
-    **{
-        ENTITY_KEY: (
-            int | None,
-            Field(None, ge=0, le=2**63 - 1, description="Applicant id; features come from the online store"),
-        )
-    },
+    **{ENTITY_KEY: (ApplicantId | None, Field(None, description="Applicant id; features come from the online store"))},
     **{f.name: (float | None, Field(None, description=f.description)) for f in FEATURES},
 )
 

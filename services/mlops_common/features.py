@@ -12,6 +12,9 @@ from enum import StrEnum
 import numpy as np
 
 ENTITY_KEY = "SK_ID_CURR"
+# The largest applicant id the API takes: 2^53 - 1, the largest integer every JSON parser (a double)
+# keeps exact, well inside the online store's int64 keys.
+MAX_ENTITY_ID = 2**53 - 1
 LABEL = "TARGET"
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created_timestamp"

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlops_common.delta import delta_storage_options, open_table, upsert_rows
+from mlops_common.features import MAX_ENTITY_ID
 from mlops_common.inference_log import InferenceLogStoreSettings
 
 LABEL_SCHEMA = pa.schema(
@@ -49,7 +50,7 @@ class Label(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    applicant_id: int = Field(ge=0, le=2**63 - 1, description="SK_ID_CURR, the entity id the prediction was for")
+    applicant_id: int = Field(ge=0, le=MAX_ENTITY_ID, description="SK_ID_CURR, the entity id the prediction was for")
     outcome: int = Field(ge=0, le=1, description="1 if the applicant defaulted, 0 if the loan was repaid")
     observed_at: AwareDatetime = Field(description="When the outcome was observed (ISO-8601 with an offset)")
 

@@ -282,8 +282,8 @@ async def test_the_overload_answer_matches_the_documented_schema(fakes):
     ErrorBody.model_validate(shed.json())
 
 
-@pytest.mark.parametrize("applicant", [2**63, 99999999999999999999999, -1])
-async def test_applicant_ids_outside_int64_are_a_422_naming_the_field(fakes, applicant):
+@pytest.mark.parametrize("applicant", [2**53, 2**63, 99999999999999999999999, -1])
+async def test_applicant_ids_out_of_bounds_are_a_422_naming_the_field(fakes, applicant):
     # Before the bound, ids past int64 reached the online store's protobuf encoder: 500.
     async with fakes.client() as client:
         one = await client.post("/predict", json={ENTITY_KEY: applicant})
@@ -369,3 +369,11 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_parsed():
     assert labels.status_code == 413
     assert len(fakes.triton.matrices) == 1
     assert chunked_small.status_code == 200, chunked_small.text
+
+
+async def test_a_body_that_is_not_utf8_is_the_documented_422(fakes):
+    async with fakes.client() as client:
+        answer = await client.post("/predict", content=b"/\xff", headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    ValidationErrorBody.model_validate(answer.json())
+    assert answer.json()["detail"][0]["type"] == "json_invalid"
