@@ -127,8 +127,16 @@ async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[P
     if errors:
         raise RequestValidationError(errors)
     started = time.perf_counter()
-    rows = await assemble(requests, platform.online)
-    probabilities, version = await platform.triton.predict(rows.matrix)
+    budget = platform.settings.request_budget_s
+    try:
+        # One budget for the whole dependency path: each call's own timeout can add up past it.
+        async with asyncio.timeout(budget):
+            rows = await assemble(requests, platform.online)
+            probabilities, version = await platform.triton.predict(rows.matrix)
+    except TimeoutError as err:
+        raise DependencyUnavailableError(
+            f"online store + Triton took longer than {budget} s (REQUEST_BUDGET_S)"
+        ) from err
     invalid = ~((probabilities >= 0) & (probabilities <= 1))  # NaN compares False: invalid too
     if invalid.any():
         raise InferenceError(

@@ -30,6 +30,8 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     max_in_flight: int = Field(128, ge=1)
     triton_timeout_s: float = Field(2.0, gt=0)
     online_store_timeout_s: float = Field(1.0, gt=0)
+    # The most a prediction may spend on the online store and Triton together (503 past it).
+    request_budget_s: float = Field(2.5, gt=0)
     # POST /labels: each S3 request of the ground-truth write (it retries up to three times).
     labels_write_timeout_s: float = Field(5.0, gt=0)
     inference_logging_enabled: bool = True

@@ -377,3 +377,13 @@ async def test_a_body_that_is_not_utf8_is_the_documented_422(fakes):
     assert answer.status_code == 422
     ValidationErrorBody.model_validate(answer.json())
     assert answer.json()["detail"][0]["type"] == "json_invalid"
+
+
+async def test_a_prediction_past_its_time_budget_is_a_503():
+    fakes = Fakes(Settings(request_budget_s=0.2))
+    fakes.triton.gate = asyncio.Event()  # Triton never answers
+    async with fakes.client() as client:
+        answer = await client.post("/predict", json=FEATURES_EXAMPLE)
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "1"
+    assert "took longer than 0.2 s (REQUEST_BUDGET_S)" in answer.json()["detail"]
