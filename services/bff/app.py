@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
-from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response, Security
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request, Response, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -100,6 +100,26 @@ def require_api_key(
 
 CallerDep = Annotated[str | None, Depends(require_api_key)]
 
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def request_id(
+    given: Annotated[
+        str | None,
+        Header(
+            alias=REQUEST_ID_HEADER,
+            pattern=r"^[A-Za-z0-9._:-]{1,100}$",
+            description="Your id for this request (letters, digits, . _ : -; at most 100): the prediction's "
+            "`request_id` (a batch's rows get `<id>-<index>`), the inference log's key and Triton's request id. "
+            "Unique per request: a retry with the same id is logged once. Made up when absent.",
+        ),
+    ] = None,
+) -> str:
+    return given or uuid.uuid4().hex
+
+
+RequestIdDep = Annotated[str, Depends(request_id)]
+
 
 def _missing_feature_errors(requests: list, *, batch: bool) -> list[dict]:
     errors = []
@@ -122,7 +142,8 @@ def _missing_feature_errors(requests: list, *, batch: bool) -> list[dict]:
     return errors
 
 
-async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[Prediction]:
+async def _predict(platform: Platform, requests: list, *, batch: bool, request_id: str) -> list[Prediction]:
+    """Score the rows; a single prediction's id is ``request_id``, a batch's rows are ``<request_id>-<i>``."""
     errors = _missing_feature_errors(requests, batch=batch)
     if errors:
         raise RequestValidationError(errors)
@@ -132,7 +153,7 @@ async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[P
         # One budget for the whole dependency path: each call's own timeout can add up past it.
         async with asyncio.timeout(budget):
             rows = await assemble(requests, platform.online)
-            probabilities, version = await platform.triton.predict(rows.matrix)
+            probabilities, version = await platform.triton.predict(rows.matrix, request_id=request_id)
     except TimeoutError as err:
         raise DependencyUnavailableError(
             f"online store + Triton took longer than {budget} s (REQUEST_BUDGET_S)"
@@ -149,7 +170,7 @@ async def _predict(platform: Platform, requests: list, *, batch: bool) -> list[P
     unknown = np.isnan(rows.matrix)
     predictions = [
         Prediction(
-            request_id=uuid.uuid4().hex,
+            request_id=f"{request_id}-{i}" if batch else request_id,
             probability=float(p),
             decision="reject" if p >= threshold else "approve",
             threshold=threshold,
@@ -299,9 +320,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=error_responses(settings, 401, 404, 413, 422, 503),
     )
     async def predict(
-        body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)], platform: PlatformDep, _: CallerDep
+        body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
+        platform: PlatformDep,
+        _: CallerDep,
+        request_id: RequestIdDep,
+        response: Response,
     ) -> Prediction:
-        return (await _predict(platform, [body], batch=False))[0]
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return (await _predict(platform, [body], batch=False, request_id=request_id))[0]
 
     @app.post(
         "/predict/batch",
@@ -326,7 +352,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
         platform: PlatformDep,
         _: CallerDep,
+        request_id: RequestIdDep,
+        response: Response,
     ):
+        response.headers[REQUEST_ID_HEADER] = request_id
         if not body:
             raise RequestValidationError([{"type": "too_short", "loc": ["body"], "msg": "batch is empty", "input": []}])
         if len(body) > platform.settings.max_batch_size:
@@ -334,7 +363,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 {"detail": f"batch of {len(body)} rows exceeds the maximum of {platform.settings.max_batch_size}"},
                 status_code=413,
             )
-        return BatchPrediction(predictions=await _predict(platform, body, batch=True))
+        return BatchPrediction(predictions=await _predict(platform, body, batch=True, request_id=request_id))
 
     @app.post(
         "/labels",

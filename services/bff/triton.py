@@ -32,13 +32,18 @@ class TritonPredictor:
         self.timeout_s = timeout_s
         self._outputs = [grpcclient.InferRequestedOutput(MODEL_OUTPUT)]
 
-    async def predict(self, features: np.ndarray) -> tuple[np.ndarray, str]:
-        """Default probabilities for each row, and the model version that computed them."""
+    async def predict(self, features: np.ndarray, *, request_id: str = "") -> tuple[np.ndarray, str]:
+        """Default probabilities for each row, and the model version that computed them (``request_id``
+        goes to Triton, which shows it in its logs and traces)."""
         infer_input = grpcclient.InferInput(MODEL_INPUT, list(features.shape), "FP32")
         infer_input.set_data_from_numpy(features)
         try:
             result = await self.client.infer(
-                self.model_name, [infer_input], outputs=self._outputs, client_timeout=self.timeout_s
+                self.model_name,
+                [infer_input],
+                outputs=self._outputs,
+                request_id=request_id,
+                client_timeout=self.timeout_s,
             )
         except InferenceServerException as err:
             # No status: the client gave up (client_timeout) or could not connect.

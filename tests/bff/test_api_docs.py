@@ -54,11 +54,13 @@ class FakeTriton:
 
     def __init__(self) -> None:
         self.matrices: list[np.ndarray] = []
+        self.request_ids: list[str] = []
         self.failure: Exception | None = None
         self.gate: asyncio.Event | None = None  # when set, predict waits for it
         self.entered = asyncio.Event()
 
-    async def predict(self, features: np.ndarray) -> tuple[np.ndarray, str]:
+    async def predict(self, features: np.ndarray, *, request_id: str = "") -> tuple[np.ndarray, str]:
+        self.request_ids.append(request_id)
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -328,7 +330,7 @@ async def test_a_value_the_online_store_lacks_is_missing_too(fakes, monkeypatch)
 
 @pytest.mark.parametrize("output", [np.nan, 1.5, -0.1])
 async def test_an_invalid_model_output_is_a_500_never_a_null_probability(fakes, monkeypatch, output):
-    async def broken_model(features):
+    async def broken_model(features, request_id=""):
         return np.array([0.2, output], dtype=np.float32), "7"
 
     monkeypatch.setattr(fakes.triton, "predict", broken_model)
@@ -387,3 +389,19 @@ async def test_a_prediction_past_its_time_budget_is_a_503():
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "1"
     assert "took longer than 0.2 s (REQUEST_BUDGET_S)" in answer.json()["detail"]
+
+
+async def test_request_ids_come_from_x_request_id_and_reach_triton_and_the_answer(fakes):
+    async with fakes.client() as client:
+        one = await client.post("/predict", json=FEATURES_EXAMPLE, headers={"X-Request-ID": "order-17:a"})
+        batch = await client.post("/predict/batch", json=[FEATURES_EXAMPLE] * 2, headers={"X-Request-ID": "b.9"})
+        made_up = await client.post("/predict", json=FEATURES_EXAMPLE)
+        bad = await client.post("/predict", json=FEATURES_EXAMPLE, headers={"X-Request-ID": "no spaces"})
+    assert one.json()["request_id"] == one.headers["x-request-id"] == "order-17:a"
+    assert [p["request_id"] for p in batch.json()["predictions"]] == ["b.9-0", "b.9-1"]
+    assert batch.headers["x-request-id"] == "b.9"
+    assert made_up.json()["request_id"] == made_up.headers["x-request-id"]
+    assert len(made_up.json()["request_id"]) == 32
+    assert fakes.triton.request_ids == ["order-17:a", "b.9", made_up.json()["request_id"]]
+    assert bad.status_code == 422
+    assert [e["loc"] for e in bad.json()["detail"]] == [["header", "X-Request-ID"]]

@@ -1,9 +1,12 @@
 """The BFF and model sync as real processes, on a real Triton, Feast/Redis and MLflow."""
 
+import asyncio
 import re
 import threading
 import time
+import uuid
 
+import aio_pika
 import httpx
 import mlflow
 import numpy as np
@@ -19,6 +22,7 @@ from bff.triton import TritonPredictor
 from devstack.processes import free_port
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import FEATURE_NAMES, FEATURE_SERVICE
+from mlops_common.inference_log import InferenceLogRecord, split_message
 from trainer.model import onnx_probabilities
 from trainer.settings import Settings as TrainerSettings
 from trainer.train import TrainingRequest, train
@@ -260,3 +264,28 @@ async def test_triton_errors_are_told_apart_retryable_or_not(serving):
     with pytest.raises(DependencyUnavailableError):
         await nobody.predict(np.zeros((1, len(FEATURE_NAMES)), np.float32))
     await nobody.close()
+
+
+async def test_the_request_id_reaches_the_inference_log_record(serving):
+    request_id = f"trace-{uuid.uuid4().hex[:12]}"
+    async with httpx.AsyncClient(base_url=serving.bff_url, timeout=15) as client:
+        answer = await client.post("/predict", json=FEATURES_EXAMPLE, headers={"X-Request-ID": request_id})
+    assert answer.json()["request_id"] == request_id
+
+    # The BFF's records wait in this session's queue (no worker here); look, then leave them there.
+    connection = await aio_pika.connect(serving.env["RABBITMQ_URL"])
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(serving.env["INFERENCE_LOG_QUEUE"], passive=True)
+        found = []
+        deadline = time.monotonic() + 30
+        while not found and time.monotonic() < deadline:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                await asyncio.sleep(0.2)
+                continue
+            records = [InferenceLogRecord.from_json_bytes(line) for line in split_message(message.body)]
+            found = [r for r in records if r.request_id == request_id]
+        # Closing the channel returns every message taken above to the queue.
+    assert len(found) == 1
+    assert found[0].features["AMT_CREDIT"] == FEATURES_EXAMPLE["AMT_CREDIT"]
