@@ -270,6 +270,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Served by add_offline_docs below, from local files instead of FastAPI's CDN.
         docs_url=None,
         redoc_url=None,
+        # Off in production if the API's description should not be public (API_DOCS_ENABLED=false).
+        openapi_url="/openapi.json" if settings.api_docs_enabled else None,
     )
     # Added first, so it runs inside the traffic middleware: its 413s are counted and timed like any answer.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -430,7 +432,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    if not settings.api_keys_required:
-        _document_without_keys(app)
-    add_offline_docs(app)  # last: the routes above are matched first
+    if settings.api_docs_enabled:
+        if not settings.api_keys_required:
+            _document_without_keys(app)
+        add_offline_docs(app)  # last: the routes above are matched first
     return app

@@ -15,6 +15,8 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # when required. Off locally (the README's curls), on in the chart's prod values.
     api_keys_required: bool = False
     api_keys: dict[str, str] = Field(default_factory=dict)
+    # /docs, /redoc and /openapi.json (off in the chart's prod values).
+    api_docs_enabled: bool = True
     bff_port: int = 8080
     # Shutdown after SIGTERM: uvicorn waits up to bff_graceful_shutdown_s for requests in flight, then
     # the inference-log publisher has log_drain_timeout_s to flush its buffer and drain the spool to

@@ -405,3 +405,12 @@ async def test_request_ids_come_from_x_request_id_and_reach_triton_and_the_answe
     assert fakes.triton.request_ids == ["order-17:a", "b.9", made_up.json()["request_id"]]
     assert bad.status_code == 422
     assert [e["loc"] for e in bad.json()["detail"]] == [["header", "X-Request-ID"]]
+
+
+async def test_docs_can_be_switched_off():
+    closed = Fakes(Settings(api_docs_enabled=False))
+    async with closed.client() as client:
+        statuses = [(await client.get(path)).status_code for path in ("/docs", "/redoc", "/openapi.json")]
+        prediction = await client.post("/predict", json=FEATURES_EXAMPLE)
+    assert statuses == [404, 404, 404]
+    assert prediction.status_code == 200
