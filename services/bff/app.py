@@ -65,7 +65,8 @@ class Platform:
         self.logs = logs
 
 
-def get_platform(request: Request) -> Platform:
+# The dependencies are coroutines: FastAPI runs a plain function in its thread pool, a hop per request.
+async def get_platform(request: Request) -> Platform:
     return request.app.state.platform
 
 
@@ -80,7 +81,7 @@ _KEY_HEADER = APIKeyHeader(
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="prediction-api"'}
 
 
-def require_api_key(
+async def require_api_key(
     platform: PlatformDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
     header_key: Annotated[str | None, Security(_KEY_HEADER)],
@@ -103,7 +104,7 @@ CallerDep = Annotated[str | None, Depends(require_api_key)]
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
-def request_id(
+async def request_id(
     given: Annotated[
         str | None,
         Header(
@@ -168,6 +169,10 @@ async def _predict(platform: Platform, requests: list, *, batch: bool, request_i
     ROWS.inc(len(requests))
     threshold = platform.settings.decision_threshold
     unknown = np.isnan(rows.matrix)
+    # Most rows miss nothing: name the missing features only where a row has any.
+    missing = [
+        [name for name, gone in zip(FEATURE_NAMES, row, strict=True) if gone] if row.any() else [] for row in unknown
+    ]
     predictions = [
         Prediction(
             request_id=f"{request_id}-{i}" if batch else request_id,
@@ -177,7 +182,7 @@ async def _predict(platform: Platform, requests: list, *, batch: bool, request_i
             model_name=platform.triton.model_name,
             model_version=version,
             features_from_store=rows.from_store[i],
-            missing_features=[name for name, missing in zip(FEATURE_NAMES, unknown[i], strict=True) if missing],
+            missing_features=missing[i],
         )
         for i, p in enumerate(probabilities)
     ]
