@@ -17,8 +17,10 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from tcp_proxy import TcpProxy
 
 from devstack import system_services as sys_svc
 from devstack.components import (
@@ -249,3 +251,13 @@ def platform_env(platform_env_factory: Callable[[], dict[str, str]]) -> dict[str
     """A fresh ``platform_env_factory()`` for this test: apply with
     ``for k, v in platform_env.items(): monkeypatch.setenv(k, v)`` or pass to a subprocess."""
     return platform_env_factory()
+
+
+@pytest.fixture
+def rabbit_proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the machine's RabbitMQ: ``down()``, ``stall()`` and ``up()`` cut the broker
+    for whoever connects through ``via_proxy(rabbitmq_url, proxy)``."""
+    parts = urlsplit(rabbitmq_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
+    yield proxy
+    proxy.close()

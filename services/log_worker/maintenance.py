@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 
 from deltalake import DeltaTable
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import TableNotFoundError
 
 from log_worker.settings import Settings
-from mlops_common.delta import MERGE_ATTEMPTS, delta_storage_options
+from mlops_common.delta import MERGE_ATTEMPTS, delta_storage_options, retry_lost_commits
 
 _MIN_SAFE_RETENTION_DAYS = 1.0
 
@@ -53,15 +52,7 @@ def maintain_table(uri: str, options: dict[str, str], retention_days: float) -> 
     except TableNotFoundError:
         return None
     files_before = len(table.file_uris())
-    for attempt in range(MERGE_ATTEMPTS):
-        try:
-            table.optimize.compact()
-            break
-        except CommitFailedError:
-            if attempt == MERGE_ATTEMPTS - 1:
-                raise
-            time.sleep(0.2)
-            table = DeltaTable(uri, storage_options=options)
+    retry_lost_commits(uri, options, lambda fresh: fresh.optimize.compact(), MERGE_ATTEMPTS)
     table = DeltaTable(uri, storage_options=options)
     table.create_checkpoint()
     vacuumed = table.vacuum(retention_hours=int(retention_days * 24), dry_run=False, enforce_retention_duration=False)

@@ -118,7 +118,7 @@ def merge_new_rows(
     def insert_new(table: DeltaTable) -> dict[str, Any]:
         return table.merge(batch, predicate, source_alias="s", target_alias="t").when_not_matched_insert_all().execute()
 
-    return int(_retry_lost_commits(uri, options, insert_new, attempts)["num_target_rows_inserted"])
+    return int(retry_lost_commits(uri, options, insert_new, attempts)["num_target_rows_inserted"])
 
 
 def upsert_rows(uri: str, batch: pa.Table, *, key: str, newer: str, options: dict[str, str]) -> dict[str, int]:
@@ -138,12 +138,12 @@ def upsert_rows(uri: str, batch: pa.Table, *, key: str, newer: str, options: dic
         merger = merger.when_matched_update_all(predicate=f"s.{newer} >= t.{newer}")
         return merger.when_not_matched_insert_all().execute()
 
-    metrics = _retry_lost_commits(uri, options, upsert, MERGE_ATTEMPTS)
+    metrics = retry_lost_commits(uri, options, upsert, MERGE_ATTEMPTS)
     inserted, updated = int(metrics["num_target_rows_inserted"]), int(metrics["num_target_rows_updated"])
     return {"inserted": inserted, "updated": updated, "unchanged": batch.num_rows - inserted - updated}
 
 
-def _retry_lost_commits(
+def retry_lost_commits(
     uri: str, options: dict[str, str], operation: Callable[[DeltaTable], dict[str, Any]], attempts: int
 ) -> dict[str, Any]:
     """Run ``operation`` on a fresh read of the table until its commit wins over concurrent writers."""

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 from pydantic import ValidationError
+from tcp_proxy import via_proxy
 
 import bff.inference_log as inference_log
 from bff.inference_log import OUTCOMES, InferenceLogPublisher, PublisherState
@@ -31,10 +31,6 @@ from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, InferenceLogRecord, split_message
 from mlops_common.rabbit import InferenceLogTopology
 from mlops_common.settings import REPO_ROOT
-
-# The TCP proxy of the log-pipeline tests (tests/log_worker is not on sys.path for this directory).
-sys.path.append(str(Path(__file__).resolve().parents[1] / "log_worker"))
-from log_pipeline import TcpProxy, via_proxy
 
 _ids = count()
 
@@ -309,14 +305,6 @@ async def test_rejected_messages_are_dead_lettered_by_the_broker(tmp_path, rabbi
         await asyncio.sleep(0.05)
     assert [m.body for m in dead] == [r.to_json_bytes()]
     assert dead[0].headers["x-death"][0]["reason"] == "rejected"
-
-
-@pytest.fixture
-def rabbit_proxy(rabbitmq_url: str):
-    parts = urlsplit(rabbitmq_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-    yield proxy
-    proxy.close()
 
 
 @pytest.mark.integration

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,16 +22,13 @@ import duckdb
 import httpx
 import pytest
 from serving_fixtures import TRITON_TIMEOUT_S, Serving, faults_env, start_serving, wait_for
+from tcp_proxy import TcpProxy, via_proxy
 
 from bff.schemas import FEATURES_EXAMPLE
 from devstack.components import TritonServer, app_daemon, start_triton
 from devstack.processes import Daemon, free_port
 from mlops_common.duckdb_s3 import connect_duckdb
 from mlops_common.inference_log import InferenceLogStoreSettings
-
-# The TCP proxy of the log-pipeline tests (tests/log_worker is not on sys.path for this directory).
-sys.path.append(str(Path(__file__).resolve().parents[1] / "log_worker"))
-from log_pipeline import TcpProxy, via_proxy
 
 pytestmark = pytest.mark.integration
 

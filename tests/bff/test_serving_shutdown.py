@@ -10,24 +10,19 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
-import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
 import pytest
 from serving_fixtures import Serving, faults_env, start_serving, wait_for
+from tcp_proxy import via_proxy
 
 from bff.schemas import FEATURES_EXAMPLE
 from bff.spool import Spool
 from devstack.components import app_daemon
 from devstack.processes import Daemon
 from mlops_common.inference_log import InferenceLogRecord, split_message
-
-# The TCP proxy of the log-pipeline tests (tests/log_worker is not on sys.path for this directory).
-sys.path.append(str(Path(__file__).resolve().parents[1] / "log_worker"))
-from log_pipeline import TcpProxy, via_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -78,14 +73,6 @@ def predicted_ids(serving: Serving, n: int) -> list[str]:
             assert answer.status_code == 200, answer.text
             ids.append(answer.json()["request_id"])
     return ids
-
-
-@pytest.fixture
-def rabbit_proxy(rabbitmq_url: str):
-    parts = urlsplit(rabbitmq_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-    yield proxy
-    proxy.close()
 
 
 def test_sigterm_drains_the_spool_once_the_broker_is_back_and_counts_what_it_cannot(

@@ -8,18 +8,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from log_pipeline import LogSetup, TcpProxy, delete_topology, empty_bucket
+from log_pipeline import LogSetup, delete_topology, empty_bucket
+from tcp_proxy import TcpProxy
 
 from devstack.components import S3Server
 from mlops_common.rabbit import InferenceLogTopology
-
-
-@pytest.fixture
-def rabbit_proxy(rabbitmq_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(rabbitmq_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture

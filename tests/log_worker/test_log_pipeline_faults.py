@@ -21,7 +21,6 @@ import pytest
 from log_pipeline import (
     LogSetup,
     Producer,
-    TcpProxy,
     eventually,
     make_record,
     metric,
@@ -29,8 +28,8 @@ from log_pipeline import (
     started_publisher,
     table_has_exactly,
     table_request_ids,
-    via_proxy,
 )
+from tcp_proxy import TcpProxy, via_proxy
 
 from log_worker import dlq
 from log_worker.worker import ERROR_HEADER, ERROR_KIND_HEADER

@@ -11,7 +11,6 @@ import aio_pika
 import pytest
 from log_pipeline import (
     LogSetup,
-    TcpProxy,
     eventually,
     make_record,
     metric,
@@ -20,6 +19,7 @@ from log_pipeline import (
     table_has_exactly,
     table_request_ids,
 )
+from tcp_proxy import TcpProxy
 
 from log_worker import reader
 from log_worker.settings import Settings as WorkerSettings
