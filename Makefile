@@ -23,7 +23,7 @@ BFF_URL := http://127.0.0.1:$(BFF_PORT)
 STACK_ENV = eval "$$($(PY) -m devstack env)" &&
 FEATURES_BODY := {"AMT_INCOME_TOTAL": 50000, "AMT_CREDIT": 200000, "AMT_ANNUITY": 15000, "DAYS_BIRTH": -12000, "DAYS_EMPLOYED": -2000, "bureau_credit_count": 3, "bureau_credit_active_count": 1, "bureau_credit_days_enddate_mean": -500, "bureau_amt_credit_sum": 300000, "bureau_amt_credit_sum_overdue": 0}
 
-.PHONY: help setup lock lint fmt test demo stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools
+.PHONY: help setup lock lint fmt test demo demo-drift stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -89,9 +89,10 @@ features: data ## Raw CSVs -> S3 -> Parquet offline store -> feast apply -> Redi
 train: ## Train, export to ONNX, register in MLflow, gate the champion alias
 	$(STACK_ENV) $(PY) -m trainer
 
-serve: ## Model sync (champion -> Triton), log worker and BFF as managed daemons
+serve: ## Model sync (champion -> Triton), log worker, monitor and BFF as managed daemons
 	$(PY) -m devstack start-app model_sync -- $(PY) -m model_sync
 	$(PY) -m devstack start-app log_worker -- $(PY) -m log_worker
+	$(PY) -m devstack start-app monitor -- $(PY) -m monitor
 	$(PY) -m devstack start-app bff --health $(BFF_URL)/health/ready -- $(PY) -m bff
 
 predict: ## The README's three curl calls against the BFF, then the inference-log table in S3
@@ -116,3 +117,6 @@ demo: stack-up features train serve predict ## Set up, start the stack, run the 
 	@echo "Prometheus: http://127.0.0.1:9090/targets   alerts: http://127.0.0.1:9090/alerts"
 	@echo "  p99 latency by route: $(P99_GRAPH)"
 	@echo "  dashboards as pictures: make dashboards (then open .stack/dashboards/*.png)"
+
+demo-drift: $(VENV)/.installed ## After `make demo`: shifted traffic + labels -> drift gauges, alert, retraining, new challenger
+	$(STACK_ENV) $(PY) -m monitor.drift_demo

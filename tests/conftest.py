@@ -241,6 +241,7 @@ def platform_env_factory(
             "LOG_SPOOL_DIR": str(work / "log-spool"),
             "MODEL_SYNC_METRICS_PORT": str(free_port()),
             "LOG_WORKER_METRICS_PORT": str(free_port()),
+            "MONITOR_METRICS_PORT": str(free_port()),
         }
 
     return make

@@ -47,6 +47,9 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     bff_port: int = 8080
     model_sync_metrics_port: int = 9102
     log_worker_metrics_port: int = 9103
+    monitor_metrics_port: int = 9104
+    # The monitor's window here (the chart's default is an hour) and its retraining: a local process.
+    monitor_window_s: float = Field(default=300.0, ge=10)
 
     # SeaweedFS's internal servers (master, volume, filer, admin and their gRPC ports) take the 9
     # ports from here on; only the S3 port is for clients. Below the ephemeral range (32768+), so a
@@ -123,6 +126,7 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
             "triton": f"{self.triton_http_host_port[0]}:{self.triton_metrics_port}",
             "model-sync": f"127.0.0.1:{self.model_sync_metrics_port}",
             "log-worker": f"127.0.0.1:{self.log_worker_metrics_port}",
+            "monitor": f"127.0.0.1:{self.monitor_metrics_port}",
             "rabbitmq": f"{self.rabbitmq_host_port[0]}:{self.rabbitmq_prometheus_port}",
         }
 
@@ -200,4 +204,6 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
             "DASHBOARDS_SCRAPE_INTERVAL": f"{self.prometheus_scrape_interval_s:g}s",
             # No NGC image here: Triton serves the ONNX model through its Python backend.
             "TRITON_RUNTIME": "python",
+            "MONITOR_WINDOW_S": f"{self.monitor_window_s:g}",
+            "RETRAIN_MODE": "local",
         }

@@ -165,6 +165,7 @@ class LocalStack:
             ("bff", s.bff_port, "BFF_PORT"),
             ("model_sync", s.model_sync_metrics_port, "MODEL_SYNC_METRICS_PORT"),
             ("log_worker", s.log_worker_metrics_port, "LOG_WORKER_METRICS_PORT"),
+            ("monitor", s.monitor_metrics_port, "MONITOR_METRICS_PORT"),
         ]
         return [PortClaim(name, port, setting, ours=name in running) for name, port, setting in claims]
 

@@ -24,6 +24,8 @@ from mlops_common.reference_profile import bin_fractions
 
 PSI_FLOOR = 1e-4
 DRIFT_PSI_THRESHOLD = 0.2
+# A feature also drifts when its share of missing values moves this much (PSI ignores missing values).
+MISSING_RATE_THRESHOLD = 0.1
 CALIBRATION_BINS = 10
 
 
@@ -42,6 +44,7 @@ class FeatureDrift:
     missing_rate_reference: float
     missing_rate_live: float
     drifted: bool
+    live_fractions: list[float]  # share of the non-missing live values in each of the profile's bins
 
     @property
     def missing_rate_change(self) -> float:
@@ -53,30 +56,50 @@ class DriftReport:
     rows: int
     features: dict[str, FeatureDrift]
     score_psi: float
+    score_fractions: list[float]  # share of the live scores in each of the profile's score bins
+    threshold: float
 
     @property
     def drifted_features(self) -> list[str]:
         return [name for name, drift in self.features.items() if drift.drifted]
 
+    @property
+    def score_drifted(self) -> bool:
+        return self.score_psi >= self.threshold
 
-def feature_drift(name: str, reference: dict[str, Any], live: np.ndarray, threshold: float) -> FeatureDrift:
+
+def feature_drift(
+    name: str, reference: dict[str, Any], live: np.ndarray, threshold: float, missing_threshold: float
+) -> FeatureDrift:
     live = np.asarray(live, dtype=np.float64)
-    value = psi(reference["fractions"], bin_fractions(live, np.asarray(reference["inner_edges"])))
+    fractions = bin_fractions(live, np.asarray(reference["inner_edges"]))
+    value = psi(reference["fractions"], fractions)
     missing = float(np.isnan(live).mean()) if live.size else 0.0
-    return FeatureDrift(name, value, reference["missing_rate"], missing, value >= threshold)
+    drifted = value >= threshold or abs(missing - reference["missing_rate"]) >= missing_threshold
+    return FeatureDrift(name, value, reference["missing_rate"], missing, drifted, fractions)
 
 
-def drift_report(profile: dict[str, Any], logs: pa.Table, *, threshold: float = DRIFT_PSI_THRESHOLD) -> DriftReport:
+def drift_report(
+    profile: dict[str, Any],
+    logs: pa.Table,
+    *,
+    threshold: float = DRIFT_PSI_THRESHOLD,
+    missing_threshold: float = MISSING_RATE_THRESHOLD,
+) -> DriftReport:
     """Drift of logged predictions (inference-log rows of one model version) against its profile."""
     if logs.num_rows == 0:
         raise ValueError("no logged predictions to compare with the reference profile")
     features = {
-        name: feature_drift(name, profile["features"][name], logs[name].to_numpy(zero_copy_only=False), threshold)
+        name: feature_drift(
+            name, profile["features"][name], logs[name].to_numpy(zero_copy_only=False), threshold, missing_threshold
+        )
         for name in FEATURE_NAMES
     }
     scores = logs["probability"].to_numpy(zero_copy_only=False)
-    score = psi(profile["score"]["fractions"], bin_fractions(scores, np.asarray(profile["score"]["inner_edges"])))
-    return DriftReport(logs.num_rows, features, score)
+    score_fractions = bin_fractions(scores, np.asarray(profile["score"]["inner_edges"]))
+    return DriftReport(
+        logs.num_rows, features, psi(profile["score"]["fractions"], score_fractions), score_fractions, threshold
+    )
 
 
 @dataclass(frozen=True)

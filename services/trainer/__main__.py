@@ -35,12 +35,19 @@ def _request(args: argparse.Namespace) -> TrainingRequest:
         if not sep or not name:
             raise SystemExit(f"--param {item!r}: expected name=value")
         config[name] = _parse_value(value)
+    tags = {}
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--tag {item!r}: expected key=value")
+        tags[key] = value
     return TrainingRequest(
         hyperparameters=config,
         holdout_fraction=args.holdout_fraction,
         seed=args.seed,
         label_time=args.label_time,
         promote=not args.no_promote,
+        tags=tags,
     )
 
 
@@ -53,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-time", type=datetime.fromisoformat, help="ISO time the labels were known")
     parser.add_argument(
         "--no-promote", action="store_true", help="register as challenger only; champion stays where it is"
+    )
+    parser.add_argument(
+        "--tag", action="append", default=[], help="key=value recorded on the run and the version (e.g. why it ran)"
     )
     args = parser.parse_args(argv)
     settings = Settings()

@@ -35,6 +35,8 @@ class TrainingRequest:
     label_time: datetime | None = None
     # False: register and alias `challenger`, but never move `champion` (a candidate for review).
     promote: bool = True
+    # Recorded on the MLflow run and the registered version (the monitor's retraining trigger puts its numbers here).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def train(settings: Settings, request: TrainingRequest) -> TrainingResult:
         "label_time": label_time.isoformat(),
     }
     all_metrics = {**metrics.as_dict(), "onnx_parity_max_abs_diff": parity}
-    with step(6, "logging to MLflow, registering and gating"), mlflow.start_run() as run:
+    with step(6, "logging to MLflow, registering and gating"), mlflow.start_run(tags=request.tags or None) as run:
         version = log_and_register(
             model_name=settings.registered_model_name,
             exported=exported,
@@ -102,6 +104,8 @@ def train(settings: Settings, request: TrainingRequest) -> TrainingResult:
             metrics=all_metrics,
             profile=profile,
         )
+        for key, value in request.tags.items():
+            mlflow.MlflowClient().set_model_version_tag(settings.registered_model_name, version, key, value)
         decision = gate_and_alias(
             model_name=settings.registered_model_name,
             version=version,

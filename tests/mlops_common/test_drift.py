@@ -63,9 +63,17 @@ def test_unshifted_traffic_flags_nothing_and_a_shifted_feature_is_flagged_alone(
     bureau = FEATURE_NAMES.index("bureau_credit_days_enddate_mean")
     shifted_features[: 3_000 // 2, bureau] = np.nan  # half the applicants without bureau history
     shifted = drift_report(profile, logs(shifted_features, rng.beta(2, 5, size=3_000)))
-    assert shifted.drifted_features == ["AMT_INCOME_TOTAL"]
+    # The income by its PSI; the bureau mean by its missing rate alone (its present values did not move).
+    assert shifted.drifted_features == ["AMT_INCOME_TOTAL", "bureau_credit_days_enddate_mean"]
     assert shifted.features["bureau_credit_days_enddate_mean"].missing_rate_change == pytest.approx(0.5)
+    assert shifted.features["bureau_credit_days_enddate_mean"].psi < 0.05
     assert shifted.score_psi >= 0.2
+    assert shifted.score_drifted
+
+    # A missing rate that moves less than the threshold is no drift.
+    few_missing = rng.normal(size=(3_000, len(FEATURE_NAMES)))
+    few_missing[:150, bureau] = np.nan  # 5 %
+    assert drift_report(profile, logs(few_missing, rng.beta(1, 9, size=3_000))).drifted_features == []
 
 
 def test_live_quality_on_joined_labels_matches_scikit_learn():
