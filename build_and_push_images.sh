@@ -19,6 +19,7 @@ IMAGES=(
   "mlops-model-sync|services/model_sync/Dockerfile|."
   "mlops-bff|services/bff/Dockerfile|."
   "mlops-log-worker|services/log_worker/Dockerfile|."
+  "mlops-monitor|services/monitor/Dockerfile|."
   "mlops-mlflow-server|charts/mlflow/docker/Dockerfile|charts/mlflow/docker"
 )
 

@@ -335,6 +335,7 @@ def metrics_port_problems(docs: list[Doc]) -> list[str]:
             field_name = {
                 "model_sync": "model_sync_metrics_port",
                 "log_worker": "log_worker_metrics_port",
+                "monitor": "monitor_metrics_port",
                 "bff": "bff_port",
             }.get(service or "")
             if (
@@ -420,7 +421,10 @@ def sync_wave_problems(docs: list[Doc]) -> list[str]:
         ("buckets", waves(lambda d: d["kind"] == "Job" and component(d) == "bucket-provisioning")),
         ("feature pipeline", waves(lambda d: d["kind"] == "Job" and component(d) == "feature-pipeline")),
         ("trainer", waves(lambda d: d["kind"] == "Job" and component(d) == "trainer")),
-        ("serving", waves(lambda d: d["kind"] == "Deployment" and component(d) in ("triton", "bff", "log-worker"))),
+        (
+            "serving",
+            waves(lambda d: d["kind"] == "Deployment" and component(d) in ("triton", "bff", "log-worker", "monitor")),
+        ),
     ]
     present = [(name, w) for name, w in stages if w]
     return [
@@ -520,6 +524,129 @@ def namespace_problems(docs: list[Doc], namespace: str) -> list[str]:
     ]
 
 
+# Rights no Role of the platform may grant: reading credentials, running code in other pods, granting
+# rights, acting as someone else.
+SENSITIVE_RESOURCES = {"secrets", "pods/exec", "pods/attach", "serviceaccounts/token", "roles", "rolebindings"}
+SENSITIVE_VERBS = {"*", "escalate", "bind", "impersonate"}
+
+
+def _service_account(template: Doc) -> str:
+    return template["spec"].get("serviceAccountName") or template["spec"].get("serviceAccount") or "default"
+
+
+def rbac_problems(docs: list[Doc]) -> list[str]:
+    """Only a pod that calls the Kubernetes API gets a service-account token, through a ServiceAccount
+    of its own component that a RoleBinding grants a Role of the release; ServiceAccounts never mount
+    tokens by default; nothing cluster-wide, no wildcards, no rights to credentials or to grant rights."""
+    problems = []
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    problems += [
+        f"{object_id(d)}: cluster-wide rights" for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")
+    ]
+    problems += [
+        f"{object_id(d)}: mounts a token into every pod that does not opt out"
+        for d in docs
+        if d["kind"] == "ServiceAccount" and d.get("automountServiceAccountToken") is not False
+    ]
+    bound: set[str] = set()
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        ref = binding["roleRef"]
+        if ref["kind"] != "Role" or ref["name"] not in roles:
+            problems.append(f"{object_id(binding)}: binds {ref['kind']}/{ref['name']}, not a Role of the release")
+        for subject in binding.get("subjects", []):
+            if subject["kind"] != "ServiceAccount" or subject["name"] not in accounts:
+                problems.append(
+                    f"{object_id(binding)}: subject {subject['kind']}/{subject['name']} "
+                    "is not a ServiceAccount of the release"
+                )
+            elif subject.get("namespace") != binding["metadata"].get("namespace"):
+                problems.append(f"{object_id(binding)}: subject {subject['name']} in another namespace")
+            else:
+                bound.add(subject["name"])
+    for role in roles.values():
+        for rule in role.get("rules", []):
+            fields = [*rule.get("apiGroups", []), *rule.get("resources", []), *rule.get("verbs", [])]
+            if "*" in fields:
+                problems.append(f"{object_id(role)}: wildcard in {rule}")
+            if SENSITIVE_RESOURCES & set(rule.get("resources", [])) or SENSITIVE_VERBS & set(rule.get("verbs", [])):
+                problems.append(f"{object_id(role)}: sensitive rights in {rule}")
+    users: dict[str, set[str]] = {}
+    for owner, template in pod_templates(docs):
+        account = _service_account(template)
+        users.setdefault(account, set()).add(
+            template["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
+        )
+        mounts = template["spec"].get("automountServiceAccountToken")
+        if mounts is not False and account not in bound:
+            problems.append(f"{object_id(owner)}: gets a token for ServiceAccount {account}, which has no Role")
+        if mounts is False and account in bound:
+            problems.append(f"{object_id(owner)}: ServiceAccount {account} has a Role but the pod mounts no token")
+    for account in bound:
+        if len(users.get(account, set())) > 1:
+            problems.append(f"ServiceAccount/{account} has a Role and runs pods of {sorted(users[account])}")
+    return problems
+
+
+def _env(container: Doc) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def monitor_problems(docs: list[Doc]) -> list[str]:
+    """The monitor is a singleton (one replica, Recreate); with RETRAIN_MODE=kubernetes its
+    RETRAIN_CRONJOB is the release's retrain CronJob (with a `trainer` container), in its own
+    namespace, and its Role reads exactly that CronJob; otherwise it has no token."""
+    problems = []
+    cronjobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CronJob"}
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    for owner, template in pod_templates(docs):
+        for container in containers(template):
+            if python_service(container) != "monitor":
+                continue
+            where = f"{object_id(owner)}/{container['name']}"
+            if owner["kind"] != "Deployment" or owner["spec"].get("replicas") != 1:
+                problems.append(f"{where}: not a Deployment of exactly one replica")
+            elif owner["spec"].get("strategy", {}).get("type") != "Recreate":
+                problems.append(f"{where}: a rollout would run two monitors at once (strategy is not Recreate)")
+            env = _env(container)
+            mode = env.get("RETRAIN_MODE", "off")
+            mounts = template["spec"].get("automountServiceAccountToken") is not False
+            if mode != "kubernetes":
+                if mounts:
+                    problems.append(f"{where}: RETRAIN_MODE={mode} but the pod gets a service-account token")
+                continue
+            name = env.get("RETRAIN_CRONJOB")
+            cronjob = cronjobs.get(name or "")
+            if cronjob is None:
+                problems.append(f"{where}: RETRAIN_CRONJOB {name!r} is not a CronJob of the release")
+            elif not any(
+                c["name"] == "trainer" for c in containers(cronjob["spec"]["jobTemplate"]["spec"]["template"])
+            ):
+                problems.append(f"{where}: CronJob {name} has no container named trainer")
+            if env.get("RETRAIN_NAMESPACE", owner["metadata"].get("namespace")) != owner["metadata"].get("namespace"):
+                problems.append(f"{where}: RETRAIN_NAMESPACE {env.get('RETRAIN_NAMESPACE')} is not its namespace")
+            account = _service_account(template)
+            granted = [
+                rule
+                for binding in docs
+                if binding["kind"] == "RoleBinding"
+                and any(s["kind"] == "ServiceAccount" and s["name"] == account for s in binding.get("subjects", []))
+                for rule in roles.get(binding["roleRef"]["name"], {}).get("rules", [])
+            ]
+            if not any(
+                "cronjobs" in rule.get("resources", [])
+                and "get" in rule.get("verbs", [])
+                and rule.get("resourceNames") == [name]
+                for rule in granted
+            ):
+                problems.append(f"{where}: its Role does not let it read CronJob {name} (and only that one)")
+            if not any(
+                "jobs" in r.get("resources", []) and {"list", "create"} <= set(r.get("verbs", [])) for r in granted
+            ):
+                problems.append(f"{where}: its Role does not let it list and create Jobs")
+    return problems
+
+
 ALL_CHECKS = (
     selector_problems,
     named_port_problems,
@@ -532,6 +659,8 @@ ALL_CHECKS = (
     sync_wave_problems,
     image_problems,
     bff_shutdown_problems,
+    rbac_problems,
+    monitor_problems,
 )
 
 

@@ -31,6 +31,26 @@ BAD_VALUES = {
     "external RabbitMQ without a secret": ({"rabbitmq.enabled": False}, "externalRabbitmq.existingSecret is required"),
     "external Redis without a secret": ({"redis.enabled": False}, "externalRedis.existingSecret is required"),
     "external MLflow without a URL": ({"mlflow.enabled": False}, "externalMlflow.trackingUri is required"),
+    "monitor retraining without the retrain CronJob": (
+        {"monitor.retraining.enabled": True, "trainer.retrain.enabled": False},
+        "monitor.retraining.enabled needs trainer.retrain.enabled",
+    ),
+    "retraining mode passed as a plain setting": (
+        {"monitor.settings.RETRAIN_MODE": "kubernetes"},
+        "monitor.settings.RETRAIN_MODE: set monitor.retraining.enabled instead",
+    ),
+    "retrain CronJob passed as a plain setting": ({"monitor.settings.RETRAIN_CRONJOB": "other"}, "RETRAIN_CRONJOB"),
+    "monitor metrics port passed as a plain setting": (
+        {"monitor.settings.MONITOR_METRICS_PORT": 9200},
+        "set monitor.metricsPort instead",
+    ),
+    "monitor window under 10 s": ({"monitor.windowSeconds": 5}, "/monitor/windowSeconds"),
+    "live AUC floor above 1": ({"monitor.retraining.minLiveAuc": 2}, "/monitor/retraining/minLiveAuc"),
+    "monitor with two replicas": ({"monitor.replicaCount": 2}, "'replicaCount' not allowed"),
+    "API server port out of range": (
+        {"networkPolicy.kubernetesApiPorts[0]": 70000},
+        "/networkPolicy/kubernetesApiPorts",
+    ),
 }
 
 
@@ -40,6 +60,15 @@ def test_bad_value_is_named(render: object, case: str) -> None:
     with pytest.raises(HelmError) as failure:
         render(values)  # type: ignore[operator]
     assert expected in str(failure.value), str(failure.value)
+
+
+def test_retraining_with_a_suspended_cronjob_renders(render: object) -> None:
+    """The way out the message above names works: the CronJob kept, without a schedule."""
+    docs = render(
+        {"monitor.retraining.enabled": True, "trainer.retrain.enabled": True, "trainer.retrain.suspend": True}
+    )  # type: ignore[operator]
+    [cronjob] = [d for d in docs if d["kind"] == "CronJob" and d["metadata"]["name"] == "mlops-trainer-retrain"]
+    assert cronjob["spec"]["suspend"] is True
 
 
 def test_the_base_scenario_renders(render: object) -> None:

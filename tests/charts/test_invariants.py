@@ -55,6 +55,7 @@ def test_platform_workloads_run_the_services_and_triton(rendered: dict[str, list
         ("Deployment", "bff", ()),
         ("Deployment", "log_worker", ()),
         ("CronJob", "log_worker.maintenance", ()),
+        ("Deployment", "monitor", ()),
     }
 
 
@@ -105,12 +106,21 @@ def test_rabbitmq_prometheus_plugin_is_enabled_and_scraped_per_queue(render: obj
     assert [p["name"] for p in off["Service"]["spec"]["ports"]] == ["amqp"]
 
 
+def _calls_the_kubernetes_api(template: Doc) -> bool:
+    """The monitor with retraining on (RETRAIN_MODE=kubernetes): the one pod that needs a token."""
+    return any(
+        python_service(c) == "monitor" and inv.env_value(c, "RETRAIN_MODE") == "kubernetes"
+        for c in inv.containers(template)
+    )
+
+
 def test_secure_defaults(rendered: dict[str, list[Doc]]) -> None:
     for name, docs in rendered.items():
         for owner, template in pod_templates(docs):
             spec = template["spec"]
             assert spec["securityContext"]["runAsNonRoot"] is True, (name, object_id(owner))
-            assert spec["automountServiceAccountToken"] is False, (name, object_id(owner))
+            # Only the retraining monitor gets a token (rbac_problems checks its Role).
+            assert spec["automountServiceAccountToken"] is _calls_the_kubernetes_api(template), (name, object_id(owner))
             for container in inv.containers(template):
                 context = container["securityContext"]
                 where = (name, object_id(owner), container["name"])
@@ -255,6 +265,32 @@ BREAKAGES = {
         lambda d: next(
             e for e in _container(d, "Deployment", "mlops-bff", "bff")["env"] if e["name"] == "LOG_DRAIN_TIMEOUT_S"
         ).update(value="60"),
+    ),
+    "token for a pod without a Role": (
+        inv.rbac_problems,
+        lambda d: _get(d, "Deployment", "mlops-log-worker")["spec"]["template"]["spec"].update(
+            automountServiceAccountToken=True
+        ),
+    ),
+    "ClusterRole in the release": (
+        inv.rbac_problems,
+        lambda d: d.append(
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "x"}}
+        ),
+    ),
+    "monitor run as two replicas": (
+        inv.monitor_problems,
+        lambda d: _get(d, "Deployment", "mlops-monitor")["spec"].update(replicas=2),
+    ),
+    "monitor rolled out side by side": (
+        inv.monitor_problems,
+        lambda d: _get(d, "Deployment", "mlops-monitor")["spec"].update(strategy={"type": "RollingUpdate"}),
+    ),
+    "monitor gets a token without retraining": (
+        inv.monitor_problems,
+        lambda d: _get(d, "Deployment", "mlops-monitor")["spec"]["template"]["spec"].update(
+            automountServiceAccountToken=True
+        ),
     ),
     "BFF without a preStop sleep": (
         inv.bff_shutdown_problems,

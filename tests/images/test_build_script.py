@@ -14,7 +14,7 @@ CHART_VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 MLFLOW_VALUES = yaml.safe_load((REPO / "charts/mlflow/values.yaml").read_text())
 BUILT_IMAGES = {
     block: CHART_VALUES[block]["image"]["repository"]
-    for block in ("featurePipeline", "trainer", "modelSync", "bff", "logWorker")
+    for block in ("featurePipeline", "trainer", "modelSync", "bff", "logWorker", "monitor")
 }
 BUILT_IMAGES["mlflow"] = MLFLOW_VALUES["image"]["repository"]
 

@@ -27,6 +27,14 @@
 {{- define "mlops.modelSync.fullname" -}}{{ printf "%s-model-sync" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
 {{- define "mlops.bff.fullname" -}}{{ printf "%s-bff" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
 {{- define "mlops.logWorker.fullname" -}}{{ printf "%s-log-worker" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+{{- define "mlops.monitor.fullname" -}}{{ printf "%s-monitor" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+
+{{/*
+The trainer's retraining CronJob (52 characters at most: the CronJob controller appends 11 to name
+its Jobs). One definition for the CronJob itself, the monitor's RETRAIN_CRONJOB and the monitor
+Role's resourceNames, so the three cannot drift apart.
+*/}}
+{{- define "mlops.trainer.retrainCronJobName" -}}{{ printf "%s-retrain" (include "mlops.trainer.fullname" .) | trunc 52 | trimSuffix "-" }}{{- end }}
 
 {{/* Selector labels of a component: (dict "ctx" $ "component" "bff"). Selectors use only these three. */}}
 {{- define "mlops.selectorLabels" -}}
@@ -72,11 +80,20 @@ argocd.argoproj.io/sync-wave: {{ get (dict "feature-pipeline" "2" "trainer" "3" 
 {{- end }}
 {{- end }}
 
-{{/* Pod-level settings every platform pod shares: (dict "ctx" $ "values" .Values.bff). */}}
+{{/*
+Pod-level settings every platform pod shares: (dict "ctx" $ "values" .Values.bff). Optional keys:
+"serviceAccountName" (default: the platform's ServiceAccount) and "kubernetesApi" (true: the pod gets
+a service-account token; only the monitor with retraining on, whose Role says what it may do).
+*/}}
 {{- define "mlops.podDefaults" -}}
-serviceAccountName: {{ include "mlops.fullname" .ctx }}
-# The platform never talks to the Kubernetes API.
+serviceAccountName: {{ .serviceAccountName | default (include "mlops.fullname" .ctx) }}
+{{- if .kubernetesApi }}
+# This pod calls the Kubernetes API with its ServiceAccount's Role.
+automountServiceAccountToken: true
+{{- else }}
+# This pod never talks to the Kubernetes API.
 automountServiceAccountToken: false
+{{- end }}
 {{- with .ctx.Values.global.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -136,6 +153,11 @@ affinity:
 {{- else }}
 {{- required "externalMlflow.trackingUri is required when mlflow.enabled is false" .Values.externalMlflow.trackingUri }}
 {{- end }}
+{{- end }}
+
+{{/* A number as an env value: whole numbers without exponent (2592000, not 2.592e+06), others as they are. */}}
+{{- define "mlops.number" -}}
+{{- if eq (float64 .) (float64 (int64 .)) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
 {{- end }}
 
 {{/* Port of a URL: explicit, or the scheme's default. */}}
