@@ -64,6 +64,22 @@ BROKEN_RULES = {
         'outcome="dropped_spool_full"',
         'outcome="dropped"',
     ),
+    # The settings gauges have no model/version label: a plain comparison matches no series.
+    "live AUC compared with the floor on all labels (never matches)": (
+        "MlopsLiveAucBelowFloor",
+        "monitor_live_roc_auc < ignoring(model, version) group_left monitor_live_auc_floor",
+        "monitor_live_roc_auc < monitor_live_auc_floor",
+    ),
+    "score drift not looked at": (
+        "MlopsModelDriftHigh",
+        "\n            or max by (model, version) (monitor_score_drifted) == 1",
+        "",
+    ),
+    "vanished monitor not detected": (
+        "MlopsMonitorStale",
+        " or absent(monitor_last_success_timestamp_seconds)",
+        "",
+    ),
 }
 
 

@@ -6,8 +6,10 @@ files). The platform: its own Triton, model sync, BFF and log worker on the sess
 """
 
 import json
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +29,7 @@ from devstack.components import TritonServer, app_daemon, start_triton
 from devstack.processes import Daemon, free_port
 from devstack.prometheus import prometheus_daemon, write_config
 from devstack.settings import Settings as StackSettings
+from mlops_common.features import FEATURE_NAMES
 from trainer.settings import Settings as TrainerSettings
 from trainer.train import TrainingRequest, train
 
@@ -44,6 +47,7 @@ class LivePlatform:
     triton: TritonServer
     serving: Serving
     log_worker: Daemon
+    monitor: Daemon
     prometheus_url: str
 
     def query(self, expr: str) -> list[dict]:
@@ -70,7 +74,8 @@ KEYED = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def traffic(bff_url: str, rounds: int) -> None:
-    """Good single and batch requests, entity lookups, 4xx of several kinds."""
+    """Good single and batch requests, entity lookups, 4xx of several kinds; then the two looked-up
+    applicants' outcomes, the opposite of what the model ranks (a live ROC AUC of 0, below any floor)."""
     with httpx.Client(base_url=bff_url, timeout=15) as anonymous:
         assert anonymous.post("/predict", json=FEATURES_EXAMPLE).status_code == 401
     with httpx.Client(base_url=bff_url, timeout=15, headers=KEYED) as client:
@@ -81,6 +86,36 @@ def traffic(bff_url: str, rounds: int) -> None:
             assert client.post("/predict", json={"SK_ID_CURR": 999999999}).status_code == 404
             assert client.post("/predict", json={"AMT_CREDIT": "lots"}).status_code == 422
             assert client.post("/predict/batch", json=[]).status_code == 422
+        scores = {
+            applicant: client.post("/predict", json={"SK_ID_CURR": applicant}).json()["probability"]
+            for applicant in (100002, 100003)
+        }
+        riskier = max(scores, key=scores.get)
+        observed_at = datetime.now(UTC).isoformat()
+        labels = [
+            {"applicant_id": applicant, "outcome": int(applicant != riskier), "observed_at": observed_at}
+            for applicant in scores
+        ]
+        assert client.post("/labels", json={"labels": labels}).status_code == 200
+
+
+@contextmanager
+def steady_traffic(bff_url: str) -> Iterator[None]:
+    """Predictions in the background, so that each of the monitor's short windows has rows to judge."""
+    stop = threading.Event()
+
+    def send() -> None:
+        with httpx.Client(base_url=bff_url, timeout=15, headers=KEYED) as client:
+            while not stop.wait(0.2):
+                client.post("/predict/batch", json=[FEATURES_EXAMPLE, {"SK_ID_CURR": 100002}, {"SK_ID_CURR": 100003}])
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +140,13 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         MODEL_REPOSITORY=str(triton.model_repository),
         API_KEYS_REQUIRED="true",
         API_KEYS=json.dumps({"observability-test": hash_key(API_KEY)}),
+        # The monitor on a short window, judging from few rows (the traffic repeats a handful of applicants:
+        # every feature drifts) and two labels; retraining decided and counted, not started.
+        MONITOR_WINDOW_S="5",
+        MONITOR_EXPERIMENT_NAME=unique_name("monitoring"),
+        DRIFT_MIN_ROWS="1",
+        QUALITY_MIN_LABELED_ROWS="2",
+        LABEL_MAX_AGE_S="1",
     )
     stack = StackSettings()
     sys_svc.ensure_rabbitmq_prometheus(stack.rabbitmq_host_port[0], stack.rabbitmq_prometheus_port)
@@ -113,6 +155,7 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         "triton": f"127.0.0.1:{triton.metrics_port}",
         "model-sync": f"127.0.0.1:{env['MODEL_SYNC_METRICS_PORT']}",
         "log-worker": f"127.0.0.1:{env['LOG_WORKER_METRICS_PORT']}",
+        "monitor": f"127.0.0.1:{env['MONITOR_METRICS_PORT']}",
         "rabbitmq": f"{stack.rabbitmq_host_port[0]}:{stack.rabbitmq_prometheus_port}",
     }
     config = work / "prometheus" / "prometheus.yml"
@@ -120,31 +163,43 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
     prometheus = prometheus_daemon(
         config, work / "prometheus" / "data", free_port(), work / "logs" / "prometheus.log", die_with_parent=True
     ).start()
-    serving = log_worker = None
+    serving = log_worker = monitor = None
     try:
         serving = start_serving(env, work / "logs")
         log_worker = app_daemon(
             "log_worker", "log_worker", work / "logs" / "log_worker.log", env=env, die_with_parent=True
         ).start()
-        yield LivePlatform(env, triton, serving, log_worker, prometheus.address)
+        monitor = app_daemon("monitor", "monitor", work / "logs" / "monitor.log", env=env, die_with_parent=True).start()
+        yield LivePlatform(env, triton, serving, log_worker, monitor, prometheus.address)
     finally:
-        for daemon in (log_worker, serving and serving.bff, serving and serving.model_sync, prometheus, triton):
+        for daemon in (
+            monitor,
+            log_worker,
+            serving and serving.bff,
+            serving and serving.model_sync,
+            prometheus,
+            triton,
+        ):
             if daemon is not None:
                 daemon.stop()
 
 
 def test_every_dashboard_query_returns_data(live: LivePlatform) -> None:
     traffic(live.serving.bff_url, rounds=5)
-    # A few scrapes after the traffic; then every rate window of 4 scrape intervals has it.
-    time.sleep(6 * SCRAPE_INTERVAL_S)
-    window = QueryWindow(range_s=300, scrape_interval_s=SCRAPE_INTERVAL_S)
-    empty, checked = [], 0
-    for dashboard in load_dashboards(DASHBOARDS_DIR):
-        for query in iter_panel_queries(dashboard, window=window):
-            checked += 1
-            result = live.query(query.expr)  # fails on a query Prometheus cannot parse
-            if not result and query.raw_expr not in NO_DATA_HERE:
-                empty.append(f"{query.dashboard} / {query.panel}: {query.expr}")
+    with steady_traffic(live.serving.bff_url):
+        # The monitor's figures need the logs in the table (log worker) and a window over them.
+        wait_for(lambda: live.query("monitor_live_roc_auc"), 60, "the monitor's live AUC")
+        wait_for(lambda: live.query("monitor_feature_psi"), 60, "the monitor's drift figures")
+        # A few scrapes after the traffic; then every rate window of 4 scrape intervals has it.
+        time.sleep(6 * SCRAPE_INTERVAL_S)
+        window = QueryWindow(range_s=300, scrape_interval_s=SCRAPE_INTERVAL_S)
+        empty, checked = [], 0
+        for dashboard in load_dashboards(DASHBOARDS_DIR):
+            for query in iter_panel_queries(dashboard, window=window):
+                checked += 1
+                result = live.query(query.expr)  # fails on a query Prometheus cannot parse
+                if not result and query.raw_expr not in NO_DATA_HERE:
+                    empty.append(f"{query.dashboard} / {query.panel}: {query.expr}")
     assert checked > 30
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
@@ -157,6 +212,7 @@ def test_every_dashboard_query_returns_data(live: LivePlatform) -> None:
         ("mlops-triton", "metrics"),
         ("mlops-triton", "sync-metrics"),
         ("mlops-log-worker", "metrics"),
+        ("mlops-monitor", "metrics"),
         ("mlops-rabbitmq", "prometheus"),
     }
 
@@ -183,6 +239,28 @@ def test_dashboards_render_from_the_live_prometheus(live: LivePlatform, tmp_path
         assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = [p for p in pictures.empty_panels() if not set(p.queries) <= NO_DATA_HERE]
     assert not empty, [f"{p.dashboard} / {p.panel}" for p in empty]
+
+
+def test_model_quality_alerts_fire_on_the_real_conditions(live: LivePlatform) -> None:
+    """From the monitor's own windows over the platform's logs: every feature drifts (the traffic repeats a
+    few applicants), the labels rank the applicants backwards (live AUC 0), the newest label is older than
+    LABEL_MAX_AGE_S (1 s); then the monitor stops (stale)."""
+    traffic(live.serving.bff_url, rounds=3)
+    with steady_traffic(live.serving.bff_url):
+        wait_for(lambda: live.query("monitor_feature_drifted == 1"), 60, "a drifted feature")
+        wait_for(lambda: live.query("monitor_live_roc_auc < 0.5"), 60, "the live AUC of the backwards labels")
+        psi = {s["metric"]["feature"] for s in live.query("monitor_feature_psi")}
+        assert psi == set(FEATURE_NAMES)
+        wait_for(
+            lambda: live.query('monitor_retraining_decisions_total{decision="disabled"} > 0'),
+            30,
+            "a retraining decided but not started (RETRAIN_MODE=off)",
+        )
+        for alert in ("MlopsModelDriftHigh", "MlopsLiveAucBelowFloor", "MlopsNoRecentLabels"):
+            live.wait_for_alert(alert)
+    assert "MlopsMonitorStale" not in live.alert_states()
+    live.monitor.stop()
+    live.wait_for_alert("MlopsMonitorStale", timeout_s=90)
 
 
 def test_alerts_fire_on_the_real_conditions(live: LivePlatform, unique_name) -> None:
