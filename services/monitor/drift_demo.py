@@ -41,6 +41,8 @@ class DemoSettings(FeastSettings, MlflowSettings):
     # The monitor's window during the demo, and the drifting windows in a row that start a retraining.
     demo_window_s: float = Field(20.0, ge=10)
     demo_drift_windows: int = Field(2, ge=1)
+    # The cool-down during the demo: long enough for one retraining per run, short enough to run it again.
+    demo_cooldown_s: float = Field(120.0, ge=0)
     demo_timeout_s: float = Field(600.0, gt=0)
 
 
@@ -121,7 +123,11 @@ def main() -> int:
     bff = httpx.Client(base_url=f"http://127.0.0.1:{settings.bff_port}", timeout=30)
 
     restart_monitor(
-        {"MONITOR_WINDOW_S": f"{settings.demo_window_s:g}", "RETRAIN_DRIFT_WINDOWS": str(settings.demo_drift_windows)}
+        {
+            "MONITOR_WINDOW_S": f"{settings.demo_window_s:g}",
+            "RETRAIN_DRIFT_WINDOWS": str(settings.demo_drift_windows),
+            "RETRAIN_COOLDOWN_S": f"{settings.demo_cooldown_s:g}",
+        }
     )
     stop, sent = threading.Event(), [0]
     sender = threading.Thread(target=send_traffic, args=(bff, rows, stop, sent), daemon=True)
@@ -153,21 +159,23 @@ def main() -> int:
             deadline,
             every_s=5,
         )
+        # The figures of the demo's monitor, before it goes back to the stack's settings.
+        psi = {
+            s["metric"]["feature"]: float(s["value"][1])
+            for s in prometheus(settings, "/api/v1/query", query="monitor_feature_psi")["result"]
+        }
+        alerts = {a["labels"]["alertname"]: a["state"] for a in prometheus(settings, "/api/v1/alerts")["alerts"]}
+        auc = prometheus(settings, "/api/v1/query", query="monitor_live_roc_auc")["result"]
     finally:
         stop.set()
         sender.join(timeout=30)
         restart_monitor({})
-    psi = {
-        s["metric"]["feature"]: float(s["value"][1])
-        for s in prometheus(settings, "/api/v1/query", query="monitor_feature_psi")["result"]
-    }
-    alerts = {a["labels"]["alertname"]: a["state"] for a in prometheus(settings, "/api/v1/alerts")["alerts"]}
-    auc = prometheus(settings, "/api/v1/query", query="monitor_live_roc_auc")["result"]
     window_run = challenger.tags.get("retraining.monitor_run_id")
     print(f"\nsent {sent[0]} predictions; drifted features: {sorted(s['metric']['feature'] for s in drifted)}")
     print("PSI by feature: " + ", ".join(f"{name} {value:.3f}" for name, value in sorted(psi.items())))
-    if auc:
-        print(f"live ROC AUC (labels joined): {float(auc[0]['value'][1]):.4f}")
+    for series in auc:
+        version = series["metric"]["version"]
+        print(f"live ROC AUC of version {version} (labels joined): {float(series['value'][1]):.4f}")
     print(f"alerts: {alerts}")
     print(
         f"NEW CHALLENGER: {settings.registered_model_name} version {challenger.version} "
