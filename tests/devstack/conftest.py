@@ -12,6 +12,7 @@ SETTINGS_MODULES = (
     "feature_store.settings",
     "log_worker.settings",
     "model_sync.settings",
+    "monitor.settings",
     "trainer.settings",
     "devstack.settings",
     "dashboards.settings",
