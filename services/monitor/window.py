@@ -82,11 +82,15 @@ class ProfileCache:
     def __init__(self, client: MlflowClient, registered_model_name: str) -> None:
         self.client = client
         self.registered_model_name = registered_model_name
-        self._profiles: dict[str, dict[str, Any] | None] = {}
+        self._profiles: dict[str, dict[str, Any]] = {}
 
     def get(self, version: str) -> dict[str, Any] | None:
+        """The version's profile; None (asked again next window: MLflow may be down) when it has none."""
         if version not in self._profiles:
-            self._profiles[version] = self._load(version)
+            profile = self._load(version)
+            if profile is None:
+                return None
+            self._profiles[version] = profile
         return self._profiles[version]
 
     def _load(self, version: str) -> dict[str, Any] | None:
