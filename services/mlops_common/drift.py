@@ -5,7 +5,7 @@
   profile's bins, ``e`` the training fraction and ``a`` the live fraction of a bin. Both are floored at
   ``PSI_FLOOR`` first (an empty bin would make it infinite), as is usual. Rule of thumb: < 0.1 stable,
   0.1-0.2 moderate, >= 0.2 significant (``DRIFT_PSI_THRESHOLD``). Missing values are not a bin: their
-  rate is compared on its own.
+  share is compared on its own, and a feature whose share moves by ``MISSING_RATE_THRESHOLD`` drifts too.
 - Live quality, once outcomes are known: ROC AUC and log loss (scikit-learn) and calibration (mean
   predicted probability vs observed default rate, and the expected calibration error over ten bins).
 """

@@ -7,8 +7,6 @@ look. The monitor goes back to the stack's settings at the end."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +19,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
+from devstack.settings import Settings as StackSettings
+from devstack.stack import LocalStack
 from feature_store.pipeline import read_raw
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
@@ -64,17 +64,11 @@ def shifted_population(settings: DemoSettings) -> tuple[list[dict[str, Any]], li
     return rows, outcomes
 
 
-def restart_monitor(env: dict[str, str]) -> None:
-    devstack = [sys.executable, "-m", "devstack"]
-    subprocess.run([*devstack, "stop-app", "monitor"], check=False, capture_output=True)
-    started = subprocess.run(
-        [*devstack, "start-app", "monitor", "--", sys.executable, "-m", "monitor"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-    )
-    if started.returncode:
-        raise SystemExit(f"could not restart the monitor:\n{started.stdout}{started.stderr}")
+def restart_monitor(overrides: dict[str, str]) -> None:
+    """The stack's monitor daemon again, with ``overrides`` on top of the stack's environment."""
+    stack = LocalStack(StackSettings())
+    stack.stop_app("monitor")
+    stack.start_app("monitor", "monitor", env=overrides)
 
 
 def send_traffic(bff: httpx.Client, rows: list[dict[str, Any]], stop: threading.Event, sent: list[int]) -> None:

@@ -104,11 +104,22 @@ RETRAINING_DECISIONS = Counter(
 )
 RETRAINING_RUNNING = Gauge("monitor_retraining_running", "1 while a retraining it started runs", registry=REGISTRY)
 LAST_RETRAINING = Gauge(
-    "monitor_last_retraining_timestamp_seconds", "When the last retraining was started (0: never)", registry=REGISTRY
+    "monitor_last_retraining_timestamp_seconds",
+    "When the monitor last started a retraining, from its MLflow runs (0: never)",
+    registry=REGISTRY,
 )
 
-PER_VERSION = (PREDICTIONS, SCORE_PSI, LABELED, LABEL_COVERAGE, LIVE_AUC, LIVE_LOG_LOSS, CALIBRATION_ERROR)
-PER_VERSION += (MEAN_PROBABILITY, DEFAULT_RATE)
+# Series of one version that are not about drift (those are removed with the drift figures).
+PER_VERSION = (
+    PREDICTIONS,
+    LABELED,
+    LABEL_COVERAGE,
+    LIVE_AUC,
+    LIVE_LOG_LOSS,
+    CALIBRATION_ERROR,
+    MEAN_PROBABILITY,
+    DEFAULT_RATE,
+)
 PER_FEATURE = (FEATURE_PSI, FEATURE_DRIFTED)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,10 +118,9 @@ class Launcher(Protocol):
 
 class LocalLauncher:
     """``python -m trainer`` as a child process with the monitor's environment (the local stack's), or
-    ``env`` when given."""
+    ``env`` when given; its output goes to the monitor's own (its log file under .stack/logs/)."""
 
-    def __init__(self, log_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
-        self.log_dir = log_dir
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -130,16 +128,7 @@ class LocalLauncher:
         return self.process is not None and self.process.poll() is None
 
     def start(self, tags: dict[str, str]) -> str:
-        command = [sys.executable, "-m", "trainer", *trainer_arguments(tags)]
-        output = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = (self.log_dir / f"retraining-{int(time.time())}.log").open("ab")
-        self.process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT if output else None, env=self.env
-        )
-        if output is not None:
-            output.close()
+        self.process = subprocess.Popen([sys.executable, "-m", "trainer", *trainer_arguments(tags)], env=self.env)
         return f"local process {self.process.pid}"
 
 

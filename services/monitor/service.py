@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from mlops_common.features import FEATURE_NAMES
@@ -81,7 +82,18 @@ class Monitor:
         run_id = self.mlflow.create_run(
             self.experiment_id(), start_time=int(end.timestamp() * 1000), run_name=f"window {end:%Y-%m-%d %H:%M:%S}"
         ).info.run_id
+        try:
+            return self._decide_and_record(run_id, window, champion, reports, end)
+        except Exception:
+            self.mlflow.set_terminated(run_id, status="FAILED")
+            raise
+
+    def _decide_and_record(
+        self, run_id: str, window: Window, champion: str | None, reports: dict[str, str], end: datetime
+    ) -> WindowResult:
         signals = self.signals(window, champion, end)
+        since = signals.seconds_since_last_retraining
+        metrics.LAST_RETRAINING.set(0 if since is None else end.timestamp() - since)
         running = self.launcher.running() if self.launcher else False
         metrics.RETRAINING_RUNNING.set(running)
         decision = decide(signals, self.settings, running=running)
@@ -111,7 +123,12 @@ class Monitor:
 
     @staticmethod
     def _summary(v: VersionWindow) -> str:
-        drift = "no profile" if v.drift is None and v.rows else f"drifted {v.drifted_features or 'none'}"
+        if not v.rows:
+            drift = "no rows"
+        elif v.drift is None:
+            drift = "no profile"
+        else:
+            drift = f"drifted {v.drifted_features or 'none'}"
         auc = v.quality.roc_auc if v.quality else None
         return f"v{v.version}: {v.rows} rows, {drift}, score PSI {v.drift.score_psi if v.drift else None}, AUC {auc}"
 
@@ -175,8 +192,6 @@ class Monitor:
     ) -> None:
         """The window as an MLflow run: every figure as a metric (``v<version>/…``), the decision and
         its numbers as tags, the reports as links."""
-        from mlflow.entities import Metric, RunTag
-
         stamp = int(window.end.timestamp() * 1000)
         figures: dict[str, float] = {}
         for v in window.versions:

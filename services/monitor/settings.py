@@ -2,6 +2,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from mlops_common.drift import DRIFT_PSI_THRESHOLD, MISSING_RATE_THRESHOLD
 from mlops_common.ground_truth import GroundTruthStoreSettings
 from mlops_common.settings import MlflowSettings, TritonSettings
 
@@ -20,9 +21,9 @@ class Settings(GroundTruthStoreSettings, MlflowSettings):
     # HTML reports go to s3://LOGS_BUCKET/<this>/<model>/<version>/<window end>.html.
     monitor_reports_prefix: str = Field("monitoring-reports", pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
     # A feature (or the score) drifts when its PSI against the reference reaches this.
-    drift_psi_threshold: float = Field(0.2, gt=0)
+    drift_psi_threshold: float = Field(DRIFT_PSI_THRESHOLD, gt=0)
     # ... or when its share of missing values moves this much from the training data's.
-    drift_missing_rate_threshold: float = Field(0.1, gt=0, le=1)
+    drift_missing_rate_threshold: float = Field(MISSING_RATE_THRESHOLD, gt=0, le=1)
     # Fewer logged predictions than this in a window: figures exported, no drift verdict (too noisy).
     drift_min_rows: int = Field(200, ge=1)
     # Live quality joins the predictions of this many past days with the outcomes known so far.

@@ -99,9 +99,11 @@ def log_and_register(
     params: dict[str, Any],
     metrics: dict[str, float],
     profile: dict[str, Any],
+    tags: dict[str, str],
 ) -> str:
     """Log params, metrics, the ONNX model, its contract and its reference profile in the active run;
-    returns the new version."""
+    register it with ``tags`` (why it was trained, e.g. the monitor's retraining numbers) besides the
+    feature list; returns the new version."""
     mlflow.log_params(params)
     mlflow.log_metrics(metrics)
     example = holdout_features[:2]
@@ -120,7 +122,9 @@ def log_and_register(
     for runtime in TritonRuntime:
         mlflow.log_text(render_config(spec, runtime), f"triton/{runtime.value}/config.pbtxt")
     version = str(info.registered_model_version)
-    MlflowClient().set_model_version_tag(model_name, version, FEATURES_TAG, ",".join(FEATURE_NAMES))
+    client = MlflowClient()
+    for key, value in {**tags, FEATURES_TAG: ",".join(FEATURE_NAMES)}.items():
+        client.set_model_version_tag(model_name, version, key, value)
     return version
 
 

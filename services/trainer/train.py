@@ -103,9 +103,8 @@ def train(settings: Settings, request: TrainingRequest) -> TrainingResult:
             params=params,
             metrics=all_metrics,
             profile=profile,
+            tags=request.tags,
         )
-        for key, value in request.tags.items():
-            mlflow.MlflowClient().set_model_version_tag(settings.registered_model_name, version, key, value)
         decision = gate_and_alias(
             model_name=settings.registered_model_name,
             version=version,

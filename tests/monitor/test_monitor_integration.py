@@ -5,10 +5,12 @@ there, BFF -> RabbitMQ -> log worker, is tested in tests/log_worker and tests/ob
 
 import os
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import mlflow
 import numpy as np
+import onnx
 import pyarrow as pa
 import pytest
 from platform_fixtures import QUICK_MODEL, settings_from
@@ -23,7 +25,7 @@ from mlops_common.raw_tables import APPLICATION_TRAIN
 from monitor.retraining import LocalLauncher
 from monitor.service import Monitor
 from monitor.settings import Settings
-from trainer.dataset import training_set
+from trainer.dataset import TrainingSet, training_set
 from trainer.model import onnx_probabilities
 from trainer.settings import Settings as TrainerSettings
 from trainer.train import TrainingRequest, train
@@ -33,6 +35,14 @@ pytestmark = pytest.mark.integration
 SHIFTED = "AMT_INCOME_TOTAL"
 ROWS_PER_WINDOW = 600
 WINDOW_S = 600
+
+
+@dataclass(frozen=True)
+class Monitored:
+    env: dict[str, str]
+    version: str  # the champion, served
+    data: TrainingSet  # the rows it was trained on (features, labels, applicant ids)
+    model: onnx.ModelProto  # its ONNX export, to score traffic as Triton would
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +56,7 @@ def monitored(trained_platform, unique_name):
     )
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     model = mlflow.onnx.load_model(f"models:/{env['REGISTERED_MODEL_NAME']}/{result.version}")
-    return env, result.version, data, model
+    return Monitored(env, result.version, data, model)
 
 
 def log_rows(settings: Settings, version: str, features: np.ndarray, scores: np.ndarray, ids, at: datetime) -> None:
@@ -69,10 +79,10 @@ def log_rows(settings: Settings, version: str, features: np.ndarray, scores: np.
     assert write_inference_log_rows(settings, pa.Table.from_pydict(rows, schema=TABLE_SCHEMA)) == n
 
 
-def traffic(monitored, settings: Settings, at: datetime, *, shift: float, seed: int) -> np.ndarray:
+def traffic(monitored: Monitored, settings: Settings, at: datetime, *, shift: float, seed: int) -> np.ndarray:
     """ROWS_PER_WINDOW of the training applicants, scored by the served version, logged just before ``at``;
     ``SHIFTED`` multiplied by ``shift``. Returns the row indices."""
-    _, version, data, model = monitored
+    version, data, model = monitored.version, monitored.data, monitored.model
     rows = np.random.default_rng(seed).choice(len(data.labels), ROWS_PER_WINDOW, replace=False)
     features = data.features[rows].copy()
     features[:, FEATURE_NAMES.index(SHIFTED)] *= shift
@@ -89,7 +99,7 @@ def monitor_settings(env: dict[str, str], **overrides: str) -> Settings:
 
 
 def test_unshifted_traffic_is_quiet_a_shifted_feature_is_flagged_alone_and_auc_matches(monitored, unique_name):
-    env, version, data, _ = monitored
+    env, version, data = monitored.env, monitored.version, monitored.data
     settings = monitor_settings(
         env,
         LOGS_PREFIX=unique_name("logs"),
@@ -125,12 +135,12 @@ def test_unshifted_traffic_is_quiet_a_shifted_feature_is_flagged_alone_and_auc_m
     labelled = monitor.run_window(quiet_end + timedelta(seconds=1)).window.version(version)
     assert labelled.labeled == ROWS_PER_WINDOW
     assert labelled.quality is not None
-    scores = onnx_probabilities(monitored[3], data.features[rows])[:, 1]
+    scores = onnx_probabilities(monitored.model, data.features[rows])[:, 1]
     assert labelled.quality.roc_auc == pytest.approx(roc_auc_score(data.labels[rows], scores), abs=1e-9)
 
 
 def test_sustained_drift_triggers_one_retraining_and_a_challenger_with_its_numbers(monitored, unique_name):
-    env, version, _, _ = monitored
+    env, version = monitored.env, monitored.version
     settings = monitor_settings(
         env,
         LOGS_PREFIX=unique_name("logs"),
