@@ -29,6 +29,12 @@ from pathlib import Path
 HealthCheck = Callable[[], bool]
 log = logging.getLogger(__name__)
 
+# Never inherited by a daemon (it outlives the process that starts it): `import feast` sets these to a
+# temporary directory of the importing process, and a platform process started with them keeps its
+# Prometheus values in files there, and fails to start once that directory is gone.
+PROCESS_LOCAL_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
 _PR_SET_PDEATHSIG = 1
 # Written to the log before each start, so an error shows only the latest attempt's output.
 START_MARKER = "--- devstack"
@@ -274,7 +280,8 @@ class Daemon:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.before_start is not None:
             self.before_start()
-        env = {**os.environ, **self.env}
+        inherited = {k: v for k, v in os.environ.items() if k not in PROCESS_LOCAL_VARIABLES}
+        env = {**inherited, **self.env}
         with self.log_path.open("ab") as log_file:
             started = time.strftime("%Y-%m-%d %H:%M:%S")
             log_file.write(f"\n{START_MARKER} {started} starting: {' '.join(self.argv)}\n".encode())

@@ -261,3 +261,33 @@ def test_cli_start_app_and_stop_app(
         assert main(["stop-app", "web"]) == 0
     assert "web stopped" in capsys.readouterr().out
     assert not http_ok(health)
+
+
+def test_a_daemon_does_not_inherit_the_starting_process_prometheus_directory(tmp_path: Path, monkeypatch) -> None:
+    """`import feast` in the starting process (the drift demo, the tests) sets these to its own temporary
+    directory; a daemon that inherited them would fail to start once that directory is gone."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gone"))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROCESS_DIR", str(tmp_path / "gone"))
+    monkeypatch.setenv("DEVSTACK_TEST_INHERITED", "yes")
+    port = free_port()
+    script = (
+        "import json, os, http.server; "
+        f"open({str(tmp_path / 'env.json')!r}, 'w').write(json.dumps(dict(os.environ))); "
+        f"http.server.ThreadingHTTPServer(('127.0.0.1', {port}), http.server.SimpleHTTPRequestHandler).serve_forever()"
+    )
+    daemon = Daemon(
+        name="env",
+        argv=[sys.executable, "-c", script],
+        log_path=tmp_path / "env.log",
+        health=f"http://127.0.0.1:{port}/",
+        cwd=tmp_path,
+        env={"EXPLICIT": "1"},
+        die_with_parent=True,
+    ).start(timeout_s=20)
+    try:
+        seen = json.loads((tmp_path / "env.json").read_text())
+    finally:
+        daemon.stop()
+    assert "PROMETHEUS_MULTIPROC_DIR" not in seen
+    assert "PROMETHEUS_MULTIPROCESS_DIR" not in seen
+    assert (seen["DEVSTACK_TEST_INHERITED"], seen["EXPLICIT"]) == ("yes", "1")
