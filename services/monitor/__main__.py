@@ -32,7 +32,7 @@ def summary(result: WindowResult) -> str:
         lines.append(f"  version {v.version}: {v.rows} predictions in the window, {v.labeled} labelled in the lookback")
         if v.drift is not None:
             drifted = ", ".join(v.drifted_features) or (
-                "none" if v.enough_rows else f"no verdict (< {v.drift.rows} rows)"
+                "none" if v.enough_rows else f"no verdict (too few rows: {v.rows})"
             )
             lines.append(f"    drifted features: {drifted}; score PSI {v.drift.score_psi:.3f}")
             lines.append("    PSI " + ", ".join(f"{name} {d.psi:.3f}" for name, d in v.drift.features.items()))
