@@ -27,6 +27,7 @@ from bff.inference_log import InferenceLogPublisher
 from bff.limits import BodyLimitMiddleware
 from bff.metrics import API_KEY_REQUESTS, REGISTRY, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
+from bff.routing import Router, ShadowScored
 from bff.schemas import (
     BATCH_EXAMPLES,
     LABELS_EXAMPLE,
@@ -47,6 +48,7 @@ from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
 from mlops_common.ground_truth import write_labels
 from mlops_common.inference_log import InferenceLogRecord
+from mlops_common.rollout import Role
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "1"}
@@ -57,10 +59,16 @@ class Platform:
     """Clients created once per process in the lifespan and shared by every request."""
 
     def __init__(
-        self, settings: Settings, triton: TritonPredictor, online: OnlineFeatures, logs: InferenceLogPublisher | None
+        self,
+        settings: Settings,
+        triton: TritonPredictor,
+        router: Router,
+        online: OnlineFeatures,
+        logs: InferenceLogPublisher | None,
     ):
         self.settings = settings
         self.triton = triton
+        self.router = router
         self.online = online
         self.logs = logs
 
@@ -150,21 +158,16 @@ async def _predict(platform: Platform, requests: list, *, batch: bool, request_i
         raise RequestValidationError(errors)
     started = time.perf_counter()
     budget = platform.settings.request_budget_s
+    row_ids = [f"{request_id}-{i}" for i in range(len(requests))] if batch else [request_id]
     try:
         # One budget for the whole dependency path: each call's own timeout can add up past it.
         async with asyncio.timeout(budget):
             rows = await assemble(requests, platform.online)
-            probabilities, version = await platform.triton.predict(rows.matrix, request_id=request_id)
+            scored = await platform.router.score(rows.matrix, rows.entity_ids, row_ids, request_id)
     except TimeoutError as err:
         raise DependencyUnavailableError(
             f"online store + Triton took longer than {budget} s (REQUEST_BUDGET_S)"
         ) from err
-    invalid = ~((probabilities >= 0) & (probabilities <= 1))  # NaN compares False: invalid too
-    if invalid.any():
-        raise InferenceError(
-            f"model {platform.triton.model_name} version {version} returned {int(invalid.sum())} probabilities "
-            f"outside [0, 1] (e.g. {probabilities[invalid][0]!r}) for {len(requests)} rows"
-        )
     latency_ms = (time.perf_counter() - started) * 1000
     ROWS.inc(len(requests))
     threshold = platform.settings.decision_threshold
@@ -175,20 +178,44 @@ async def _predict(platform: Platform, requests: list, *, batch: bool, request_i
     ]
     predictions = [
         Prediction(
-            request_id=f"{request_id}-{i}" if batch else request_id,
+            request_id=row_ids[i],
             probability=float(p),
             decision="reject" if p >= threshold else "approve",
             threshold=threshold,
             model_name=platform.triton.model_name,
-            model_version=version,
+            model_version=scored.versions[i],
+            model_role=scored.roles[i],
             features_from_store=rows.from_store[i],
             missing_features=missing[i],
         )
-        for i, p in enumerate(probabilities)
+        for i, p in enumerate(scored.probabilities)
     ]
-    if platform.logs is not None:
-        _log_inferences(platform.logs, rows, predictions, latency_ms)
+    logs = platform.logs
+    if logs is not None:
+        _log_inferences(logs, rows, predictions, latency_ms)
+
+    def log_shadow(shadow: ShadowScored) -> None:
+        if logs is not None:
+            _log_inferences(logs, rows, _shadow_predictions(shadow, predictions, threshold), latency_ms)
+
+    platform.router.shadow(rows.matrix, scored.probabilities, row_ids, request_id, threshold, log_shadow)
     return predictions
+
+
+def _shadow_predictions(shadow: ShadowScored, answered: list[Prediction], threshold: float) -> list[Prediction]:
+    """The challenger's predictions for the rows the champion answered: what the log keeps of shadow mode."""
+    return [
+        prediction.model_copy(
+            update={
+                "request_id": shadow.request_ids[i],
+                "probability": float(p),
+                "decision": "reject" if p >= threshold else "approve",
+                "model_version": shadow.version,
+                "model_role": Role.SHADOW,
+            }
+        )
+        for i, (prediction, p) in enumerate(zip(answered, shadow.probabilities, strict=True))
+    ]
 
 
 def _log_inferences(logs: InferenceLogPublisher, rows: FeatureRows, predictions: list[Prediction], latency_ms: float):
@@ -210,6 +237,7 @@ def _log_inferences(logs: InferenceLogPublisher, rows: FeatureRows, predictions:
                 probability=prediction.probability,
                 decision=prediction.decision,
                 latency_ms=latency_ms,
+                role=prediction.model_role,
             )
         )
 
@@ -251,15 +279,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_feature_store(settings)
         await store.initialize()
         triton = TritonPredictor(settings.triton_grpc_url, settings.triton_model_name, settings.triton_timeout_s)
+        router = Router(triton, refresh_s=settings.routing_refresh_s, shadow_max_pending=settings.shadow_max_pending)
+        await router.start()
         logs = InferenceLogPublisher(settings) if settings.inference_logging_enabled else None
         if logs is not None:
             await logs.start()
         online = OnlineFeatures(store, settings.online_store_timeout_s)
         await online.warm_up()
-        app.state.platform = Platform(settings, triton, online, logs)
+        app.state.platform = Platform(settings, triton, router, online, logs)
         try:
             yield
         finally:
+            await router.close()
             if logs is not None:
                 await logs.close(settings.log_drain_timeout_s)
             await triton.close()

@@ -2,9 +2,11 @@
 
 import time
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from mlops_common.metrics import service_registry
+from mlops_common.rollout import Role, Routing
 
 REGISTRY = service_registry()
 # The label is `route`, not `endpoint`: the Prometheus Operator sets `endpoint` (the port name) on
@@ -37,6 +39,103 @@ for _route, _statuses in ROUTE_STATUSES.items():
 API_KEY_REQUESTS = Counter(
     "bff_api_key_requests", "Requests authenticated with an API key, by key name", ["key_name"], registry=REGISTRY
 )
+
+# Per model version and role (champion, canary, shadow; mlops_common.rollout): what a rollout's analysis
+# compares. The series of the routed versions exist from the moment the routing names them.
+CALL_OUTCOMES = ("ok", "error")
+MODEL_CALLS = Counter(
+    "bff_model_calls",
+    "Triton calls per model version and role; error: failed, or answered a probability outside [0, 1]",
+    ["version", "role", "outcome"],
+    registry=REGISTRY,
+)
+MODEL_ROWS = Counter("bff_model_rows", "Rows scored per model version and role", ["version", "role"], registry=REGISTRY)
+MODEL_LATENCY = Histogram(
+    "bff_model_latency_seconds",
+    "Triton call latency per model version and role",
+    ["version", "role"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+MODEL_SCORES = Histogram(
+    "bff_model_score",
+    "Predicted probabilities of default per model version and role",
+    ["version", "role"],
+    buckets=tuple(round(0.05 * i, 2) for i in range(1, 21)),
+    registry=REGISTRY,
+)
+SHADOW_OUTCOMES = ("agree", "disagree")
+SHADOW_COMPARISONS = Counter(
+    "bff_shadow_comparisons",
+    "Rows scored by both champion and shadow challenger: same decision (agree) or not",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SHADOW_DIFFERENCE = Histogram(
+    "bff_shadow_score_difference",
+    "Absolute difference of the challenger's and the champion's probability on the same row",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0),
+    registry=REGISTRY,
+)
+SHADOW_SKIPPED = Counter(
+    "bff_shadow_skipped", "Requests not shadowed: ROLLOUT_SHADOW_MAX_PENDING calls were under way", registry=REGISTRY
+)
+CANARY_PERCENT = Gauge(
+    "bff_routing_canary_percent",
+    "Share of applicants the challenger answers (0 outside canary mode)",
+    registry=REGISTRY,
+)
+for _outcome in SHADOW_OUTCOMES:
+    SHADOW_COMPARISONS.labels(_outcome)
+
+
+def _series(routing: Routing | None) -> set[tuple[str, str]]:
+    if routing is None:
+        return set()
+    series = {(routing.champion, Role.CHAMPION.value)}
+    if routing.challenger:
+        series |= {(routing.challenger, Role.CANARY.value), (routing.challenger, Role.SHADOW.value)}
+    return series
+
+
+def track_routing(old: Routing | None, new: Routing | None) -> None:
+    """Create the new routing's series at 0, and drop those of versions no longer routed."""
+    for version, role in _series(old) - _series(new):
+        for metric in (MODEL_ROWS, MODEL_LATENCY, MODEL_SCORES):
+            metric.remove(version, role)
+        for outcome in CALL_OUTCOMES:
+            MODEL_CALLS.remove(version, role, outcome)
+    for version, role in _series(new):
+        for metric in (MODEL_ROWS, MODEL_LATENCY, MODEL_SCORES):
+            metric.labels(version, role)
+        for outcome in CALL_OUTCOMES:
+            MODEL_CALLS.labels(version, role, outcome)
+    canary = new is not None and new.mode.value == "canary"
+    CANARY_PERCENT.set(new.policy.canary_percent if canary else 0)
+
+
+def observe_call(version: str, role: Role, seconds: float, probabilities: np.ndarray | None) -> None:
+    """One Triton call; ``probabilities`` None when it failed."""
+    role_name = role.value
+    if probabilities is None:
+        MODEL_CALLS.labels(version, role_name, "error").inc()
+        return
+    MODEL_CALLS.labels(version, role_name, "ok").inc()
+    MODEL_ROWS.labels(version, role_name).inc(len(probabilities))
+    MODEL_LATENCY.labels(version, role_name).observe(seconds)
+    scores = MODEL_SCORES.labels(version, role_name)
+    for p in probabilities.tolist():
+        scores.observe(p)
+
+
+def observe_shadow(champion: np.ndarray, challenger: np.ndarray, threshold: float) -> None:
+    """The same rows scored by the champion (answered) and the shadow challenger."""
+    agree = int(np.count_nonzero((champion >= threshold) == (challenger >= threshold)))
+    SHADOW_COMPARISONS.labels("agree").inc(agree)
+    SHADOW_COMPARISONS.labels("disagree").inc(len(champion) - agree)
+    for difference in np.abs(challenger - champion).tolist():
+        SHADOW_DIFFERENCE.observe(difference)
+
 
 OVERLOADED_BODY = b'{"detail":"overloaded: too many requests in flight, retry shortly"}'
 

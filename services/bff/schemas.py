@@ -111,6 +111,7 @@ class Prediction(BaseModel):
                     "threshold": 0.5,
                     "model_name": "credit_default",
                     "model_version": "1",
+                    "model_role": "champion",
                     "features_from_store": [],
                     "missing_features": [],
                 }
@@ -124,6 +125,9 @@ class Prediction(BaseModel):
     threshold: float = Field(description="Decision threshold of this deployment (DECISION_THRESHOLD)")
     model_name: str = Field(description="Triton model that answered")
     model_version: str = Field(description="Triton model version that answered (the MLflow version)")
+    model_role: Literal["champion", "canary"] = Field(
+        description="champion: the champion answered; canary: the challenger answered (a canary rollout's share)"
+    )
     features_from_store: list[str] = Field(description="Features read from the online store, not the body")
     missing_features: list[str] = Field(
         description="Features the model saw as missing (NaN): null in the body, or no value in the online store"

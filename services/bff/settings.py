@@ -31,6 +31,11 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Requests in flight beyond this get 503 + Retry-After instead of queueing up.
     max_in_flight: int = Field(128, ge=1)
     triton_timeout_s: float = Field(2.0, gt=0)
+    # How often the routing (champion, challenger, rollout policy) is re-read from the Triton model's
+    # config; model sync keeps retired versions loaded longer than this (its ROUTING_GRACE_S).
+    routing_refresh_s: float = Field(1.0, gt=0)
+    # Shadow calls under way at once; a request beyond them is not shadowed (bff_shadow_skipped_total).
+    shadow_max_pending: int = Field(64, ge=1)
     online_store_timeout_s: float = Field(1.0, gt=0)
     # The most a prediction may spend on the online store and Triton together (503 past it).
     request_budget_s: float = Field(2.5, gt=0)

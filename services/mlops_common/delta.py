@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import DeltaTable, Field
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from mlops_common.settings import S3Settings
@@ -60,10 +60,29 @@ def _check_schema(table: DeltaTable, schema: pa.Schema, uri: str) -> None:
         raise TableSchemaError(f"Delta table {uri} has other columns: missing {missing}, unknown {unknown}")
 
 
-def open_table(uri: str, schema: pa.Schema, partition_by: Sequence[str], options: dict[str, str]) -> DeltaTable:
+def _add_later_columns(table: DeltaTable, schema: pa.Schema, added_later: Sequence[str]) -> bool:
+    """Add the nullable columns of ``added_later`` that a table made by an older version lacks (its
+    old rows read them as null); True if it changed the table."""
+    found = set(pa.schema(table.schema().to_arrow()).names)
+    new = [schema.field(name) for name in added_later if name not in found]
+    if not new:
+        return False
+    table.alter.add_columns([Field.from_arrow(field.with_nullable(True)) for field in new])
+    return True
+
+
+def open_table(
+    uri: str,
+    schema: pa.Schema,
+    partition_by: Sequence[str],
+    options: dict[str, str],
+    *,
+    added_later: Sequence[str] = (),
+) -> DeltaTable:
     """The Delta table at ``uri``, created empty with ``schema`` if there is none (several processes
-    may race to create it: one commit wins, the others open it). Raises ``TableSchemaError`` when an
-    existing table has other columns."""
+    may race to create it: one commit wins, the others open it). Columns of ``added_later`` missing
+    from an older table are added. Raises ``TableSchemaError`` when an existing table has other
+    columns."""
     for _ in range(MERGE_ATTEMPTS):
         try:
             table = DeltaTable(uri, storage_options=options)
@@ -74,6 +93,11 @@ def open_table(uri: str, schema: pa.Schema, partition_by: Sequence[str], options
                 )
             except CommitFailedError:
                 continue
+        try:
+            if _add_later_columns(table, schema, added_later):
+                table = DeltaTable(uri, storage_options=options)
+        except CommitFailedError:
+            continue
         _check_schema(table, schema, uri)
         return table
     raise CommitFailedError(f"could not create or open the Delta table {uri}")

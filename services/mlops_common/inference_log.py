@@ -13,7 +13,9 @@ least once; the table holds each request id once, because writers only ever MERG
 (``write_inference_log_rows``): a record delivered twice, by any path, is one row.
 
 Changing the record, the Parquet schema or the feature contract means bumping ``SCHEMA_VERSION``:
-workers reject records of a version they do not know (to the dead-letter queue).
+workers reject records of a version they do not know (to the dead-letter queue). Version 2 added
+``role`` (``mlops_common.rollout.Role``: champion, canary or shadow); version 1 records are the
+champion's, and a table made before it gets the column on the worker's start (old rows: null).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from mlops_common.delta import delta_storage_options, merge_new_rows, open_table
 from mlops_common.features import FEATURE_NAMES
+from mlops_common.rollout import Role
 from mlops_common.settings import S3Settings
 
 if TYPE_CHECKING:
     # Only readers need pandas (pyarrow imports it on demand): the worker starts seconds faster.
     import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MESSAGE_CONTENT_TYPE = "application/x-ndjson"
 
 # Model names and versions become S3 key segments and Hive partition values.
@@ -59,7 +62,7 @@ class InferenceLogRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     request_id: str = Field(min_length=1, max_length=128)
     timestamp: AwareDatetime
     entity_id: int | None = None
@@ -72,6 +75,8 @@ class InferenceLogRecord(BaseModel):
     probability: FiniteFloat = Field(ge=0.0, le=1.0)
     decision: str = Field(min_length=1, max_length=64)
     latency_ms: FiniteFloat = Field(ge=0.0)
+    # Who the row was for: the client (champion, canary) or only the rollout's analysis (shadow).
+    role: Role = Role.CHAMPION
 
     @field_validator("timestamp")
     @classmethod
@@ -129,6 +134,8 @@ _OUTCOME_COLUMNS: tuple[pa.Field, ...] = (
     pa.field("probability", pa.float64(), nullable=False),
     pa.field("decision", pa.string(), nullable=False),
     pa.field("latency_ms", pa.float64(), nullable=False),
+    # Null in rows written before schema version 2: the champion's.
+    pa.field("role", pa.string()),
     # The partition of the row: the UTC day of its timestamp.
     pa.field("date", pa.string(), nullable=False),
 )
@@ -154,6 +161,7 @@ def records_to_table(records: Sequence[InferenceLogRecord]) -> pa.Table:
         "probability": [r.probability for r in records],
         "decision": [r.decision for r in records],
         "latency_ms": [r.latency_ms for r in records],
+        "role": [str(r.role) for r in records],
         "date": [f"{r.timestamp:%Y-%m-%d}" for r in records],
     }
     return pa.Table.from_pydict(columns, schema=TABLE_SCHEMA)
@@ -166,6 +174,7 @@ def open_inference_log_table(settings: InferenceLogStoreSettings, *, timeout_s: 
         TABLE_SCHEMA,
         PARTITION_COLUMNS,
         delta_storage_options(settings, timeout_s=timeout_s),
+        added_later=("role",),
     )
 
 

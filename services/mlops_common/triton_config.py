@@ -6,6 +6,7 @@ cannot run (machines without Docker). Name, tensors, batching and instance group
 only the backend differs, so a benchmark or a client sees the same model either way.
 """
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -39,19 +40,26 @@ class TritonModelSpec:
     extra_parameters: dict[str, str] = field(default_factory=dict)
 
 
-def model_config(spec: TritonModelSpec, runtime: TritonRuntime, *, version: int | None = None) -> mc.ModelConfig:
-    """The model configuration; ``version`` pins the served version (else the newest one is served)."""
+def model_config(
+    spec: TritonModelSpec,
+    runtime: TritonRuntime,
+    *,
+    versions: Sequence[int] = (),
+    parameters: Mapping[str, str] | None = None,
+) -> mc.ModelConfig:
+    """The model configuration; ``versions`` pins the served versions (else the newest one is served),
+    ``parameters`` are added to the config's (model sync's routing, ``mlops_common.rollout``)."""
     config = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     config.input.add(name=MODEL_INPUT, data_type=mc.TYPE_FP32, dims=[N_FEATURES])
     config.output.add(name=MODEL_OUTPUT, data_type=mc.TYPE_FP32, dims=[2])
     config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
     config.instance_group.add(count=spec.instance_count, kind=mc.ModelInstanceGroup.Kind.Value(spec.instance_kind))
-    if version is None:
+    if not versions:
         config.version_policy.latest.num_versions = 1
     else:
         # Pinned, so that moving the champion back to an older version number is served too.
-        config.version_policy.specific.versions.append(version)
+        config.version_policy.specific.versions.extend(sorted(set(versions)))
     if runtime is TritonRuntime.ONNXRUNTIME:
         config.backend = "onnxruntime"
         config.default_model_filename = ONNX_FILENAME
@@ -60,13 +68,19 @@ def model_config(spec: TritonModelSpec, runtime: TritonRuntime, *, version: int 
     else:
         config.backend = "python"
         config.parameters["intra_op_thread_count"].string_value = str(spec.intra_op_threads)
-    for key, value in spec.extra_parameters.items():
+    for key, value in {**spec.extra_parameters, **(parameters or {})}.items():
         config.parameters[key].string_value = value
     return config
 
 
-def render_config(spec: TritonModelSpec, runtime: TritonRuntime, *, version: int | None = None) -> str:
-    return text_format.MessageToString(model_config(spec, runtime, version=version))
+def render_config(
+    spec: TritonModelSpec,
+    runtime: TritonRuntime,
+    *,
+    versions: Sequence[int] = (),
+    parameters: Mapping[str, str] | None = None,
+) -> str:
+    return text_format.MessageToString(model_config(spec, runtime, versions=versions, parameters=parameters))
 
 
 def parse_config(text: str) -> mc.ModelConfig:

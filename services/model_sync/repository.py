@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +69,6 @@ class ModelRepository:
             return []
         return sorted(int(p.name) for p in self.model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
-    def config_text(self, version: int) -> str:
-        return render_config(self.spec, self.runtime, version=version)
-
     def install(self, version: int, model_bytes: bytes) -> Path:
         """Check the model, stage the version folder, and move it into the repository."""
         check_onnx(model_bytes)
@@ -88,15 +86,17 @@ class ModelRepository:
         staged.rename(target)
         return target
 
-    def select(self, version: int) -> None:
-        """Point config.pbtxt at ``version``; Triton reads it on the next load call (or start)."""
+    def select(self, versions: Collection[int], parameters: Mapping[str, str] | None = None) -> None:
+        """Point config.pbtxt at ``versions`` (with ``parameters``); Triton reads it on the next load call
+        (or start)."""
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.model_dir / "config.pbtxt", self.config_text(version))
+        text = render_config(self.spec, self.runtime, versions=sorted(versions), parameters=parameters)
+        _write_atomically(self.model_dir / "config.pbtxt", text)
 
     def remove_version(self, version: int) -> None:
         shutil.rmtree(self.model_dir / str(version), ignore_errors=True)
 
-    def remove_versions_except(self, keep: int) -> None:
+    def remove_versions_except(self, keep: Collection[int]) -> None:
         for version in self.versions():
-            if version != keep:
+            if version not in keep:
                 self.remove_version(version)

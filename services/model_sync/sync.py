@@ -1,15 +1,18 @@
-"""Keep Triton serving the MLflow ``champion``: download, check, install, load, confirm.
+"""Keep Triton serving the MLflow ``champion`` (and the ``challenger`` while a rollout is on):
+download, check, install, load, confirm.
 
-Triton runs in explicit model-control mode and this loop is the only thing that loads models.
-A load call over gRPC returns once the new version is ready; until then (and forever, if it
-fails) the previous version keeps answering, so a switch costs no failed request.
+Triton runs in explicit model-control mode and this loop is the only thing that loads models. Both
+versions are versions of the one Triton model (pinned in its config), and the config's parameters
+carry the routing the BFFs follow (``mlops_common.rollout``). A load call over gRPC returns once the
+new config is ready; until then (and forever, if it fails) the previous one keeps answering. Versions
+the routing no longer names stay loaded for ``ROUTING_GRACE_S``, so a BFF that has not re-read the
+routing yet never calls a version that is gone: a switch costs no failed request.
 """
 
 import logging
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -19,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from prometheus_client import Counter, Gauge
 
 from mlops_common.metrics import service_registry
+from mlops_common.rollout import CHALLENGER_ALIAS, RolloutMode, RolloutPolicy, Routing
 from mlops_common.triton_config import ONNX_FILENAME, TritonModelSpec
 from model_sync.repository import ModelRepository
 from model_sync.settings import Settings
@@ -27,10 +31,15 @@ log = logging.getLogger(__name__)
 
 REGISTRY = service_registry()
 LOAD_OUTCOMES = ("success", "failure")
-LOADS = Counter("model_sync_loads", "Champion load attempts into Triton", ["outcome"], registry=REGISTRY)
+LOADS = Counter("model_sync_loads", "Load attempts of a new routing into Triton", ["outcome"], registry=REGISTRY)
 for _outcome in LOAD_OUTCOMES:
     LOADS.labels(_outcome)  # at 0 from start-up: increase() sees the first failure
-SERVED_VERSION = Gauge("model_sync_served_version", "MLflow model version Triton serves (0 = none)", registry=REGISTRY)
+SERVED_VERSION = Gauge(
+    "model_sync_served_version", "MLflow model version Triton serves as champion (0 = none)", registry=REGISTRY
+)
+CHALLENGER_VERSION = Gauge(
+    "model_sync_challenger_version", "MLflow model version Triton serves as challenger (0 = none)", registry=REGISTRY
+)
 CHECK_ERRORS = Counter(
     "model_sync_check_errors", "Sync checks that failed before a load (MLflow/Triton unreachable)", registry=REGISTRY
 )
@@ -40,13 +49,7 @@ LAST_SUCCESS = Gauge(
 
 
 class SyncError(RuntimeError):
-    """A champion could not be brought into service; the previous version keeps serving."""
-
-
-@dataclass(frozen=True)
-class Champion:
-    version: int
-    run_id: str
+    """A routing could not be brought into service; the previous one keeps serving."""
 
 
 class ModelSync:
@@ -59,7 +62,11 @@ class ModelSync:
         )
         self.mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
         self._triton: grpcclient.InferenceServerClient | None = None
-        self.served: int | None = None
+        # What Triton serves (None until asked), and the versions it keeps loaded for the grace period.
+        self.applied: Routing | None = None
+        self.loaded: frozenset[int] = frozenset()
+        self.retiring: dict[int, float] = {}
+        self._asked_triton = False
 
     @property
     def triton(self) -> grpcclient.InferenceServerClient:
@@ -67,16 +74,26 @@ class ModelSync:
             self._triton = grpcclient.InferenceServerClient(self.settings.triton_grpc_url)
         return self._triton
 
-    def champion(self) -> Champion | None:
+    def _alias(self, alias: str) -> int | None:
         try:
-            version = self.mlflow.get_model_version_by_alias(
-                self.settings.registered_model_name, self.settings.champion_alias
-            )
+            version = self.mlflow.get_model_version_by_alias(self.settings.registered_model_name, alias)
         except MlflowException as err:
             if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
             raise
-        return Champion(int(version.version), version.run_id)
+        return int(version.version)
+
+    def desired_routing(self) -> Routing | None:
+        """The routing the registry asks for: its champion, and its challenger unless the policy is off."""
+        champion = self._alias(self.settings.champion_alias)
+        if champion is None:
+            return None
+        tags = self.mlflow.get_registered_model(self.settings.registered_model_name).tags or {}
+        policy = RolloutPolicy.from_settings(self.settings).with_tags(tags)
+        challenger = self._alias(CHALLENGER_ALIAS) if policy.mode is not RolloutMode.OFF else None
+        if challenger == champion:
+            challenger = None
+        return Routing(str(champion), str(challenger) if challenger is not None else None, policy)
 
     def _download(self, version: int) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -87,66 +104,101 @@ class ModelSync:
             )
             return (Path(local) / ONNX_FILENAME).read_bytes()
 
-    def served_version(self) -> int | None:
-        """The version Triton reports ready (after a restart of this process, Triton still knows)."""
-        ready = [v for v in self.repository.versions() if self._ready(v)]
-        return max(ready) if ready else None
+    def served_routing(self) -> tuple[Routing | None, frozenset[int]]:
+        """What Triton serves now (after a restart of this process, Triton still knows): the routing in
+        its loaded config, and the versions it reports ready."""
+        ready = frozenset(v for v in self.repository.versions() if self._ready(v))
+        if not ready:
+            return None, ready
+        config = self.triton.get_model_config(self.settings.triton_model_name, as_json=True)["config"]
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        routing = Routing.from_parameters(parameters)
+        return routing or Routing(str(max(ready))), ready
 
     def place_champion(self) -> int | None:
         """Put the champion into the repository without Triton (init container: Triton starts after)."""
-        champion = self.champion()
+        champion = self._alias(self.settings.champion_alias)
         if champion is None:
             return None
-        self.repository.install(champion.version, self._download(champion.version))
-        self.repository.select(champion.version)
-        self.repository.remove_versions_except(champion.version)
-        log.info("placed champion version %d in %s", champion.version, self.repository.model_dir)
-        return champion.version
+        self.repository.install(champion, self._download(champion))
+        self.repository.select([champion], Routing(str(champion)).parameters())
+        self.repository.remove_versions_except({champion})
+        log.info("placed champion version %d in %s", champion, self.repository.model_dir)
+        return champion
 
     def sync_once(self) -> bool:
-        """Bring Triton to the current champion. Returns True when a new version went into service."""
-        champion = self.champion()
-        if self.served is None:
-            self.served = self.served_version()
-            SERVED_VERSION.set(self.served or 0)
-        if champion is None:
+        """Bring Triton to the registry's routing. Returns True when a new routing went into service."""
+        routing = self.desired_routing()
+        if not self._asked_triton:
+            self.applied, self.loaded = self.served_routing()
+            self._asked_triton = True
+            self._export()
+        if routing is None:
             LAST_SUCCESS.set_to_current_time()
             return False
-        if champion.version == self.served:
-            if not self._ready(champion.version):
-                # Triton restarted (explicit mode starts empty): load the version already on disk.
-                log.warning("Triton lost version %d; loading it again", champion.version)
-                self._load(champion.version)
+        now = time.monotonic()
+        if self.applied is not None and routing != self.applied and self.settings.routing_grace_s > 0:
+            for version in _versions(self.applied) - _versions(routing):
+                self.retiring.setdefault(version, now + self.settings.routing_grace_s)
+        self.retiring = {v: at for v, at in self.retiring.items() if at > now and v not in _versions(routing)}
+        versions = _versions(routing) | frozenset(self.retiring)
+        if routing == self.applied and versions == self.loaded:
+            if not all(self._ready(v) for v in versions):
+                # Triton restarted (explicit mode starts empty): load what is on disk again.
+                log.warning("Triton lost versions of %s; loading them again", sorted(versions))
+                self._load(versions)
                 LOADS.labels("success").inc()
             LAST_SUCCESS.set_to_current_time()
             return False
-        log.info("champion is version %d, Triton serves %s: switching", champion.version, self.served)
         try:
-            self.repository.install(champion.version, self._download(champion.version))
-            self.repository.select(champion.version)
-            self._load(champion.version)
+            self._apply(routing, versions)
+        except SyncError:
+            if routing.challenger is None:
+                raise
+            # A challenger that cannot be served must not hold up the champion: serve it alone.
+            log.exception("challenger version %s cannot be served; serving the champion alone", routing.challenger)
+            self._apply(Routing(routing.champion, None, routing.policy), versions - {int(routing.challenger)})
+            raise SyncError(f"challenger version {routing.challenger} not served") from None
+        return True
+
+    def _apply(self, routing: Routing, versions: frozenset[int]) -> None:
+        log.info("routing %s (loaded: %s), Triton serves %s: switching", routing, sorted(versions), self.applied)
+        on_disk = set(self.repository.versions())
+        try:
+            for version in sorted(versions - on_disk):
+                self.repository.install(version, self._download(version))
+            self.repository.select(versions, routing.parameters())
+            self._load(versions)
         except Exception as err:
             LOADS.labels("failure").inc()
-            # Remove the failed version so the next attempt starts clean (Triton keeps a failed load's state).
-            self.repository.remove_version(champion.version)
-            if self.served is not None:
-                self.repository.select(self.served)  # a Triton restart must come back on the working version
-            raise SyncError(f"version {champion.version} not served, still serving {self.served}: {err}") from err
-        self.repository.remove_versions_except(champion.version)
-        self.served = champion.version
+            # Remove what was new so the next attempt starts clean (Triton keeps a failed load's state).
+            for version in versions - on_disk:
+                self.repository.remove_version(version)
+            if self.applied is not None:
+                # A Triton restart must come back on the working routing.
+                self.repository.select(self.loaded, self.applied.parameters())
+            raise SyncError(f"{routing} not served, still serving {self.applied}: {err}") from err
+        for version in sorted(self.loaded - versions):
+            log.info("version %d unloaded", version)
+        self.repository.remove_versions_except(versions)
+        self.applied, self.loaded = routing, versions
         LOADS.labels("success").inc()
-        SERVED_VERSION.set(champion.version)
+        self._export()
         LAST_SUCCESS.set_to_current_time()
-        log.info("Triton now serves version %d", champion.version)
-        return True
+        log.info("Triton now serves %s (loaded: %s)", routing, sorted(versions))
+
+    def _export(self) -> None:
+        SERVED_VERSION.set(int(self.applied.champion) if self.applied else 0)
+        CHALLENGER_VERSION.set(int(self.applied.challenger) if self.applied and self.applied.challenger else 0)
 
     def _ready(self, version: int) -> bool:
         return self.triton.is_model_ready(self.settings.triton_model_name, str(version))
 
-    def _load(self, version: int) -> None:
+    def _load(self, versions: frozenset[int]) -> None:
         self.triton.load_model(self.settings.triton_model_name, client_timeout=self.settings.triton_load_timeout_s)
-        if not self._ready(version):
-            raise SyncError(f"Triton accepted the load but version {version} is not ready")
+        not_ready = sorted(v for v in versions if not self._ready(v))
+        if not_ready:
+            raise SyncError(f"Triton accepted the load but versions {not_ready} are not ready")
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -159,4 +211,14 @@ class ModelSync:
                 # MLflow or Triton being down must never stop the loop; the served model stays.
                 CHECK_ERRORS.inc()
                 log.exception("sync check failed; retrying in %.0f s", self.settings.sync_interval_s)
-            stop.wait(max(0.0, self.settings.sync_interval_s - (time.monotonic() - started)))
+            stop.wait(max(0.0, self._next_check_in() - (time.monotonic() - started)))
+
+    def _next_check_in(self) -> float:
+        """The sync interval, or sooner when a retiring version's grace period ends."""
+        if not self.retiring:
+            return self.settings.sync_interval_s
+        return min(self.settings.sync_interval_s, max(0.0, min(self.retiring.values()) - time.monotonic()) + 0.1)
+
+
+def _versions(routing: Routing) -> frozenset[int]:
+    return frozenset(int(v) for v in (routing.champion, routing.challenger) if v)

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from bff.app import Platform, create_app, get_platform
 from bff.errors import DependencyUnavailableError, EntityNotFoundError
+from bff.routing import Router
 from bff.schemas import (
     FEATURES_EXAMPLE,
     BatchPrediction,
@@ -59,7 +60,9 @@ class FakeTriton:
         self.gate: asyncio.Event | None = None  # when set, predict waits for it
         self.entered = asyncio.Event()
 
-    async def predict(self, features: np.ndarray, *, request_id: str = "") -> tuple[np.ndarray, str]:
+    async def predict(
+        self, features: np.ndarray, *, version: str = "", request_id: str = ""
+    ) -> tuple[np.ndarray, str]:
         self.request_ids.append(request_id)
         self.entered.set()
         if self.gate is not None:
@@ -93,7 +96,8 @@ class Fakes:
         self.settings = settings
         self.triton = FakeTriton()
         self.app = create_app(settings)
-        platform = Platform(settings, self.triton, FakeOnlineStore(), logs=None)  # type: ignore[arg-type]
+        router = Router(self.triton, refresh_s=1.0, shadow_max_pending=4)  # type: ignore[arg-type]
+        platform = Platform(settings, self.triton, router, FakeOnlineStore(), logs=None)  # type: ignore[arg-type]
         self.app.dependency_overrides[get_platform] = lambda: platform
 
     def client(self) -> httpx.AsyncClient:
@@ -330,7 +334,7 @@ async def test_a_value_the_online_store_lacks_is_missing_too(fakes, monkeypatch)
 
 @pytest.mark.parametrize("output", [np.nan, 1.5, -0.1])
 async def test_an_invalid_model_output_is_a_500_never_a_null_probability(fakes, monkeypatch, output):
-    async def broken_model(features, request_id=""):
+    async def broken_model(features, version="", request_id=""):
         return np.array([0.2, output], dtype=np.float32), "7"
 
     monkeypatch.setattr(fakes.triton, "predict", broken_model)

@@ -36,7 +36,8 @@ def run_platform(stack: LocalStack, data_dir: Path, monkeypatch: pytest.MonkeyPa
     result = train(settings_from(TrainerSettings, env), TrainingRequest(hyperparameters=QUICK_MODEL))
     sync = ModelSync(settings_from(ModelSyncSettings, env))
     assert sync.sync_once()
-    assert sync.served_version() == int(result.version)
+    routing, loaded = sync.served_routing()
+    assert (routing.champion, routing.challenger, loaded) == (result.version, None, {int(result.version)})
     return result
 
 

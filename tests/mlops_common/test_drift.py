@@ -30,7 +30,7 @@ def test_psi_of_known_fractions():
 def logs(features: np.ndarray, probabilities: np.ndarray, entity_ids=None) -> pa.Table:
     n = len(probabilities)
     columns = {
-        "schema_version": [1] * n,
+        "schema_version": [2] * n,
         "request_id": [f"r{i}" for i in range(n)],
         "timestamp": [T0] * n,
         "entity_id": list(entity_ids) if entity_ids is not None else [None] * n,
@@ -41,6 +41,7 @@ def logs(features: np.ndarray, probabilities: np.ndarray, entity_ids=None) -> pa
         "probability": probabilities,
         "decision": ["approve"] * n,
         "latency_ms": [1.0] * n,
+        "role": ["champion"] * n,
         "date": ["2026-06-01"] * n,
     }
     return pa.Table.from_pydict(columns, schema=TABLE_SCHEMA)

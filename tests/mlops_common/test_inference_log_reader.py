@@ -132,6 +132,26 @@ def test_a_table_with_other_columns_is_refused(log_store):
         open_inference_log_table(log_store)
 
 
+def test_a_table_made_before_the_role_column_gets_it_and_keeps_its_rows(log_store):
+    from deltalake import DeltaTable, write_deltalake
+
+    from mlops_common.inference_log import PARTITION_COLUMNS
+
+    old_rows = records_to_table([record("old-1", T0)]).drop_columns(["role"])
+    options = delta_storage_options(log_store)
+    write_deltalake(
+        log_store.inference_log_table_uri, old_rows, partition_by=list(PARTITION_COLUMNS), storage_options=options
+    )
+    shadow = record("new-1~shadow", T0 + timedelta(seconds=1)).model_copy(update={"role": "shadow"})
+    assert write(log_store, [shadow]) == 1
+    assert "role" in DeltaTable(log_store.inference_log_table_uri, storage_options=options).schema().to_arrow().names
+    table, _ = load_inference_log_table(log_store, T0 - timedelta(hours=1), T0 + timedelta(hours=1))
+    assert list(zip(table["request_id"].to_pylist(), table["role"].to_pylist(), strict=True)) == [
+        ("old-1", None),
+        ("new-1~shadow", "shadow"),
+    ]
+
+
 def test_an_empty_range_gives_an_empty_frame_with_the_schema(log_store):
     frame = read_inference_logs(log_store, T0, T0 + timedelta(hours=1))
     assert frame.empty

@@ -77,7 +77,8 @@ def test_features_are_kept_in_contract_order_and_timestamps_in_utc():
         ({"probability": math.nan}, "probability"),
         ({"latency_ms": -1.0}, "latency_ms"),
         ({"request_id": ""}, "request_id"),
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 3}, "schema_version"),
+        ({"role": "canary-ish"}, "role"),
         ({"unexpected": 1}, "unexpected"),
     ],
 )
@@ -118,3 +119,12 @@ def test_the_date_partition_is_the_utc_day():
     late_evening_in_new_york = datetime(2026, 5, 4, 22, 30, tzinfo=timezone(timedelta(hours=-4)))
     record = InferenceLogRecord(**fields(timestamp=late_evening_in_new_york))
     assert records_to_table([record])["date"].to_pylist() == ["2026-05-05"]
+
+
+def test_a_version_1_record_is_read_as_the_champions():
+    old = json.loads(InferenceLogRecord(**fields()).to_json_bytes())
+    old["schema_version"] = 1
+    del old["role"]
+    record = InferenceLogRecord.from_json_bytes(json.dumps(old))
+    assert (record.schema_version, record.role) == (1, "champion")
+    assert records_to_table([record])["role"].to_pylist() == ["champion"]

@@ -20,7 +20,11 @@ def test_native_onnxruntime_config_is_a_valid_model_config_with_the_python_confi
     assert native.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
 
 
-def test_pinned_version_replaces_latest_policy():
-    config = parse_config(render_config(TritonModelSpec(), TritonRuntime.PYTHON, version=7))
-    assert list(config.version_policy.specific.versions) == [7]
+def test_pinned_versions_replace_latest_policy_and_parameters_are_added():
+    config = parse_config(
+        render_config(TritonModelSpec(), TritonRuntime.PYTHON, versions=[9, 7], parameters={"rollout_mode": "canary"})
+    )
+    assert list(config.version_policy.specific.versions) == [7, 9]
     assert not config.version_policy.HasField("latest")
+    assert config.parameters["rollout_mode"].string_value == "canary"
+    assert config.parameters["intra_op_thread_count"].string_value == "1"

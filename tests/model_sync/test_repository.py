@@ -19,14 +19,15 @@ def test_install_select_and_prune(tmp_path, model_bytes, runtime):
     repo = ModelRepository(tmp_path / "repository", TritonModelSpec(name="m"), runtime)
     repo.install(3, model_bytes)
     repo.install(4, model_bytes)
-    repo.select(4)
+    repo.select([4], {"rollout_champion": "4"})
     assert repo.versions() == [3, 4]
     files = {p.name for p in (repo.model_dir / "4").iterdir()}
     assert files == ({"model.onnx", "model.py"} if runtime is TritonRuntime.PYTHON else {"model.onnx"})
     config = parse_config((repo.model_dir / "config.pbtxt").read_text())
     assert list(config.version_policy.specific.versions) == [4]
     assert config.backend == runtime.value
-    repo.remove_versions_except(4)
+    assert config.parameters["rollout_champion"].string_value == "4"
+    repo.remove_versions_except({4})
     assert repo.versions() == [4]
     # Staging happens beside the repository, never inside it, and leaves nothing behind.
     assert not any(repo.staging_root.iterdir())

@@ -62,7 +62,7 @@ def monitored(trained_platform, unique_name):
 def log_rows(settings: Settings, version: str, features: np.ndarray, scores: np.ndarray, ids, at: datetime) -> None:
     n = len(scores)
     rows = {
-        "schema_version": [1] * n,
+        "schema_version": [2] * n,
         "request_id": [str(uuid.uuid4()) for _ in range(n)],
         "timestamp": [at - timedelta(milliseconds=i) for i in range(n)],
         "entity_id": [int(i) for i in ids],
@@ -73,6 +73,7 @@ def log_rows(settings: Settings, version: str, features: np.ndarray, scores: np.
         "probability": scores.astype(np.float64),
         "decision": ["approve"] * n,
         "latency_ms": [1.0] * n,
+        "role": ["champion"] * n,
         "date": [f"{at - timedelta(milliseconds=i):%Y-%m-%d}" for i in range(n)],
     }
     open_inference_log_table(settings)  # as the log worker does at start
