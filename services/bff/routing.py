@@ -58,6 +58,7 @@ class Router:
         self.routing: Routing | None = None
         self._refresher: asyncio.Task | None = None
         self._shadows: set[asyncio.Task] = set()
+        self._failing = False
 
     async def start(self) -> None:
         await self.refresh()
@@ -74,12 +75,21 @@ class Router:
         try:
             routing = await self.triton.routing()
         except Exception as err:  # Triton down or the model unloaded: keep routing as before
-            log.debug("routing not refreshed: %s", err)
+            if not self._failing:
+                log.warning("routing not refreshed (kept as it was): %s: %s", type(err).__name__, err)
+            self._failing = True
             return
-        if routing != self.routing:
-            log.info("routing: %s", routing)
-            track_routing(self.routing, routing)
-            self.routing = routing
+        self._failing = False
+        if routing == self.routing:
+            return
+        # Triton publishes a config when its load starts: follow it once the versions it names answer.
+        if routing is not None:
+            for version in filter(None, (routing.champion, routing.challenger)):
+                if not await self.triton.version_ready(version):
+                    return
+        log.info("routing: %s", routing)
+        track_routing(self.routing, routing)
+        self.routing = routing
 
     async def _keep_refreshing(self) -> None:
         while True:

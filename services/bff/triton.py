@@ -58,8 +58,15 @@ class TritonPredictor:
     async def routing(self) -> Routing | None:
         """The routing in the loaded model's config (None: a config without one, e.g. an older model sync)."""
         response = await self.client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s)
-        parameters = {k: v["string_value"] for k, v in response["config"].get("parameters", {}).items()}
+        # JSON leaves out an empty string_value (no challenger).
+        parameters = {k: v.get("string_value", "") for k, v in response["config"].get("parameters", {}).items()}
         return Routing.from_parameters(parameters)
+
+    async def version_ready(self, version: str) -> bool:
+        try:
+            return await self.client.is_model_ready(self.model_name, version, client_timeout=self.timeout_s)
+        except InferenceServerException:
+            return False
 
     async def model_ready(self) -> bool:
         try:

@@ -206,4 +206,9 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
             "TRITON_RUNTIME": "python",
             "MONITOR_WINDOW_S": f"{self.monitor_window_s:g}",
             "RETRAIN_MODE": "local",
+            # Rollouts judged on the demo's traffic within minutes (the chart's defaults wait longer).
+            "ROLLOUT_SCRAPE_INTERVAL_S": f"{self.prometheus_scrape_interval_s:g}",
+            "ROLLOUT_ANALYSIS_INTERVAL_S": "10",
+            "ROLLOUT_MIN_CALLS": "200",
+            "ROLLOUT_MIN_DURATION_S": "60",
         }

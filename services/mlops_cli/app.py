@@ -65,10 +65,12 @@ stack_app = _typer("The local stack (SeaweedFS, PostgreSQL, Redis, RabbitMQ, MLf
 model_app = _typer("Model lifecycle: champion/challenger in MLflow, what Triton serves, promote, roll back.")
 logs_app = _typer("Inference logs (the Delta table in S3).")
 labels_app = _typer("Ground truth: observed outcomes of applicants (the Delta table beside the logs).")
+rollout_app = _typer("Progressive delivery of the challenger: shadow, canary, the analysis' figures, promote or abort.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(model_app, name="model")
 app.add_typer(logs_app, name="logs")
 app.add_typer(labels_app, name="labels")
+app.add_typer(rollout_app, name="rollout")
 
 
 @app.callback()
@@ -308,6 +310,90 @@ def model_history(as_json: Annotated[bool, typer.Option("--json", help="machine-
 
 
 # -- predictions -----------------------------------------------------------------------------------
+# -- rollouts ---------------------------------------------------------------------------------------
+def _policy_line(policy) -> str:
+    if policy.mode.value == "canary":
+        return f"canary: the challenger answers {policy.canary_percent:g} % of the applicants"
+    if policy.mode.value == "shadow":
+        return f"shadow: the challenger also scores {policy.shadow_sample:.0%} of the requests, off the request path"
+    return "off: only the champion is served"
+
+
+@rollout_app.command("status")
+def rollout_status() -> None:
+    """Champion, challenger, the policy in force, the routing Triton publishes and the last analysis."""
+    from mlops_cli.lifecycle import triton_routing
+
+    registry = _registry()
+    champion, challenger = registry.by_alias("champion"), registry.by_alias("challenger")
+    policy, tags = registry.policy()
+    typer.echo(f"MLflow registry: {registry.name}")
+    typer.echo(f"  champion    {champion.version if champion else 'none'}")
+    typer.echo(f"  challenger  {challenger.version if challenger else 'none'}")
+    source = ", ".join(f"{k}={v}" for k, v in sorted(tags.items())) or "the ROLLOUT_* settings"
+    typer.echo(f"policy: {_policy_line(policy)} (from {source})")
+    try:
+        routing = triton_routing(registry.settings)
+    except CliError as err:
+        typer.echo(f"Triton routing: unknown ({err})")
+    else:
+        if routing is None:
+            typer.echo("Triton routing: none published (model not loaded, or an older model sync)")
+        else:
+            typer.echo(
+                f"Triton routing: champion {routing.champion}, challenger {routing.challenger or 'none'}, "
+                f"{_policy_line(routing.policy) if routing.challenger else 'off'}"
+            )
+    if challenger is not None:
+        figures = {k: v for k, v in sorted((challenger.tags or {}).items()) if k.startswith("rollout.")}
+        typer.echo("analysis: " + (", ".join(f"{k}={v}" for k, v in figures.items()) or "not started"))
+
+
+@rollout_app.command("shadow")
+def rollout_shadow(
+    sample: Annotated[float, typer.Option(help="share of requests the challenger also scores", min=0, max=1)] = 1.0,
+) -> None:
+    """The challenger scores (a share of) the requests off the request path; clients get the champion's answer."""
+    from mlops_common.rollout import RolloutMode
+
+    policy = _registry().set_policy(RolloutMode.SHADOW, shadow_sample=sample)
+    typer.echo(f"rollout policy: {_policy_line(policy)} (model sync applies it within its interval)")
+
+
+@rollout_app.command("canary")
+def rollout_canary(
+    weight: Annotated[float, typer.Option("--weight", "-w", help="percent of applicants (0-100)", min=0, max=100)],
+) -> None:
+    """The challenger answers WEIGHT % of the applicants (sticky: an applicant always meets the same version)."""
+    from mlops_common.rollout import RolloutMode
+
+    policy = _registry().set_policy(RolloutMode.CANARY, canary_percent=weight)
+    typer.echo(f"rollout policy: {_policy_line(policy)} (model sync applies it within its interval)")
+
+
+@rollout_app.command("off")
+def rollout_off() -> None:
+    """Serve the champion only (the challenger alias stays; `abort` removes it)."""
+    from mlops_common.rollout import RolloutMode
+
+    policy = _registry().set_policy(RolloutMode.OFF)
+    typer.echo(f"rollout policy: {_policy_line(policy)}")
+
+
+@rollout_app.command("promote")
+def rollout_promote(reason: ReasonOption) -> None:
+    """Make the challenger champion now (the old champion stays the target of `mlops model rollback`)."""
+    challenger, before = _registry().end_rollout("promoted", reason)
+    typer.echo(f"promoted: challenger version {challenger} is champion (was {before or 'none'})")
+
+
+@rollout_app.command("abort")
+def rollout_abort(reason: ReasonOption) -> None:
+    """Roll the challenger back: remove its alias (model sync unloads it); the champion stays."""
+    challenger, before = _registry().end_rollout("rolled_back", reason)
+    typer.echo(f"rolled back: challenger version {challenger} removed; champion stays {before or 'none'}")
+
+
 @app.command("predict")
 def predict(
     body: Annotated[

@@ -1,10 +1,9 @@
 """Model lifecycle on the MLflow registry: which version is champion/challenger and why, promote and
 roll back with an audit trail, and what Triton actually serves.
 
-Audit trail: every promote/rollback sets tags on the version that becomes champion
-(``champion.action``, ``champion.by``, ``champion.at`` (UTC ISO-8601), ``champion.reason``,
-``champion.previous``) and appends one event to the registered model's tags (``audit/<UTC time>``, a JSON
-object), so ``history`` keeps every move, the trainer's gate promotions included.
+Audit trail: every promote/rollback is recorded by ``mlops_common.champion`` (tags on the version that
+becomes champion, one event in the registered model's ``audit/`` tags), so ``history`` keeps every move,
+the trainer's gate promotions and the rollouts' promotions included.
 """
 
 from __future__ import annotations
@@ -21,13 +20,20 @@ from mlflow.exceptions import MlflowException
 
 from mlops_cli.errors import CliError
 from mlops_cli.settings import Settings
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-TAG_ACTION, TAG_BY, TAG_AT, TAG_REASON, TAG_PREVIOUS = (
-    f"champion.{name}" for name in ("action", "by", "at", "reason", "previous")
+from mlops_common.champion import AUDIT_PREFIX, TAG_PREVIOUS, Event, end_rollout, move_champion
+from mlops_common.rollout import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    TAG_CANARY_PERCENT,
+    TAG_MODE,
+    TAG_SHADOW_SAMPLE,
+    RolloutMode,
+    RolloutPolicy,
+    Routing,
 )
-AUDIT_PREFIX = "audit/"
+
+CHAMPION = CHAMPION_ALIAS
+CHALLENGER = CHALLENGER_ALIAS
 AUC_METRIC = "holdout_roc_auc"
 
 
@@ -41,16 +47,6 @@ class VersionInfo:
     @property
     def gate_tags(self) -> dict[str, str]:
         return {k: v for k, v in self.tags.items() if k.startswith("gate.")}
-
-
-@dataclass(frozen=True)
-class Event:
-    at: str
-    action: str
-    version: str
-    previous: str
-    by: str
-    reason: str
 
 
 @dataclass
@@ -195,32 +191,64 @@ class Registry:
         previous = current.version if current else None
         if previous == target.version:
             raise CliError(f"version {target.version} of {self.name} is already the champion")
-        event = Event(
-            at=_iso(datetime.now(UTC)),
-            action=action,
-            version=target.version,
-            previous=previous or "none",
-            by=self.settings.operator,
-            reason=reason.strip(),
-        )
-        self._call("set alias", self.client.set_registered_model_alias, self.name, CHAMPION, target.version)
-        for key, value in (
-            (TAG_ACTION, action),
-            (TAG_BY, event.by),
-            (TAG_AT, event.at),
-            (TAG_REASON, event.reason),
-            (TAG_PREVIOUS, event.previous),
-        ):
-            self._call("set tag", self.client.set_model_version_tag, self.name, target.version, key, value)
-        stamp = event.at.replace(":", "").replace("+0000", "Z")
-        self._call(
-            "record audit event",
-            self.client.set_registered_model_tag,
-            self.name,
-            f"{AUDIT_PREFIX}{stamp}",
-            json.dumps(event.__dict__),
+        event = self._call(
+            "move the champion",
+            lambda: move_champion(
+                self.client,
+                self.name,
+                target.version,
+                previous=previous,
+                action=action,
+                by=self.settings.operator,
+                reason=reason.strip(),
+            ),
         )
         return previous, event
+
+    # -- rollouts of the challenger -----------------------------------------------------------------
+    def policy(self) -> tuple[RolloutPolicy, dict[str, str]]:
+        """The rollout policy in force (settings' ROLLOUT_* defaults, then the model's tags) and those tags."""
+        self._ensure_model()
+        model = self._call("get model", self.client.get_registered_model, self.name)
+        tags = {k: v for k, v in (model.tags or {}).items() if k.startswith("rollout.")}
+        try:
+            return RolloutPolicy.from_settings(self.settings).with_tags(tags), tags
+        except ValueError as err:
+            raise CliError(f"{self.name}: {err}; set it again with `mlops rollout`") from None
+
+    def set_policy(self, mode: RolloutMode, **values: float) -> RolloutPolicy:
+        self._ensure_model()
+        tags = {TAG_MODE: mode.value}
+        if "canary_percent" in values:
+            tags[TAG_CANARY_PERCENT] = f"{values['canary_percent']:g}"
+        if "shadow_sample" in values:
+            tags[TAG_SHADOW_SAMPLE] = f"{values['shadow_sample']:g}"
+        for key, value in tags.items():
+            self._call("set tag", self.client.set_registered_model_tag, self.name, key, value)
+        return self.policy()[0]
+
+    def end_rollout(self, decision: str, reason: str) -> tuple[str, str | None]:
+        """Promote the challenger or roll it back; returns (challenger, champion before)."""
+        if not reason.strip():
+            raise CliError("--reason must say why (it goes into the audit trail)")
+        challenger = self.by_alias(CHALLENGER)
+        if challenger is None:
+            raise CliError(f"{self.name} has no challenger: nothing is being rolled out")
+        champion = self.by_alias(CHAMPION)
+        before = champion.version if champion else None
+        self._call(
+            "end the rollout",
+            lambda: end_rollout(
+                self.client,
+                self.name,
+                challenger.version,
+                champion=before,
+                decision=decision,
+                by=self.settings.operator,
+                reason=reason.strip(),
+            ),
+        )
+        return challenger.version, before
 
     def rollback_target(self) -> str:
         """The version recorded as the previous champion of the current champion."""
@@ -275,3 +303,16 @@ def wait_until_served(settings: Settings, version: str, timeout_s: float, poll_s
         f"Triton did not serve version {version} of {settings.triton_model_name} within {timeout_s:.0f} s "
         f"(last seen: {last}); is model sync running (`make serve`)?"
     )
+
+
+def triton_routing(settings: Settings) -> Routing | None:
+    """The routing model sync wrote into the loaded model's config (what the BFFs follow)."""
+    url = f"{settings.triton_http_base_url}/v2/models/{settings.triton_model_name}/config"
+    try:
+        response = httpx.get(url, timeout=settings.http_timeout_s)
+    except httpx.HTTPError as err:
+        raise CliError(f"cannot ask Triton at {settings.triton_http_base_url}: {type(err).__name__}") from None
+    if response.status_code != 200:
+        return None
+    parameters = {k: v.get("string_value", "") for k, v in response.json().get("parameters", {}).items()}
+    return Routing.from_parameters(parameters)

@@ -14,6 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from mlops_common.ground_truth import GroundTruthStoreSettings
+from mlops_common.rollout import RolloutSettings
 from mlops_common.settings import FeastSettings, MlflowSettings, TritonSettings
 
 
@@ -40,7 +41,7 @@ class _LocalStackSource(PydanticBaseSettingsSource):
         return {key.lower(): value for key, value in local_stack_env().items() if key.lower() in fields}
 
 
-class Settings(FeastSettings, MlflowSettings, TritonSettings, GroundTruthStoreSettings):
+class Settings(FeastSettings, MlflowSettings, TritonSettings, GroundTruthStoreSettings, RolloutSettings):
     """Everything ``mlops`` talks to; each field is its upper-case environment variable."""
 
     # The prediction API (the BFF); unset: http://127.0.0.1:<BFF_PORT>.

@@ -111,7 +111,8 @@ class ModelSync:
         if not ready:
             return None, ready
         config = self.triton.get_model_config(self.settings.triton_model_name, as_json=True)["config"]
-        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        # JSON leaves out an empty string_value (no challenger).
+        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         routing = Routing.from_parameters(parameters)
         return routing or Routing(str(max(ready))), ready
 
@@ -137,11 +138,13 @@ class ModelSync:
             LAST_SUCCESS.set_to_current_time()
             return False
         now = time.monotonic()
-        if self.applied is not None and routing != self.applied and self.settings.routing_grace_s > 0:
-            for version in _versions(self.applied) - _versions(routing):
-                self.retiring.setdefault(version, now + self.settings.routing_grace_s)
         self.retiring = {v: at for v, at in self.retiring.items() if at > now and v not in _versions(routing)}
-        versions = _versions(routing) | frozenset(self.retiring)
+        # The versions the served routing names and the new one does not: kept through the switch, then
+        # for the grace period from the moment the new routing serves.
+        leaving = frozenset()
+        if self.applied is not None and routing != self.applied and self.settings.routing_grace_s > 0:
+            leaving = (_versions(self.applied) - _versions(routing)) & self.loaded
+        versions = _versions(routing) | frozenset(self.retiring) | leaving
         if routing == self.applied and versions == self.loaded:
             if not all(self._ready(v) for v in versions):
                 # Triton restarted (explicit mode starts empty): load what is on disk again.
@@ -152,6 +155,8 @@ class ModelSync:
             return False
         try:
             self._apply(routing, versions)
+            for version in leaving:
+                self.retiring[version] = time.monotonic() + self.settings.routing_grace_s
         except SyncError:
             if routing.challenger is None:
                 raise

@@ -2,8 +2,10 @@
 
 Without --once: every MONITOR_WINDOW_S, evaluate the served versions' drift and live quality, export
 them on MONITOR_METRICS_PORT, write the window's reports to S3, decide about retraining (RETRAIN_MODE)
-and record the window in MLflow, until SIGTERM/SIGINT. With --once: one window ending now, a summary
-on stdout; with --wait also wait for a retraining it started to finish (locally), then exit.
+and record the window in MLflow, until SIGTERM/SIGINT; beside it, every ROLLOUT_ANALYSIS_INTERVAL_S, analyse a
+challenger served in shadow or canary mode and promote or roll it back (monitor.rollout). With --once:
+one window ending now, a summary on stdout; with --wait also wait for a retraining it started to finish
+(locally), then exit.
 """
 
 import argparse
@@ -17,6 +19,7 @@ from prometheus_client import start_http_server
 from mlops_common.logging import configure_logging
 from monitor.metrics import REGISTRY
 from monitor.retraining import LocalLauncher
+from monitor.rollout import RolloutAnalysis
 from monitor.service import Monitor, WindowResult, launcher_for
 from monitor.settings import Settings
 
@@ -68,17 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     log.info(
-        "monitoring %s every %.0f s (retraining: %s)",
+        "monitoring %s every %.0f s (retraining: %s), rollouts every %.0f s from %s",
         settings.registered_model_name,
         settings.monitor_window_s,
         settings.retrain_mode,
+        settings.rollout_analysis_interval_s,
+        settings.prometheus_url,
     )
+    rollouts = threading.Thread(target=RolloutAnalysis(settings).run, args=(stop,), name="rollout", daemon=True)
+    rollouts.start()
     while not stop.is_set():
         try:
             monitor.run_window()
         except Exception:  # a table or MLflow that does not answer: counted, logged, tried again next window
             log.exception("window failed")
         stop.wait(settings.monitor_window_s)
+    rollouts.join(timeout=settings.rollout_query_timeout_s)
     return 0
 
 

@@ -1,6 +1,8 @@
 """The monitor's Prometheus metrics. Series labelled by ``model``/``version`` (and ``feature``) describe
 the last window of one served version; those of a version that no longer serves are removed."""
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from mlops_common.metrics import service_registry
@@ -131,3 +133,44 @@ def initialise() -> None:
     for decision in (d for d in DECISIONS if d != "not_needed"):
         for reason in REASONS:
             RETRAINING_DECISIONS.labels(decision, reason)
+
+
+# -- the rollout analysis (monitor.rollout) ----------------------------------------------------------
+ROLLOUT_CHECKS = ("error_rate", "latency_p95_ratio", "score_shift", "agreement", "live_auc_drop")
+ROLLOUT_DECISION_VALUES = ("promoted", "rolled_back")
+ROLLOUT_ACTIVE = Gauge(
+    "monitor_rollout_active", "1 while a challenger is served in shadow or canary mode", registry=REGISTRY
+)
+ROLLOUT_CHALLENGER_CALLS = Gauge(
+    "monitor_rollout_challenger_calls", "Challenger calls since its rollout started", registry=REGISTRY
+)
+ROLLOUT_CHECK_VALUE = Gauge(
+    "monitor_rollout_check_value",
+    "The rollout analysis' figure per check (absent: no data)",
+    ["check"],
+    registry=REGISTRY,
+)
+ROLLOUT_CHECK_PASSED = Gauge(
+    "monitor_rollout_check_passed", "1: the figure is within its limit, 0: it is not", ["check"], registry=REGISTRY
+)
+ROLLOUT_DECISIONS = Counter("monitor_rollout_decisions", "Automatic rollout decisions", ["decision"], registry=REGISTRY)
+ROLLOUT_ANALYSIS_ERRORS = Counter(
+    "monitor_rollout_analysis_errors",
+    "Rollout analyses that failed (Prometheus or MLflow unreachable)",
+    registry=REGISTRY,
+)
+
+
+def initialise_rollout() -> None:
+    for decision in ROLLOUT_DECISION_VALUES:
+        ROLLOUT_DECISIONS.labels(decision)
+
+
+def set_rollout_check(check: str, value: float | None, passed: bool | None) -> None:
+    if value is None or passed is None:
+        for gauge in (ROLLOUT_CHECK_VALUE, ROLLOUT_CHECK_PASSED):
+            with contextlib.suppress(KeyError):
+                gauge.remove(check)
+        return
+    ROLLOUT_CHECK_VALUE.labels(check).set(value)
+    ROLLOUT_CHECK_PASSED.labels(check).set(1 if passed else 0)

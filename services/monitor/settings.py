@@ -4,10 +4,11 @@ from pydantic import Field
 
 from mlops_common.drift import DRIFT_PSI_THRESHOLD, MISSING_RATE_THRESHOLD
 from mlops_common.ground_truth import GroundTruthStoreSettings
+from mlops_common.rollout import RolloutSettings
 from mlops_common.settings import MlflowSettings, TritonSettings
 
 
-class Settings(GroundTruthStoreSettings, MlflowSettings):
+class Settings(GroundTruthStoreSettings, MlflowSettings, RolloutSettings):
     """Settings of ``python -m monitor``: what it reads (the inference-log and ground-truth tables,
     the reference profiles in MLflow), how often, and the retraining policy."""
 
@@ -50,3 +51,24 @@ class Settings(GroundTruthStoreSettings, MlflowSettings):
     # kubernetes mode: the CronJob whose jobTemplate a retraining Job copies, in this pod's namespace.
     retrain_cronjob: str = "mlops-trainer-retrain"
     retrain_namespace: str | None = None  # default: the namespace of the pod's service account
+
+    # -- rollout analysis (monitor.rollout): promote or roll back a served challenger ----------------
+    # Decide automatically; false: analyse and export the figures only (`mlops rollout promote|abort`).
+    rollout_auto_decide: bool = True
+    rollout_analysis_interval_s: float = Field(30.0, gt=0)
+    # Prometheus that scrapes the BFFs (and this monitor): the analysis' figures come from there.
+    prometheus_url: str = "http://127.0.0.1:9090"
+    rollout_query_timeout_s: float = Field(10.0, gt=0)
+    # Its scrape interval: the analysis' window is never shorter than two of them.
+    rollout_scrape_interval_s: float = Field(30.0, gt=0)
+    # Challenger calls before any decision; a promotion also waits ROLLOUT_MIN_DURATION_S.
+    rollout_min_calls: int = Field(500, ge=1)
+    rollout_min_duration_s: float = Field(600.0, ge=0)
+    # The checks: challenger calls that fail or answer outside [0, 1]; its p95 Triton latency over the
+    # champion's; |its mean score - the champion's|; shadow: share of rows decided alike; live ROC AUC
+    # of the champion minus the challenger's (when the monitor has labels for both).
+    rollout_max_error_rate: float = Field(0.01, ge=0, le=1)
+    rollout_max_latency_ratio: float = Field(1.5, gt=0)
+    rollout_max_score_shift: float = Field(0.1, ge=0, le=1)
+    rollout_min_agreement: float = Field(0.9, ge=0, le=1)
+    rollout_max_auc_drop: float = Field(0.02, ge=0, le=1)

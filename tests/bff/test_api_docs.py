@@ -60,9 +60,7 @@ class FakeTriton:
         self.gate: asyncio.Event | None = None  # when set, predict waits for it
         self.entered = asyncio.Event()
 
-    async def predict(
-        self, features: np.ndarray, *, version: str = "", request_id: str = ""
-    ) -> tuple[np.ndarray, str]:
+    async def predict(self, features: np.ndarray, *, version: str = "", request_id: str = "") -> tuple[np.ndarray, str]:
         self.request_ids.append(request_id)
         self.entered.set()
         if self.gate is not None:

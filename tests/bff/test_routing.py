@@ -101,7 +101,7 @@ async def test_a_canary_batch_is_split_by_applicant_with_one_call_per_version(se
 
 
 async def test_a_challenger_that_answers_nan_or_fails_never_fails_a_client(serving):
-    triton, router, logs, client = serving
+    triton, router, _logs, client = serving
     route(router, RolloutMode.CANARY, 100.0)
     for failure in ("nan", "down"):
         triton.broken = {CHALLENGER: failure}
@@ -137,7 +137,7 @@ async def test_shadow_answers_are_the_champions_bytes_and_the_challengers_are_lo
 
 
 async def test_without_a_published_routing_triton_picks_the_version(serving):
-    triton, router, logs, client = serving
+    triton, _router, _logs, client = serving
     async with client() as c:
         answer = await c.post("/predict", json=FEATURES_EXAMPLE)
     assert (answer.json()["model_version"], answer.json()["model_role"]) == (CHAMPION, "champion")

@@ -60,6 +60,8 @@ def test_routing_keys_are_applicants_or_request_hashes_and_fractions_uniform():
     assert routing_key(100002, "r-1") == 100002
     assert routing_key(None, "r-1") == routing_key(None, "r-1") != routing_key(None, "r-2")
     fractions = sticky_fraction(np.arange(20_000, dtype=np.uint64), salt="7")
-    assert fractions.min() >= 0 and fractions.max() < 1
+    assert fractions.min() >= 0
+    assert fractions.max() < 1
     counts, _ = np.histogram(fractions, bins=10, range=(0, 1))
-    assert counts.min() > 1_800 and counts.max() < 2_200
+    assert counts.min() > 1_800
+    assert counts.max() < 2_200
