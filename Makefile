@@ -23,7 +23,7 @@ BFF_URL := http://127.0.0.1:$(BFF_PORT)
 STACK_ENV = eval "$$($(PY) -m devstack env)" &&
 FEATURES_BODY := {"AMT_INCOME_TOTAL": 50000, "AMT_CREDIT": 200000, "AMT_ANNUITY": 15000, "DAYS_BIRTH": -12000, "DAYS_EMPLOYED": -2000, "bureau_credit_count": 3, "bureau_credit_active_count": 1, "bureau_credit_days_enddate_mean": -500, "bureau_amt_credit_sum": 300000, "bureau_amt_credit_sum_overdue": 0}
 
-.PHONY: help setup lock lint fmt test demo demo-drift stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools
+.PHONY: help setup lock lint fmt test demo demo-drift demo-rollout stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -120,3 +120,6 @@ demo: stack-up features train serve predict ## Set up, start the stack, run the 
 
 demo-drift: $(VENV)/.installed ## After `make demo`: shifted traffic + labels -> drift gauges, alert, retraining, new challenger
 	$(STACK_ENV) $(PY) -m monitor.drift_demo
+
+demo-rollout: $(VENV)/.installed ## After `make demo`: a challenger as a 20 % canary under traffic, promoted or rolled back by the analysis
+	$(STACK_ENV) $(PY) -m monitor.rollout_demo

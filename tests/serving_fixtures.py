@@ -23,6 +23,23 @@ class Serving:
         return httpx.Client(base_url=self.bff_url, timeout=10.0, **kwargs)
 
 
+def register_onnx(env: dict[str, str], model, *, profile_of: str | None = None) -> str:
+    """A new version of ``REGISTERED_MODEL_NAME`` holding the ONNX ``model`` (logged as the trainer logs
+    one, without training), in ``MLFLOW_EXPERIMENT_NAME``, with the reference profile of the run
+    ``profile_of`` (for the monitor); returns the version."""
+    import mlflow
+
+    from mlops_common.reference_profile import PROFILE_ARTIFACT
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_experiment(env["MLFLOW_EXPERIMENT_NAME"])
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(model, name="model", registered_model_name=env["REGISTERED_MODEL_NAME"])
+        if profile_of is not None:
+            mlflow.log_dict(mlflow.artifacts.load_dict(f"runs:/{profile_of}/{PROFILE_ARTIFACT}"), PROFILE_ARTIFACT)
+    return str(info.registered_model_version)
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

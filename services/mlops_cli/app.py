@@ -247,9 +247,13 @@ def model_status(
         served = "nothing (no version ready)"
     else:
         served = "version " + ", ".join(status.served)
-        served += (
-            "  = champion" if status.served == [champion] else "  != champion (model sync switches within its interval)"
-        )
+        challenger = status.challenger.version if status.challenger else None
+        if status.served == [champion]:
+            served += "  = champion"
+        elif challenger and sorted(status.served, key=int) == sorted({champion, challenger}, key=int):
+            served += "  = champion + challenger (a rollout: `mlops rollout status`)"
+        else:
+            served += "  != champion (model sync switches within its interval)"
     typer.echo(f"Triton serves {status.triton_model}: {served}")
 
 

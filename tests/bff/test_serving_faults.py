@@ -211,7 +211,7 @@ def test_triton_stopped_and_restarted(trained_platform, s3_server, unique_name, 
     assert all("retry-after" in headers for _, _, headers in load.statuses)
     assert load.transport_errors == []
     # model_sync saw Triton lose the champion and loaded it again.
-    assert "loading it again" in serving.model_sync.log_path.read_text()
+    assert "loading them again" in serving.model_sync.log_path.read_text()
 
 
 # -- 2. inference logs end to end -----------------------------------------------------------------

@@ -175,9 +175,15 @@ def _egress_ports(policy: Doc) -> list[tuple[frozenset[int], list[Doc] | None]]:
 
 
 def test_network_policy(rendered: dict[str, list[Doc]]) -> None:
-    # Without retraining: DNS, MinIO and MLflow only; scraped on the metrics port.
+    # Without retraining: DNS, MinIO, MLflow and Prometheus (the rollout analysis) only; scraped on the
+    # metrics port.
     policy = _get(rendered["01-default"], "NetworkPolicy", "mlops-monitor")
-    assert [ports for ports, _ in _egress_ports(policy)] == [frozenset({53}), frozenset({9000}), frozenset({5000})]
+    assert [ports for ports, _ in _egress_ports(policy)] == [
+        frozenset({53}),
+        frozenset({9000}),
+        frozenset({5000}),
+        frozenset({9090}),
+    ]
     assert policy["spec"]["ingress"] == [
         {
             "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
@@ -195,7 +201,7 @@ def test_network_policy(rendered: dict[str, list[Doc]]) -> None:
     assert narrowed[-1] == (frozenset({6443}), [{"ipBlock": {"cidr": "10.0.0.10/32"}}])
     anywhere = _egress_ports(_get(rendered["06-ingress-existing-secrets"], "NetworkPolicy", "mlops-monitor"))
     assert anywhere[-1] == (frozenset({443, 6443}), None)
-    assert len(anywhere) == len(narrowed) == 4
+    assert len(anywhere) == len(narrowed) == 5
 
 
 def test_disabled_monitor_renders_nothing_of_it(rendered: dict[str, list[Doc]]) -> None:

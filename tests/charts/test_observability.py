@@ -53,7 +53,14 @@ def exposed_series() -> set[str]:
 
 
 def test_the_five_dashboards_exist() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"platform-overview", "bff", "triton", "log-pipeline", "model-quality"}
+    assert {p.stem for p in DASHBOARDS} == {
+        "platform-overview",
+        "bff",
+        "triton",
+        "log-pipeline",
+        "model-quality",
+        "model-rollout",
+    }
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)

@@ -15,10 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import mlflow
 import pytest
+from mlflow import MlflowClient
 from observability_files import CLUSTER_ONLY_EXPRESSIONS, GPU_ONLY_EXPRESSIONS, OBSERVABILITY
 from platform_fixtures import QUICK_MODEL, settings_from
-from serving_fixtures import Serving, faults_env, start_serving, wait_for
+from serving_fixtures import Serving, faults_env, register_onnx, start_serving, wait_for
 
 from bff.api_keys import hash_key, new_key
 from bff.schemas import FEATURES_EXAMPLE
@@ -130,6 +132,7 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         home_dir=work / "triton-home",
         die_with_parent=True,
     )
+    prometheus_port = free_port()
     env = faults_env(
         trained_platform,
         s3_server,
@@ -147,7 +150,25 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         DRIFT_MIN_ROWS="1",
         QUALITY_MIN_LABELED_ROWS="2",
         LABEL_MAX_AGE_S="1",
+        # A registry of its own with a challenger scored in shadow the whole time, so that the rollout
+        # dashboard has data: the analysis runs and exports its figures, but never reaches a decision.
+        REGISTERED_MODEL_NAME=unique_name("live"),
+        MLFLOW_EXPERIMENT_NAME=unique_name("live"),
+        ROLLOUT_MODE="shadow",
+        PROMETHEUS_URL=f"http://127.0.0.1:{prometheus_port}",
+        ROLLOUT_SCRAPE_INTERVAL_S=str(SCRAPE_INTERVAL_S),
+        ROLLOUT_ANALYSIS_INTERVAL_S="2",
+        ROLLOUT_MIN_CALLS=str(10**9),
+        ROUTING_REFRESH_S="0.2",
     )
+    trained = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        trained_platform.env["REGISTERED_MODEL_NAME"], "champion"
+    )
+    model = mlflow.onnx.load_model(f"models:/{trained.name}/{trained.version}")
+    registry = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    for alias in ("champion", "challenger"):
+        version = register_onnx(env, model, profile_of=trained.run_id)
+        registry.set_registered_model_alias(env["REGISTERED_MODEL_NAME"], alias, version)
     stack = StackSettings()
     sys_svc.ensure_rabbitmq_prometheus(stack.rabbitmq_host_port[0], stack.rabbitmq_prometheus_port)
     addresses = {
@@ -161,7 +182,7 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
     config = work / "prometheus" / "prometheus.yml"
     write_config(config, addresses, interval_s=SCRAPE_INTERVAL_S)
     prometheus = prometheus_daemon(
-        config, work / "prometheus" / "data", free_port(), work / "logs" / "prometheus.log", die_with_parent=True
+        config, work / "prometheus" / "data", prometheus_port, work / "logs" / "prometheus.log", die_with_parent=True
     ).start()
     serving = log_worker = monitor = None
     try:

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from onnx import TensorProto, helper
 from platform_fixtures import settings_from
 from scipy.stats import binomtest
-from serving_fixtures import Serving, faults_env, start_serving, wait_for
+from serving_fixtures import Serving, faults_env, register_onnx, start_serving, wait_for
 
 from bff.schemas import FEATURES_EXAMPLE
 from devstack.components import APP_PYTHONPATH, app_daemon
@@ -63,7 +63,7 @@ class Rollout:
         return self.env["REGISTERED_MODEL_NAME"]
 
     def register(self, model: onnx.ModelProto) -> str:
-        return register(self.env, model)
+        return register_onnx(self.env, model)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, **self.env, "PYTHONPATH": ":".join(str(p) for p in APP_PYTHONPATH)}
@@ -102,15 +102,6 @@ class Rollout:
             self.client.delete_registered_model_alias(self.name, CHALLENGER_ALIAS)
         champion = self.alias(CHAMPION_ALIAS)
         wait_for(lambda: self.ready_versions() == [champion], 60, f"Triton serving version {champion} alone")
-
-
-def register(env: dict[str, str], model: onnx.ModelProto) -> str:
-    """A new version of the module's registered model (the trainer's way of logging, without training)."""
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment(env["MLFLOW_EXPERIMENT_NAME"])
-    with mlflow.start_run():
-        info = mlflow.onnx.log_model(model, name="model", registered_model_name=env["REGISTERED_MODEL_NAME"])
-    return str(info.registered_model_version)
 
 
 def nan_model() -> onnx.ModelProto:
@@ -159,7 +150,7 @@ def rollout(trained_platform, s3_server, triton_server, unique_name, tmp_path_fa
         prometheus = prometheus_daemon(
             config, work / "prometheus" / "data", free_port(), work / "logs" / "prometheus.log", die_with_parent=True
         ).start()
-        first = register(env, champion_model)
+        first = register_onnx(env, champion_model)
         MlflowClient(env["MLFLOW_TRACKING_URI"]).set_registered_model_alias(
             env["REGISTERED_MODEL_NAME"], CHAMPION_ALIAS, first
         )
