@@ -180,7 +180,7 @@ async def _predict(platform: Platform, requests: list, *, batch: bool, request_i
         Prediction(
             request_id=row_ids[i],
             probability=float(p),
-            decision="reject" if p >= threshold else "approve",
+            decision=_decision(p, threshold),
             threshold=threshold,
             model_name=platform.triton.model_name,
             model_version=scored.versions[i],
@@ -196,35 +196,42 @@ async def _predict(platform: Platform, requests: list, *, batch: bool, request_i
 
     def log_shadow(shadow: ShadowScored) -> None:
         if logs is not None:
-            _log_inferences(logs, rows, _shadow_predictions(shadow, predictions, threshold), latency_ms)
+            _log_inferences(logs, rows, predictions, latency_ms, shadow=shadow, threshold=threshold)
 
     platform.router.shadow(rows.matrix, scored.probabilities, row_ids, request_id, threshold, log_shadow)
     return predictions
 
 
-def _shadow_predictions(shadow: ShadowScored, answered: list[Prediction], threshold: float) -> list[Prediction]:
-    """The challenger's predictions for the rows the champion answered: what the log keeps of shadow mode."""
-    return [
-        prediction.model_copy(
-            update={
-                "request_id": shadow.request_ids[i],
-                "probability": float(p),
-                "decision": "reject" if p >= threshold else "approve",
-                "model_version": shadow.version,
-                "model_role": Role.SHADOW,
-            }
-        )
-        for i, (prediction, p) in enumerate(zip(answered, shadow.probabilities, strict=True))
-    ]
+def _decision(probability: float, threshold: float) -> str:
+    return "reject" if probability >= threshold else "approve"
 
 
-def _log_inferences(logs: InferenceLogPublisher, rows: FeatureRows, predictions: list[Prediction], latency_ms: float):
+def _log_inferences(
+    logs: InferenceLogPublisher,
+    rows: FeatureRows,
+    predictions: list[Prediction],
+    latency_ms: float,
+    *,
+    shadow: ShadowScored | None = None,
+    threshold: float = 0.5,
+):
+    """One record per answered row; with ``shadow``, the challenger's answers for the same rows instead."""
     now = datetime.now(UTC)
     for i, prediction in enumerate(predictions):
+        request_id, probability, decision = prediction.request_id, prediction.probability, prediction.decision
+        version, role = prediction.model_version, prediction.model_role
+        if shadow is not None:
+            request_id, probability, version, role = (
+                shadow.request_ids[i],
+                float(shadow.probabilities[i]),
+                shadow.version,
+                Role.SHADOW,
+            )
+            decision = _decision(probability, threshold)
         # model_construct: the values are already validated; the request path pays no second validation.
         logs.submit(
             InferenceLogRecord.model_construct(
-                request_id=prediction.request_id,
+                request_id=request_id,
                 timestamp=now,
                 entity_id=rows.entity_ids[i],
                 features={
@@ -233,11 +240,11 @@ def _log_inferences(logs: InferenceLogPublisher, rows: FeatureRows, predictions:
                 },
                 store_features=prediction.features_from_store,
                 model_name=prediction.model_name,
-                model_version=prediction.model_version,
-                probability=prediction.probability,
-                decision=prediction.decision,
+                model_version=version,
+                probability=probability,
+                decision=decision,
                 latency_ms=latency_ms,
-                role=prediction.model_role,
+                role=role,
             )
         )
 
