@@ -140,6 +140,7 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
                     threshold=0.5,
                     model_name="credit_default",
                     model_version="1",
+                    model_role="champion",
                     features_from_store=[],
                     missing_features=[],
                 )

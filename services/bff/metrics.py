@@ -5,7 +5,7 @@ import time
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from mlops_common.metrics import service_registry
+from mlops_common.metrics import observe_all, service_registry
 from mlops_common.rollout import Role, Routing
 
 REGISTRY = service_registry()
@@ -123,9 +123,7 @@ def observe_call(version: str, role: Role, seconds: float, probabilities: np.nda
     MODEL_CALLS.labels(version, role_name, "ok").inc()
     MODEL_ROWS.labels(version, role_name).inc(len(probabilities))
     MODEL_LATENCY.labels(version, role_name).observe(seconds)
-    scores = MODEL_SCORES.labels(version, role_name)
-    for p in probabilities.tolist():
-        scores.observe(p)
+    observe_all(MODEL_SCORES.labels(version, role_name), probabilities)
 
 
 def observe_shadow(champion: np.ndarray, challenger: np.ndarray, threshold: float) -> None:
@@ -133,8 +131,7 @@ def observe_shadow(champion: np.ndarray, challenger: np.ndarray, threshold: floa
     agree = int(np.count_nonzero((champion >= threshold) == (challenger >= threshold)))
     SHADOW_COMPARISONS.labels("agree").inc(agree)
     SHADOW_COMPARISONS.labels("disagree").inc(len(champion) - agree)
-    for difference in np.abs(challenger - champion).tolist():
-        SHADOW_DIFFERENCE.observe(difference)
+    observe_all(SHADOW_DIFFERENCE, np.abs(challenger - champion))
 
 
 OVERLOADED_BODY = b'{"detail":"overloaded: too many requests in flight, retry shortly"}'
