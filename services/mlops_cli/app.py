@@ -310,10 +310,9 @@ def model_history(as_json: Annotated[bool, typer.Option("--json", help="machine-
         return
     typer.echo(f"champion history of {registry.name} ({len(events)} changes)")
     for e in events:
-        typer.echo(f"  {e.at}  {e.action:<8} version {e.version:<4} (was {e.previous:<4}) by {e.by}: {e.reason}")
+        typer.echo(f"  {e.at}  {e.action:<15} version {e.version:<4} (was {e.previous:<4}) by {e.by}: {e.reason}")
 
 
-# -- predictions -----------------------------------------------------------------------------------
 # -- rollouts ---------------------------------------------------------------------------------------
 def _policy_line(policy) -> str:
     if policy.mode.value == "canary":
@@ -398,6 +397,7 @@ def rollout_abort(reason: ReasonOption) -> None:
     typer.echo(f"rolled back: challenger version {challenger} removed; champion stays {before or 'none'}")
 
 
+# -- predictions -----------------------------------------------------------------------------------
 @app.command("predict")
 def predict(
     body: Annotated[

@@ -49,8 +49,9 @@ def ensure_challenger(client: MlflowClient, model: str) -> str:
     if challenger is not None and champion is not None and challenger.version != champion.version:
         print(f"challenger: version {challenger.version} (already registered)", flush=True)
         return challenger.version
-    print("training a challenger with another recipe (python -m trainer --no-promote --param max_iter=150) ...")
-    command = [sys.executable, "-m", "trainer", "--no-promote", "--param", "max_iter=150", "--tag", "demo=rollout"]
+    recipe = ["--param", "max_leaf_nodes=15"]
+    print(f"training a challenger with another recipe (python -m trainer --no-promote {' '.join(recipe)}) ...")
+    command = [sys.executable, "-m", "trainer", "--no-promote", *recipe, "--tag", "demo=rollout"]
     subprocess.run(command, check=True)
     challenger = version_by_alias(client, model, CHALLENGER_ALIAS)
     assert challenger is not None, "the trainer registered no challenger"
