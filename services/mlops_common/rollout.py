@@ -40,7 +40,6 @@ class Role(StrEnum):
     SHADOW = "shadow"
 
 
-ROLES = tuple(Role)
 # Shadow records share the table with the champion's: their key gets a suffix that X-Request-ID
 # cannot contain (its pattern has no "~"), so the two never collide.
 SHADOW_ID_SUFFIX = "~shadow"

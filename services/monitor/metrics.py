@@ -136,7 +136,6 @@ def initialise() -> None:
 
 
 # -- the rollout analysis (monitor.rollout) ----------------------------------------------------------
-ROLLOUT_CHECKS = ("error_rate", "latency_p95_ratio", "score_shift", "agreement", "live_auc_drop")
 ROLLOUT_DECISION_VALUES = ("promoted", "rolled_back")
 ROLLOUT_ACTIVE = Gauge(
     "monitor_rollout_active", "1 while a challenger is served in shadow or canary mode", registry=REGISTRY

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -195,7 +196,7 @@ def test_promote_then_rollback_move_the_alias_with_audit_tags_and_triton_follows
         ("promote", "2", "1"),
         ("rollback", "1", "2"),
     ]
-    assert "rollback version 1" in mlops(env, "model", "history").output
+    assert re.search(r"rollback +version 1 +\(was 2 +\) by \S+: bad canary", mlops(env, "model", "history").output)
 
 
 def test_predict_then_logs_query_finds_the_row_by_request_id(cli_serving, trained_platform):
