@@ -107,7 +107,9 @@ class Router:
         observe_call(answered_by, role, time.perf_counter() - started, probabilities)
         return probabilities, answered_by
 
-    async def score(self, matrix: np.ndarray, entity_ids: list[int | None], row_ids: list[str], request_id: str):
+    async def score(
+        self, matrix: np.ndarray, entity_ids: list[int | None], row_ids: list[str], request_id: str
+    ) -> Scored:
         """Probabilities, versions and roles for each row: the canary's share by the challenger, the rest
         (and any canary row the challenger failed) by the champion."""
         routing = self.routing
@@ -157,7 +159,9 @@ class Router:
         """In shadow mode, have the challenger score a sampled request after the answer; compare it with the
         champion's ``probabilities`` and hand its answers to ``then`` (the inference log)."""
         routing = self.routing
-        if routing is None or not routing.shadowed(routing_key(None, request_id)):
+        if routing is None or routing.mode is not RolloutMode.SHADOW:
+            return
+        if not routing.shadowed(routing_key(None, request_id)):
             return
         if len(self._shadows) >= self.shadow_max_pending:
             SHADOW_SKIPPED.inc()
@@ -168,7 +172,16 @@ class Router:
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
-    async def _shadow(self, version, matrix, champion, row_ids, request_id, threshold, then) -> None:
+    async def _shadow(
+        self,
+        version: str,
+        matrix: np.ndarray,
+        champion: np.ndarray,
+        row_ids: list[str],
+        request_id: str,
+        threshold: float,
+        then: Callable[[ShadowScored], None],
+    ) -> None:
         with contextlib.suppress(DependencyUnavailableError, InferenceError):  # counted by _call
             probabilities, answered_by = await self._call(
                 matrix, version, Role.SHADOW, f"{request_id}{SHADOW_ID_SUFFIX}"

@@ -184,8 +184,7 @@ class Registry:
     # -- moving the champion ------------------------------------------------------------------------
     def move_champion(self, version: str, *, action: str, reason: str) -> tuple[str | None, Event]:
         """Point ``champion`` at ``version`` and record who, when, why and the previous champion."""
-        if not reason.strip():
-            raise CliError("--reason must say why (it goes into the audit trail)")
+        reason = _required(reason)
         target = self.version(version)
         current = self.by_alias(CHAMPION)
         previous = current.version if current else None
@@ -200,7 +199,7 @@ class Registry:
                 previous=previous,
                 action=action,
                 by=self.settings.operator,
-                reason=reason.strip(),
+                reason=reason,
             ),
         )
         return previous, event
@@ -229,8 +228,7 @@ class Registry:
 
     def end_rollout(self, decision: str, reason: str) -> tuple[str, str | None]:
         """Promote the challenger or roll it back; returns (challenger, champion before)."""
-        if not reason.strip():
-            raise CliError("--reason must say why (it goes into the audit trail)")
+        reason = _required(reason)
         challenger = self.by_alias(CHALLENGER)
         if challenger is None:
             raise CliError(f"{self.name} has no challenger: nothing is being rolled out")
@@ -245,7 +243,7 @@ class Registry:
                 champion=before,
                 decision=decision,
                 by=self.settings.operator,
-                reason=reason.strip(),
+                reason=reason,
             ),
         )
         return challenger.version, before
@@ -263,6 +261,12 @@ class Registry:
                 "use `mlops model promote VERSION --reason ...`"
             )
         return previous
+
+
+def _required(reason: str) -> str:
+    if not reason.strip():
+        raise CliError("--reason must say why (it goes into the audit trail)")
+    return reason.strip()
 
 
 def _iso(moment: datetime) -> str:
