@@ -217,11 +217,13 @@ class Registry:
 
     def set_policy(self, mode: RolloutMode, **values: float) -> RolloutPolicy:
         self._ensure_model()
-        tags = {TAG_MODE: mode.value}
+        # The values before the mode that uses them: model sync may read the tags between two writes.
+        tags = {}
         if "canary_percent" in values:
             tags[TAG_CANARY_PERCENT] = f"{values['canary_percent']:g}"
         if "shadow_sample" in values:
             tags[TAG_SHADOW_SAMPLE] = f"{values['shadow_sample']:g}"
+        tags[TAG_MODE] = mode.value
         for key, value in tags.items():
             self._call("set tag", self.client.set_registered_model_tag, self.name, key, value)
         return self.policy()[0]

@@ -82,8 +82,8 @@ def main() -> int:
     policy_before = {
         k: v for k, v in (client.get_registered_model(model).tags or {}).items() if k.startswith("rollout.")
     }
-    client.set_registered_model_tag(model, TAG_MODE, "canary")
     client.set_registered_model_tag(model, TAG_CANARY_PERCENT, f"{settings.demo_canary_percent:g}")
+    client.set_registered_model_tag(model, TAG_MODE, "canary")
     print(
         f"policy: canary, {settings.demo_canary_percent:g} % of the applicants to version {challenger} "
         f"(champion {champion.version}); model sync loads it within its interval",

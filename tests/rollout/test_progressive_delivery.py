@@ -70,9 +70,11 @@ class Rollout:
         command = [sys.executable, "-m", "mlops_cli", *args]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
 
-    def policy(self, **tags: str) -> None:
-        for key, value in tags.items():
-            self.client.set_registered_model_tag(self.name, key, value)
+    def policy(self, mode: str, percent: str | None = None) -> None:
+        """As `mlops rollout` sets it: the percent first, then the mode that uses it."""
+        if percent is not None:
+            self.client.set_registered_model_tag(self.name, TAG_CANARY_PERCENT, percent)
+        self.client.set_registered_model_tag(self.name, TAG_MODE, mode)
 
     def alias(self, alias: str) -> str | None:
         try:
@@ -88,16 +90,19 @@ class Rollout:
     def bff_series(self, text: str) -> bool:
         return text in httpx.get(f"{self.serving.bff_url}/metrics", timeout=5).text
 
-    def wait_routed(self, version: str, role: str) -> None:
+    def wait_routed(self, version: str, role: str, percent: float = 0.0) -> None:
         wait_for(
-            lambda: self.bff_series(f'bff_model_rows_total{{role="{role}",version="{version}"}}'),
+            lambda: (
+                self.bff_series(f'bff_model_rows_total{{role="{role}",version="{version}"}}')
+                and self.bff_series(f"bff_routing_canary_percent {percent}\n")
+            ),
             60,
-            f"the BFF routing version {version} as {role}",
+            f"the BFF routing version {version} as {role} ({percent} %)",
         )
 
     def end_challenger(self) -> None:
         """Back to champion only, as between tests."""
-        self.policy(**{TAG_MODE: "off"})
+        self.policy("off")
         if self.alias(CHALLENGER_ALIAS) not in (None, self.alias(CHAMPION_ALIAS)):
             self.client.delete_registered_model_alias(self.name, CHALLENGER_ALIAS)
         champion = self.alias(CHAMPION_ALIAS)
@@ -163,6 +168,13 @@ def rollout(trained_platform, s3_server, triton_server, unique_name, tmp_path_fa
         for daemon in (log_worker, serving and serving.bff, serving and serving.model_sync, prometheus):
             if daemon is not None:
                 daemon.stop()
+
+
+@pytest.fixture(autouse=True)
+def champion_alone_after(rollout: Rollout) -> Iterator[None]:
+    """Each test starts with the champion serving alone, whatever the one before left."""
+    yield
+    rollout.end_challenger()
 
 
 @contextmanager
@@ -237,7 +249,7 @@ def test_shadow_answers_are_the_champions_and_the_challenger_lands_in_the_log_as
         plain = [client.post("/predict", json=b, headers={"X-Request-ID": f"plain-{i}"}) for i, b in enumerate(bodies)]
         challenger = rollout.register(rollout.champion_model)
         rollout.client.set_registered_model_alias(rollout.name, CHALLENGER_ALIAS, challenger)
-        rollout.policy(**{TAG_MODE: "shadow"})
+        rollout.policy("shadow")
         rollout.wait_routed(challenger, "shadow")
         shadowed = [
             client.post("/predict", json=b, headers={"X-Request-ID": f"shado-{i}"}) for i, b in enumerate(bodies)
@@ -265,14 +277,13 @@ def test_shadow_answers_are_the_champions_and_the_challenger_lands_in_the_log_as
 
     wanted = {(champion, "champion"), (challenger, "shadow")}
     wait_for(lambda: all(logged_roles().get(i) == wanted for i in expected), 90, "shadow rows in the log table")
-    rollout.end_challenger()
 
 
 def test_a_canary_answers_its_share_of_applicants_and_each_applicant_stays_with_one_version(rollout: Rollout):
     challenger = rollout.register(rollout.champion_model)
     rollout.client.set_registered_model_alias(rollout.name, CHALLENGER_ALIAS, challenger)
-    rollout.policy(**{TAG_MODE: "canary", TAG_CANARY_PERCENT: "20"})
-    rollout.wait_routed(challenger, "canary")
+    rollout.policy("canary", "20")
+    rollout.wait_routed(challenger, "canary", 20.0)
     applicants = rollout.applicants[:3000]
 
     def versions() -> dict[int, str]:
@@ -290,7 +301,6 @@ def test_a_canary_answers_its_share_of_applicants_and_each_applicant_stays_with_
     interval = binomtest(canary, len(applicants), 0.2).proportion_ci(confidence_level=0.999)
     assert interval.low <= 0.2 <= interval.high, (canary, interval)
     assert again == first
-    rollout.end_challenger()
 
 
 def test_a_challenger_answering_nan_is_rolled_back_under_load_without_a_failed_request(rollout: Rollout):
@@ -298,7 +308,7 @@ def test_a_challenger_answering_nan_is_rolled_back_under_load_without_a_failed_r
     broken = rollout.register(nan_model())
     with continuous_load(rollout) as load, analysis(rollout):
         rollout.client.set_registered_model_alias(rollout.name, CHALLENGER_ALIAS, broken)
-        rollout.policy(**{TAG_MODE: "canary", TAG_CANARY_PERCENT: "20"})
+        rollout.policy("canary", "20")
         wait_for(lambda: rollout.alias(CHALLENGER_ALIAS) is None, 120, "the broken challenger rolled back")
         wait_for(lambda: rollout.ready_versions() == [champion], 60, "Triton serving the champion alone")
     tags = rollout.client.get_model_version(rollout.name, broken).tags
@@ -321,7 +331,7 @@ def test_a_good_challenger_is_promoted_under_load_and_rollback_returns_to_the_pr
     with continuous_load(rollout) as load:
         with analysis(rollout, ROLLOUT_MAX_LATENCY_RATIO="4"):
             rollout.client.set_registered_model_alias(rollout.name, CHALLENGER_ALIAS, good)
-            rollout.policy(**{TAG_MODE: "canary", TAG_CANARY_PERCENT: "20"})
+            rollout.policy("canary", "20")
             wait_for(lambda: rollout.alias(CHAMPION_ALIAS) == good, 120, f"version {good} promoted")
         wait_for(lambda: rollout.ready_versions() == [good], 60, f"Triton serving version {good} alone")
         tags = rollout.client.get_model_version(rollout.name, good).tags
@@ -341,9 +351,23 @@ def test_a_good_challenger_is_promoted_under_load_and_rollback_returns_to_the_pr
     assert {role for (_, _, role) in load.answers} == {"champion", "canary"}
 
 
-def test_the_policy_and_routing_are_readable_with_the_cli(rollout: Rollout):
-    done = rollout.cli("rollout", "status")
-    assert done.returncode == 0, done.stderr
+def test_the_cli_sets_the_policy_shows_the_routing_and_aborts_the_rollout(rollout: Rollout):
     champion = rollout.alias(CHAMPION_ALIAS)
-    assert f"Triton routing: champion {champion}, challenger none" in done.stdout, done.stdout
-    assert "policy: canary: the challenger answers 20 % of the applicants" in done.stdout
+    challenger = rollout.register(rollout.champion_model)
+    rollout.client.set_registered_model_alias(rollout.name, CHALLENGER_ALIAS, challenger)
+    done = rollout.cli("rollout", "canary", "--weight", "20")
+    assert done.returncode == 0, done.stderr
+    rollout.wait_routed(challenger, "canary", 20.0)
+    status = rollout.cli("rollout", "status")
+    assert status.returncode == 0, status.stderr
+    assert "policy: canary: the challenger answers 20 % of the applicants (from rollout.canary_percent=20" in (
+        status.stdout
+    )
+    routing = f"Triton routing: champion {champion}, challenger {challenger}, canary: the challenger answers 20 %"
+    assert routing in status.stdout, status.stdout
+    aborted = rollout.cli("rollout", "abort", "--reason", "test: not this one")
+    assert aborted.returncode == 0, aborted.stderr
+    assert rollout.alias(CHALLENGER_ALIAS) is None
+    tags = rollout.client.get_model_version(rollout.name, challenger).tags
+    assert (tags["rollout.decision"], tags["rollout.reason"]) == ("rolled_back", "test: not this one")
+    wait_for(lambda: rollout.ready_versions() == [champion], 60, f"Triton serving version {champion} alone")
