@@ -9,30 +9,32 @@ succeed: the load generators below count every answer that is not a 200.
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import mlflow
 import onnx
 import pytest
+from click.testing import Result
 from mlflow import MlflowClient
 from onnx import TensorProto, helper
 from platform_fixtures import settings_from
 from scipy.stats import binomtest
 from serving_fixtures import Serving, faults_env, register_onnx, start_serving, wait_for
+from typer.testing import CliRunner
 
 from bff.schemas import FEATURES_EXAMPLE
-from devstack.components import APP_PYTHONPATH, app_daemon
+from devstack.components import app_daemon
 from devstack.processes import free_port
 from devstack.prometheus import prometheus_daemon, write_config
+from mlops_cli.app import app as cli_app
 from mlops_common.features import MODEL_INPUT, MODEL_OUTPUT, N_FEATURES
 from mlops_common.inference_log import InferenceLogStoreSettings, load_inference_log_table
 from mlops_common.rollout import CHALLENGER_ALIAS, CHAMPION_ALIAS, TAG_CANARY_PERCENT, TAG_MODE
@@ -53,6 +55,7 @@ class Rollout:
     triton_http: str
     applicants: list[int]
     champion_model: onnx.ModelProto
+    no_stack: Path
     client: MlflowClient = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,10 +68,15 @@ class Rollout:
     def register(self, model: onnx.ModelProto) -> str:
         return register_onnx(self.env, model)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, **self.env, "PYTHONPATH": ":".join(str(p) for p in APP_PYTHONPATH)}
-        command = [sys.executable, "-m", "mlops_cli", *args]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    def cli(self, *args: str) -> Result:
+        """``mlops ARGS`` in this process, on this module's platform (and no local stack)."""
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            return CliRunner().invoke(cli_app, list(args), env={**self.env, "STACK_DIR": str(self.no_stack)})
+        finally:  # the CLI configures logging; later log records must not go to its closed stream
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
     def policy(self, mode: str, percent: str | None = None) -> None:
         """As `mlops rollout` sets it: the percent first, then the mode that uses it."""
@@ -163,7 +171,9 @@ def rollout(trained_platform, s3_server, triton_server, unique_name, tmp_path_fa
         log_worker = app_daemon(
             "log_worker", "log_worker", work / "logs" / "log_worker.log", env=env, die_with_parent=True
         ).start()
-        yield Rollout(env, serving, prometheus.address, triton_server.base_url, applicants, champion_model)
+        yield Rollout(
+            env, serving, prometheus.address, triton_server.base_url, applicants, champion_model, work / "no-stack"
+        )
     finally:
         for daemon in (log_worker, serving and serving.bff, serving and serving.model_sync, prometheus):
             if daemon is not None:
@@ -342,7 +352,7 @@ def test_a_good_challenger_is_promoted_under_load_and_rollback_returns_to_the_pr
         )
         assert rollout.alias(CHALLENGER_ALIAS) is None
         done = rollout.cli("model", "rollback", "--reason", "test: back to the previous champion")
-        assert done.returncode == 0, done.stderr
+        assert done.exit_code == 0, done.output
         wait_for(lambda: rollout.ready_versions() == [previous], 60, f"Triton serving version {previous} again")
     assert rollout.alias(CHAMPION_ALIAS) == previous
     assert not load.failures, load.failures[:5]
@@ -356,17 +366,17 @@ def test_the_cli_sets_the_policy_shows_the_routing_and_aborts_the_rollout(rollou
     challenger = rollout.register(rollout.champion_model)
     rollout.client.set_registered_model_alias(rollout.name, CHALLENGER_ALIAS, challenger)
     done = rollout.cli("rollout", "canary", "--weight", "20")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.output
     rollout.wait_routed(challenger, "canary", 20.0)
     status = rollout.cli("rollout", "status")
-    assert status.returncode == 0, status.stderr
+    assert status.exit_code == 0, status.output
     assert "policy: canary: the challenger answers 20 % of the applicants (from rollout.canary_percent=20" in (
         status.stdout
     )
     routing = f"Triton routing: champion {champion}, challenger {challenger}, canary: the challenger answers 20 %"
     assert routing in status.stdout, status.stdout
     aborted = rollout.cli("rollout", "abort", "--reason", "test: not this one")
-    assert aborted.returncode == 0, aborted.stderr
+    assert aborted.exit_code == 0, aborted.output
     assert rollout.alias(CHALLENGER_ALIAS) is None
     tags = rollout.client.get_model_version(rollout.name, challenger).tags
     assert (tags["rollout.decision"], tags["rollout.reason"]) == ("rolled_back", "test: not this one")
