@@ -110,6 +110,7 @@ def ensure_perf_analyzer() -> Path:
 class Bff:
     name: str
     url: str
+    metrics_url: str
     daemon: Daemon
 
 
@@ -282,11 +283,12 @@ class BenchPlatform:
         return self.triton.model_repository / self.model_name / str(self.model_version) / "model.onnx"
 
     def start_bff(self, name: str, *, inference_logging: bool, **extra: str) -> Bff:
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         env = {
             **self.env,
             "BFF_HOST": "127.0.0.1",
             "BFF_PORT": str(port),
+            "BFF_METRICS_PORT": str(metrics_port),
             "INFERENCE_LOGGING_ENABLED": str(inference_logging).lower(),
             "LOG_SPOOL_DIR": str(self.work / f"{name}-spool"),
             **extra,
@@ -297,7 +299,7 @@ class BenchPlatform:
         )
         daemon.start(timeout_s=120)
         self._cleanups.append((name, daemon.stop))
-        return Bff(name, url, daemon)
+        return Bff(name, url, f"http://127.0.0.1:{metrics_port}/metrics", daemon)
 
     def start_log_worker(self) -> Daemon:
         daemon = app_daemon(

@@ -238,6 +238,7 @@ def platform_env_factory(
             "INFERENCE_LOG_QUEUE": unique_name("inference-logs"),
             "BFF_HOST": "127.0.0.1",
             "BFF_PORT": str(free_port()),
+            "BFF_METRICS_PORT": str(free_port()),
             "LOG_SPOOL_DIR": str(work / "log-spool"),
             "MODEL_SYNC_METRICS_PORT": str(free_port()),
             "LOG_WORKER_METRICS_PORT": str(free_port()),

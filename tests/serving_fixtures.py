@@ -1,5 +1,6 @@
 """Serving processes for tests: model sync and the BFF as real subprocesses on the session's servers."""
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ class Serving:
     bff_url: str
     bff: Daemon
     model_sync: Daemon
+
+    @property
+    def metrics_url(self) -> str:
+        """The BFF's /metrics, on its own port (BFF_METRICS_PORT)."""
+        return bff_metrics_url(self.env)
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.bff_url, timeout=10.0, **kwargs)
@@ -56,6 +62,17 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 TRITON_TIMEOUT_S = 2.0
 
 
+def bff_metrics_url(env: dict[str, str]) -> str:
+    return f"http://{env['BFF_HOST']}:{env['BFF_METRICS_PORT']}/metrics"
+
+
+def bff_metric(metrics_url: str, sample: str) -> float:
+    """One sample of the BFF's metrics (0 when absent)."""
+    text = httpx.get(metrics_url, timeout=5.0).text
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, flags=re.MULTILINE)
+    return float(match[1]) if match else 0.0
+
+
 def faults_env(trained_platform, s3_server, unique_name, tmp_path: Path, **overrides: str) -> dict[str, str]:
     """The trained platform's environment with a test's own log topology, bucket, spool and ports, for
     tests that break or watch their own serving processes."""
@@ -66,6 +83,7 @@ def faults_env(trained_platform, s3_server, unique_name, tmp_path: Path, **overr
         "LOGS_BUCKET": s3_server.new_bucket("logs"),
         "LOG_SPOOL_DIR": str(tmp_path / "log-spool"),
         "BFF_PORT": str(free_port()),
+        "BFF_METRICS_PORT": str(free_port()),
         "MODEL_SYNC_METRICS_PORT": str(free_port()),
         "LOG_WORKER_METRICS_PORT": str(free_port()),
         "TRITON_RUNTIME": "python",

@@ -210,7 +210,7 @@ def main() -> int:
             )
         )
         took = time.monotonic() - started
-        enqueued = platform.metric(f"{bff_on.url}/metrics", 'bff_inference_log_records_total{outcome="enqueued"}')
+        enqueued = platform.metric(bff_on.metrics_url, 'bff_inference_log_records_total{outcome="enqueued"}')
         written = 0.0
         worker_metrics = f"http://127.0.0.1:{platform.env['LOG_WORKER_METRICS_PORT']}/metrics"
         deadline = time.monotonic() + 30
@@ -220,7 +220,7 @@ def main() -> int:
                 break
             time.sleep(1)
         delivered = {
-            outcome: platform.metric(f"{bff_on.url}/metrics", f'bff_inference_log_records_total{{outcome="{outcome}"}}')
+            outcome: platform.metric(bff_on.metrics_url, f'bff_inference_log_records_total{{outcome="{outcome}"}}')
             for outcome in ("enqueued", "confirmed", "spooled", "dropped")
         }
         delivered["written"] = written

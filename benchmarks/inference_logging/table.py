@@ -307,7 +307,7 @@ def measure_lag(
     after = {key: platform.metric(worker_metrics, name) for key, name in names.items()}
     worker_delta = {key: after[key] - before[key] for key in names} | {"cpu_s": worker_cpu}
     delivered = {
-        outcome: platform.metric(f"{bff.url}/metrics", f'bff_inference_log_records_total{{outcome="{outcome}"}}')
+        outcome: platform.metric(bff.metrics_url, f'bff_inference_log_records_total{{outcome="{outcome}"}}')
         for outcome in ("enqueued", "confirmed", "spooled", "dropped")
     }
 

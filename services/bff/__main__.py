@@ -9,7 +9,7 @@ from mlops_common.logging import configure_logging
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         create_app(settings),
         host=settings.bff_host,

@@ -4,29 +4,27 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request, Response, Security
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bff.api_keys import identify
+from bff.auth import CallerDep, KeyGate, key_checked_route
 from bff.docs import OPENAPI_TAGS, add_offline_docs, api_description, error_responses
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
 from bff.inference_log import InferenceLogPublisher
 from bff.limits import BodyLimitMiddleware
-from bff.metrics import API_KEY_REQUESTS, REGISTRY, ROWS, PredictionTrafficMiddleware
+from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware, serve_metrics
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
+from bff.request_ids import REQUEST_ID_HEADER, REQUEST_ID_PATTERN, RequestIdMiddleware
 from bff.routing import Router, ShadowScored
 from bff.schemas import (
     BATCH_EXAMPLES,
@@ -80,51 +78,23 @@ async def get_platform(request: Request) -> Platform:
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
-_BEARER = HTTPBearer(
-    auto_error=False, description="`Authorization: Bearer <API key>`, when the deployment requires keys"
-)
-_KEY_HEADER = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="The API key, when the deployment requires keys"
-)
-_UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="prediction-api"'}
-
-
-async def require_api_key(
-    platform: PlatformDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
-    header_key: Annotated[str | None, Security(_KEY_HEADER)],
-) -> str | None:
-    """The caller's key name, when the deployment requires keys (``API_KEYS_REQUIRED``); else None."""
-    if not platform.settings.api_keys_required:
-        return None
-    presented = bearer.credentials if bearer is not None else header_key
-    if not presented:
-        raise HTTPException(401, "an API key is required: Authorization: Bearer <key> or X-API-Key", _UNAUTHORIZED)
-    name = identify(presented, platform.settings.api_keys)
-    if name is None:
-        raise HTTPException(401, "unknown or revoked API key", _UNAUTHORIZED)
-    API_KEY_REQUESTS.labels(name).inc()
-    return name
-
-
-CallerDep = Annotated[str | None, Depends(require_api_key)]
-
-REQUEST_ID_HEADER = "X-Request-ID"
-
 
 async def request_id(
-    given: Annotated[
+    request: Request,
+    _given: Annotated[
         str | None,
         Header(
             alias=REQUEST_ID_HEADER,
-            pattern=r"^[A-Za-z0-9._:-]{1,100}$",
+            pattern=REQUEST_ID_PATTERN,
             description="Your id for this request (letters, digits, . _ : -; at most 100): the prediction's "
             "`request_id` (a batch's rows get `<id>-<index>`), the inference log's key and Triton's request id. "
-            "Unique per request: a retry with the same id is logged once. Made up when absent.",
+            "Unique per request: a retry with the same id is logged once. Made up when absent. Echoed in "
+            "the answer's `X-Request-ID` header, errors included.",
         ),
     ] = None,
 ) -> str:
-    return given or uuid.uuid4().hex
+    """The id ``RequestIdMiddleware`` took or made; the parameter documents the header."""
+    return request.scope["state"]["request_id"]
 
 
 RequestIdDep = Annotated[str, Depends(request_id)]
@@ -278,8 +248,8 @@ def _document_without_keys(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    for key_name in settings.api_keys:
-        API_KEY_REQUESTS.labels(key_name)
+    # Prediction and labels routes: the caller is admitted (API key, rate limit) before the body is read.
+    api = APIRouter(route_class=key_checked_route(KeyGate(settings)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -294,9 +264,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         online = OnlineFeatures(store, settings.online_store_timeout_s)
         await online.warm_up()
         app.state.platform = Platform(settings, triton, router, online, logs)
+        metrics_server = serve_metrics(settings.bff_host, settings.bff_metrics_port)
         try:
             yield
         finally:
+            metrics_server.shutdown()
             await router.close()
             if logs is not None:
                 await logs.close(settings.log_drain_timeout_s)
@@ -317,8 +289,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.api_docs_enabled else None,
     )
     # Added first, so it runs inside the traffic middleware: its 413s are counted and timed like any answer.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s
+    )
     app.add_middleware(PredictionTrafficMiddleware, max_in_flight=settings.max_in_flight)
+    # Outermost: every answer of an API route, a 413 or an overload 503 too, carries the request id.
+    app.add_middleware(RequestIdMiddleware, paths=frozenset(ROUTE_STATUSES))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -352,7 +328,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error")
         return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
 
-    @app.post(
+    @api.post(
         "/predict",
         response_model=Prediction,
         tags=["prediction"],
@@ -362,19 +338,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"`{ENTITY_KEY}` to read them from the online store, with any features given alongside the id "
             "overriding the stored values. One online-store read (only when an id is given) and one Triton call."
         ),
-        responses=error_responses(settings, 401, 404, 413, 422, 503),
+        responses=error_responses(settings, 401, 404, 408, 413, 422, 429, 503),
     )
     async def predict(
         body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
         platform: PlatformDep,
         _: CallerDep,
         request_id: RequestIdDep,
-        response: Response,
     ) -> Prediction:
-        response.headers[REQUEST_ID_HEADER] = request_id
         return (await _predict(platform, [body], batch=False, request_id=request_id))[0]
 
-    @app.post(
+    @api.post(
         "/predict/batch",
         response_model=BatchPrediction,
         tags=["prediction"],
@@ -385,7 +359,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "store in one call and all rows go to Triton in one call; the predictions come back in input order. "
             "One invalid row fails the whole batch with 422, its index in `loc`."
         ),
-        responses=error_responses(settings, 401, 404, 413, 422, 503),
+        responses=error_responses(settings, 401, 404, 408, 413, 422, 429, 503),
     )
     async def predict_batch(
         body: Annotated[
@@ -398,9 +372,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         platform: PlatformDep,
         _: CallerDep,
         request_id: RequestIdDep,
-        response: Response,
     ):
-        response.headers[REQUEST_ID_HEADER] = request_id
         if not body:
             raise RequestValidationError([{"type": "too_short", "loc": ["body"], "msg": "batch is empty", "input": []}])
         if len(body) > platform.settings.max_batch_size:
@@ -410,7 +382,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return BatchPrediction(predictions=await _predict(platform, body, batch=True, request_id=request_id))
 
-    @app.post(
+    @api.post(
         "/labels",
         response_model=LabelsWritten,
         tags=["ground truth"],
@@ -422,9 +394,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "An invalid label fails the whole call with 422, its index in `loc`."
         ),
         responses={
-            401: error_responses(settings, 401)[401],
+            **error_responses(settings, 401, 408),
             413: {"model": ErrorBody, "description": "A body over `MAX_BODY_BYTES`, refused before it is parsed"},
             422: {"model": ValidationErrorBody, "description": "Invalid body; every invalid field is listed"},
+            **error_responses(settings, 429),
             503: {"model": ErrorBody, "description": "The ground-truth table (S3) is unavailable; retry later"},
         },
     )
@@ -471,10 +444,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.ready = state.triton_model and state.online_store
         return JSONResponse(state.model_dump(), status_code=200 if state.ready else 503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(api)
     if settings.api_docs_enabled:
         if not settings.api_keys_required:
             _document_without_keys(app)

@@ -154,6 +154,20 @@ def error_responses(settings: Settings, *statuses: int) -> dict[int | str, dict[
                 }
             },
         },
+        408: {
+            "model": ErrorBody,
+            "description": f"The body did not arrive within {settings.body_read_timeout_s:g} s "
+            "(`BODY_READ_TIMEOUT_S`): a slow client does not hold a slot of the server",
+            "examples": {
+                "slow_body": {
+                    "summary": "Body too slow",
+                    "value": {
+                        "detail": f"request body not received within {settings.body_read_timeout_s:g} s "
+                        "(BODY_READ_TIMEOUT_S)"
+                    },
+                }
+            },
+        },
         413: {
             "model": ErrorBody,
             "description": f"A body over {settings.max_body_bytes} bytes (`MAX_BODY_BYTES`, refused before it is "
@@ -218,6 +232,20 @@ def error_responses(settings: Settings, *statuses: int) -> dict[int | str, dict[
                         ]
                     },
                 },
+            },
+        },
+        429: {
+            "model": ErrorBody,
+            "description": "The API key's rate limit is spent (`API_KEY_RATE_LIMIT_PER_S` per key, only where "
+            "the deployment sets one); retry after `Retry-After` seconds",
+            "headers": _RETRY_AFTER,
+            "examples": {
+                "rate_limited": {
+                    "summary": "Too many requests for this key",
+                    "value": {
+                        "detail": "rate limit of key 'partner-a' exceeded: 20 requests/s (API_KEY_RATE_LIMIT_PER_S)"
+                    },
+                }
             },
         },
         503: {

@@ -1,9 +1,10 @@
 """Prometheus metrics of the BFF, and the ASGI middleware that records them and sheds load."""
 
 import time
+from wsgiref.simple_server import WSGIServer
 
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from mlops_common.metrics import observe_all, service_registry
 from mlops_common.rollout import Role, Routing
@@ -24,9 +25,9 @@ IN_FLIGHT = Gauge("bff_in_flight_requests", "Prediction requests being processed
 
 # The statuses each API route answers with: its documented responses, and 500 for a bug.
 ROUTE_STATUSES = {
-    "/predict": ("200", "401", "404", "413", "422", "500", "503"),
-    "/predict/batch": ("200", "401", "404", "413", "422", "500", "503"),
-    "/labels": ("200", "401", "413", "422", "500", "503"),
+    "/predict": ("200", "401", "404", "408", "413", "422", "429", "500", "503"),
+    "/predict/batch": ("200", "401", "404", "408", "413", "422", "429", "500", "503"),
+    "/labels": ("200", "401", "408", "413", "422", "429", "500", "503"),
 }
 # Every series exists from start-up, at 0: rate() and increase() only see a change from a sample
 # that exists, so a first 5xx on a series created by that very request would alert nobody.
@@ -38,6 +39,12 @@ for _route, _statuses in ROUTE_STATUSES.items():
 # By the key's name (API_KEYS), never the key; created at 0 for every configured name by create_app.
 API_KEY_REQUESTS = Counter(
     "bff_api_key_requests", "Requests authenticated with an API key, by key name", ["key_name"], registry=REGISTRY
+)
+API_KEY_RATE_LIMITED = Counter(
+    "bff_api_key_rate_limited",
+    "Requests refused with 429: the key's API_KEY_RATE_LIMIT_PER_S was spent",
+    ["key_name"],
+    registry=REGISTRY,
 )
 
 # Per model version and role (champion, canary, shadow; mlops_common.rollout): what a rollout's analysis
@@ -87,6 +94,13 @@ CANARY_PERCENT = Gauge(
 )
 for _outcome in SHADOW_OUTCOMES:
     SHADOW_COMPARISONS.labels(_outcome)
+
+
+def serve_metrics(host: str, port: int) -> WSGIServer:
+    """/metrics of ``REGISTRY`` on its own port (a thread), apart from the API's public one; the scrape
+    does not wait behind requests on the event loop either."""
+    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
+    return server
 
 
 def _series(routing: Routing | None) -> set[tuple[str, str]]:

@@ -15,9 +15,15 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # when required. Off locally (the README's curls), on in the chart's prod values.
     api_keys_required: bool = False
     api_keys: dict[str, str] = Field(default_factory=dict)
+    # Per key and per process (bff.auth): requests per second on average (0: no limit) and how many
+    # may come at once after a quiet spell; past them 429 + Retry-After.
+    api_key_rate_limit_per_s: float = Field(0.0, ge=0)
+    api_key_rate_burst: int = Field(50, ge=1)
     # /docs, /redoc and /openapi.json (off in the chart's prod values).
     api_docs_enabled: bool = True
     bff_port: int = 8080
+    # /metrics is served on its own port, never on the API's (which a NodePort or Ingress makes public).
+    bff_metrics_port: int = 9101
     # Shutdown after SIGTERM: uvicorn waits up to bff_graceful_shutdown_s for requests in flight, then
     # the inference-log publisher has log_drain_timeout_s to flush its buffer and drain the spool to
     # RabbitMQ. A pod's terminationGracePeriodSeconds must cover both (the chart adds them up).
@@ -28,6 +34,8 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Request bodies over this are refused with 413 before they are parsed (a 256-row batch is ~150 KB,
     # 10,000 labels ~800 KB).
     max_body_bytes: int = Field(2 << 20, ge=1024)
+    # A body not received in full within this gets 408: a slow client cannot hold an in-flight slot.
+    body_read_timeout_s: float = Field(10.0, gt=0)
     # Requests in flight beyond this get 503 + Retry-After instead of queueing up.
     max_in_flight: int = Field(128, ge=1)
     triton_timeout_s: float = Field(2.0, gt=0)

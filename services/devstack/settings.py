@@ -45,6 +45,7 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     rabbitmq_prometheus_port: int = 15692
     # The platform's own listeners (same variables as their services read): checked before `up`.
     bff_port: int = 8080
+    bff_metrics_port: int = 9101
     model_sync_metrics_port: int = 9102
     log_worker_metrics_port: int = 9103
     monitor_metrics_port: int = 9104
@@ -122,7 +123,7 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
         """``host:port`` of every process's metrics, by its container name in the chart (the
         platform's processes run on this machine)."""
         return {
-            "bff": f"127.0.0.1:{self.bff_port}",
+            "bff": f"127.0.0.1:{self.bff_metrics_port}",
             "triton": f"{self.triton_http_host_port[0]}:{self.triton_metrics_port}",
             "model-sync": f"127.0.0.1:{self.model_sync_metrics_port}",
             "log-worker": f"127.0.0.1:{self.log_worker_metrics_port}",

@@ -163,6 +163,7 @@ class LocalStack:
             ("triton", s.triton_metrics_port, "TRITON_METRICS_PORT"),
             ("prometheus", s.prometheus_host_port[1], "PROMETHEUS_URL"),
             ("bff", s.bff_port, "BFF_PORT"),
+            ("bff", s.bff_metrics_port, "BFF_METRICS_PORT"),
             ("model_sync", s.model_sync_metrics_port, "MODEL_SYNC_METRICS_PORT"),
             ("log_worker", s.log_worker_metrics_port, "LOG_WORKER_METRICS_PORT"),
             ("monitor", s.monitor_metrics_port, "MONITOR_METRICS_PORT"),

@@ -23,7 +23,7 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     start_http_server(settings.log_worker_metrics_port, registry=REGISTRY)
     try:
         asyncio.run(serve(settings))

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlops_common.logging import LogFormat
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,6 +19,8 @@ class PlatformSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     log_level: str = "INFO"
+    # "json" in a cluster (one object per line for the log collector), "text" on a terminal.
+    log_format: LogFormat = "text"
 
 
 class S3Settings(PlatformSettings):

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", action="store_true", help="with --once: wait for a local retraining it started")
     args = parser.parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     settings.export_mlflow_client_env()
     monitor = Monitor(settings, launcher_for(settings))
     if args.once:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         result = train(settings, _request(args))
     except (RawDataError, TrainingDataError, ParityError, ValueError) as err:

@@ -39,12 +39,15 @@ from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
 
 BASE_URL = "http://bff"
 KNOWN_APPLICANT = 100002
-PREDICTION_ROUTES = {"/predict": (401, 404, 413, 422, 503), "/predict/batch": (401, 404, 413, 422, 503)}
+PREDICTION_STATUSES = (401, 404, 408, 413, 422, 429, 503)
+PREDICTION_ROUTES = {"/predict": PREDICTION_STATUSES, "/predict/batch": PREDICTION_STATUSES}
 ERROR_MODELS: dict[int, type[BaseModel]] = {
     401: ErrorBody,
     404: EntityNotFoundBody,
+    408: ErrorBody,
     413: ErrorBody,
     422: ValidationErrorBody,
+    429: ErrorBody,
     503: ErrorBody,
 }
 
@@ -373,6 +376,27 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_parsed():
     assert labels.status_code == 413
     assert len(fakes.triton.matrices) == 1
     assert chunked_small.status_code == 200, chunked_small.text
+
+
+async def test_a_body_that_arrives_too_slowly_gets_408_and_frees_its_slot():
+    fakes = Fakes(Settings(body_read_timeout_s=0.2, max_in_flight=1))
+    first, rest = json.dumps(FEATURES_EXAMPLE).encode()[:10], json.dumps(FEATURES_EXAMPLE).encode()[10:]
+
+    async def trickle():
+        yield first
+        await asyncio.sleep(5)  # a slow client: far past BODY_READ_TIMEOUT_S
+        yield rest
+
+    async with fakes.client() as client:
+        slow = await asyncio.wait_for(
+            client.post("/predict", content=trickle(), headers={"content-type": "application/json"}), timeout=3
+        )
+        # The only in-flight slot (MAX_IN_FLIGHT=1) is free again.
+        after = await client.post("/predict", json=FEATURES_EXAMPLE)
+    assert slow.status_code == 408
+    assert slow.json() == {"detail": "request body not received within 0.2 s (BODY_READ_TIMEOUT_S)"}
+    assert after.status_code == 200
+    assert len(fakes.triton.matrices) == 1
 
 
 async def test_a_body_that_is_not_utf8_is_the_documented_422(fakes):

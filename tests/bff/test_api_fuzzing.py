@@ -69,6 +69,7 @@ def test_fuzzed_requests_with_api_keys_required(serving, tmp_path):
     env = {
         **serving.env,
         "BFF_PORT": str(port),
+        "BFF_METRICS_PORT": str(free_port()),
         "API_KEYS_REQUIRED": "true",
         "API_KEYS": json.dumps({"fuzz": hash_key(key)}),
     }

@@ -1,6 +1,6 @@
-"""API keys in-process (ASGI, fakes for Triton and the store): 401 without or with a wrong key, both
-header forms, rotation with two keys, revocation, per-name counts, open health and docs, settings checks,
-and the key command."""
+"""API keys in-process (ASGI, fakes for Triton and the store): 401 without or with a wrong key (before the
+body is parsed), both header forms, rotation with two keys, revocation, per-name counts, the per-key rate
+limit (429), open health and docs, settings checks, and the key command."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from test_api_docs import KNOWN_APPLICANT, Fakes
 
 from bff import api_keys
+from bff.auth import TokenBucket
 from bff.metrics import REGISTRY
 from bff.settings import Settings
 from mlops_common.features import ENTITY_KEY
@@ -19,12 +20,13 @@ OLD_KEY, NEW_KEY = api_keys.new_key(), api_keys.new_key()
 BODY = {ENTITY_KEY: KNOWN_APPLICANT}
 
 
-def keyed(**keys: str) -> Fakes:
-    return Fakes(Settings(api_keys_required=True, api_keys={name: api_keys.hash_key(k) for name, k in keys.items()}))
+def keyed(settings: dict | None = None, **keys: str) -> Fakes:
+    hashes = {name: api_keys.hash_key(k) for name, k in keys.items()}
+    return Fakes(Settings(api_keys_required=True, api_keys=hashes, **(settings or {})))
 
 
-def count(name: str) -> float:
-    return REGISTRY.get_sample_value("bff_api_key_requests_total", {"key_name": name}) or 0.0
+def count(name: str, metric: str = "bff_api_key_requests_total") -> float:
+    return REGISTRY.get_sample_value(metric, {"key_name": name}) or 0.0
 
 
 async def test_requests_without_a_valid_key_get_401_and_health_and_docs_stay_open():
@@ -55,6 +57,51 @@ async def test_rotation_two_keys_work_both_header_forms_and_counts_by_name():
     async with revoked.client() as client:
         assert (await client.post("/predict", json=BODY, headers={"X-API-Key": OLD_KEY})).status_code == 401
         assert (await client.post("/predict", json=BODY, headers={"X-API-Key": NEW_KEY})).status_code == 200
+
+
+async def test_the_key_is_checked_before_the_body_is_parsed():
+    fakes = keyed(app_old=OLD_KEY)
+    malformed = {"content": b"[{", "headers": {"content-type": "application/json"}}
+    async with fakes.client() as client:
+        stranger = await client.post("/predict/batch", **malformed)
+        caller = await client.post(
+            "/predict/batch", content=b"[{", headers={**malformed["headers"], "X-API-Key": OLD_KEY}
+        )
+    # A stranger learns nothing about the body (no 422) and the server parsed none.
+    assert stranger.status_code == 401
+    assert caller.status_code == 422
+    assert caller.json()["detail"][0]["type"] == "json_invalid"
+
+
+async def test_a_key_past_its_rate_limit_gets_429_with_retry_after_and_is_counted():
+    fakes = keyed({"api_key_rate_limit_per_s": 0.5, "api_key_rate_burst": 2}, limited=OLD_KEY, other=NEW_KEY)
+    before = count("limited", "bff_api_key_rate_limited_total")
+    async with fakes.client() as client:
+        statuses = [
+            (await client.post("/predict", json=BODY, headers={"X-API-Key": OLD_KEY})).status_code for _ in range(3)
+        ]
+        refused = await client.post("/predict", json=BODY, headers={"X-API-Key": OLD_KEY})
+        other = await client.post("/predict", json=BODY, headers={"X-API-Key": NEW_KEY})
+    assert statuses == [200, 200, 429]  # the burst of 2, then the key waits for its rate
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "2"  # one request per 2 s
+    assert refused.json() == {
+        "detail": "rate limit of key 'limited' exceeded: 0.5 requests/s (API_KEY_RATE_LIMIT_PER_S)"
+    }
+    assert other.status_code == 200  # each key has its own budget
+    assert count("limited", "bff_api_key_rate_limited_total") - before == 2
+    assert len(fakes.triton.matrices) == 3
+
+
+def test_token_bucket_refills_at_its_rate_up_to_its_burst():
+    now = [0.0]
+    bucket = TokenBucket(rate=4.0, burst=2, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.25]
+    now[0] = 0.25  # one token back
+    assert bucket.take() == 0.0
+    assert bucket.take() == 0.25
+    now[0] = 100.0  # a long quiet spell saves up no more than the burst
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.25]
 
 
 async def test_keys_off_by_default():

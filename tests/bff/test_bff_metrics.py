@@ -6,7 +6,8 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import generate_latest
 
 from bff.app import create_app
-from bff.metrics import REGISTRY, ROUTE_STATUSES
+from bff.metrics import REGISTRY, ROUTE_STATUSES, serve_metrics
+from devstack.processes import free_port
 
 
 def test_every_route_and_status_series_exists_from_start_up():
@@ -36,7 +37,7 @@ async def test_requests_are_counted_by_route():
     assert count() == before + 1
 
 
-async def test_metrics_route_serves_no_feast_metrics(monkeypatch, tmp_path):
+def test_metrics_are_served_on_their_own_port_with_no_feast_metrics(monkeypatch, tmp_path):
     # Feast registers its feature-server metrics in prometheus_client's default registry when
     # feast.metrics is imported, which the BFF's first online-store read does. Without a multiprocess
     # directory already set, that import also sets one in os.environ for the rest of the process.
@@ -45,9 +46,18 @@ async def test_metrics_route_serves_no_feast_metrics(monkeypatch, tmp_path):
     import feast.metrics  # noqa: F401
 
     assert b"feast_feature_server" in generate_latest(DEFAULT_REGISTRY), "feast no longer registers its metrics"
-    transport = httpx.ASGITransport(app=create_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://bff") as client:
-        exposition = (await client.get("/metrics")).text
+    port = free_port()
+    server = serve_metrics("127.0.0.1", port)
+    try:
+        exposition = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        server.shutdown()
     assert 'bff_requests_total{route="/predict",status="503"}' in exposition
     assert "process_cpu_seconds_total" in exposition
     assert "feast_" not in exposition
+
+
+async def test_metrics_are_not_on_the_api_port():
+    # The API's port is the one a NodePort or an Ingress makes public.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), base_url="http://bff") as client:
+        assert (await client.get("/metrics")).status_code == 404

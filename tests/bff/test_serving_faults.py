@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import duckdb
 import httpx
 import pytest
-from serving_fixtures import TRITON_TIMEOUT_S, Serving, faults_env, start_serving, wait_for
+from serving_fixtures import TRITON_TIMEOUT_S, Serving, bff_metric, faults_env, start_serving, wait_for
 from tcp_proxy import TcpProxy, via_proxy
 
 from bff.schemas import FEATURES_EXAMPLE
@@ -235,12 +235,6 @@ def start_bff(env: dict[str, str], logs: Path) -> Daemon:
     ).start(timeout_s=120)
 
 
-def bff_metric(url: str, sample: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=5.0).text
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, flags=re.MULTILINE)
-    return float(match[1]) if match else 0.0
-
-
 def wait_spool_replayed(url: str) -> None:
     """The BFF is connected to the broker and holds nothing on disk (replayed while running, not left to
     the drain at shutdown, which test_serving_shutdown.py covers)."""
@@ -324,7 +318,7 @@ def test_inference_logs_complete_across_a_bff_restart(trained_platform, s3_serve
         serving.bff = start_bff(env, logs)  # same port, same spool directory
         down_until = time.monotonic()
         load.wait_for_more(100)
-        wait_spool_replayed(serving.bff_url)
+        wait_spool_replayed(serving.metrics_url)
     finally:
         load.stop()
     serving.bff.stop()
@@ -359,8 +353,8 @@ def test_inference_logs_complete_across_a_broker_cut(
     cleanup.append(start_log_worker(env, logs))
     serving = start_serving({**env, "RABBITMQ_URL": via_proxy(rabbitmq_url, proxy)}, logs)
     cleanup.append(serving)
-    url = serving.bff_url
-    load = Load(url).start()
+    url = serving.metrics_url
+    load = Load(serving.bff_url).start()
     try:
         load.wait_for_more(100)
         proxy.down()

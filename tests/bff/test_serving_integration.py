@@ -198,7 +198,8 @@ def test_health_metrics_and_docs(serving):
     with serving.client() as client:
         assert client.get("/health/live").status_code == 200
         ready = client.get("/health/ready")
-        metrics = client.get("/metrics").text
+        metrics = httpx.get(serving.metrics_url, timeout=5).text
+        assert client.get("/metrics").status_code == 404  # not on the public port
         docs = client.get("/docs")
         schema = client.get("/openapi.json").json()
     assert ready.json() == {"ready": True, "triton_model": True, "online_store": True}

@@ -13,9 +13,8 @@ import re
 from pathlib import Path
 
 import aio_pika
-import httpx
 import pytest
-from serving_fixtures import Serving, faults_env, start_serving, wait_for
+from serving_fixtures import Serving, bff_metric, faults_env, start_serving, wait_for
 from tcp_proxy import via_proxy
 
 from bff.schemas import FEATURES_EXAMPLE
@@ -25,12 +24,6 @@ from devstack.processes import Daemon
 from mlops_common.inference_log import InferenceLogRecord, split_message
 
 pytestmark = pytest.mark.integration
-
-
-def bff_metric(url: str, sample: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=5.0).text
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, flags=re.MULTILINE)
-    return float(match[1]) if match else 0.0
 
 
 def closed_stats(bff: Daemon) -> list[dict[str, int]]:
@@ -94,7 +87,7 @@ def test_sigterm_drains_the_spool_once_the_broker_is_back_and_counts_what_it_can
     )
     queue = env["INFERENCE_LOG_QUEUE"]
     serving = start_serving(env, logs)  # no log worker: what reaches RabbitMQ stays in the queue
-    url = serving.bff_url
+    url = serving.metrics_url
     try:
 
         def connected() -> bool:

@@ -68,10 +68,34 @@ def test_default_autoscaling_ranges(rendered: dict[str, list[Doc]]) -> None:
     assert ranges == {"mlops-bff": (2, 10), "mlops-triton": (1, 5), "mlops-log-worker": (1, 4)}
 
 
-def test_bff_is_a_nodeport_on_30080_by_default(rendered: dict[str, list[Doc]]) -> None:
-    service = next(d for d in rendered["01-default"] if d["kind"] == "Service" and d["metadata"]["name"] == "mlops-bff")
-    assert service["spec"]["type"] == "NodePort"
-    assert service["spec"]["ports"][0]["nodePort"] == 30080
+def test_bff_api_is_a_nodeport_on_30080_by_default_and_its_metrics_are_not(rendered: dict[str, list[Doc]]) -> None:
+    services = {d["metadata"]["name"]: d["spec"] for d in rendered["01-default"] if d["kind"] == "Service"}
+    public, internal = services["mlops-bff-public"], services["mlops-bff"]
+    assert public["type"] == "NodePort"
+    assert public["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "nodePort": 30080}]
+    assert internal["type"] == "ClusterIP"
+    assert [p["name"] for p in internal["ports"]] == ["http", "metrics"]
+
+
+def test_bff_metrics_port_is_open_to_prometheus_only(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["01-default"]
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "mlops-bff")
+    by_port = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert by_port == {
+        8080: None,
+        9101: [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+    }
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == "mlops-bff")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    ingress_backends = [
+        path["backend"]["service"]
+        for d in rendered["06-ingress-existing-secrets"]
+        if d["kind"] == "Ingress"
+        for rule in d["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert ingress_backends
+    assert all(b["port"]["name"] == "http" for b in ingress_backends)
 
 
 def test_gpu_scenario_gives_triton_a_gpu(rendered: dict[str, list[Doc]]) -> None:
@@ -133,7 +157,8 @@ def test_secure_defaults(rendered: dict[str, list[Doc]]) -> None:
 def test_bff_probe_paths_are_routes_of_the_bff(rendered: dict[str, list[Doc]]) -> None:
     from bff.app import create_app
 
-    routes = {route.path for route in create_app().routes}
+    # The health routes are the app's own (the API routes come in through a router of their own).
+    routes = {route.path for route in create_app().routes if hasattr(route, "path")}
     probed = inv.http_probe_paths(rendered["01-default"], "bff")
     assert probed == {"/health/live", "/health/ready"}
     assert probed <= routes, f"probed {probed}, served {routes}"

@@ -69,6 +69,7 @@ def cli_env(trained_platform, unique_name, tmp_path_factory) -> dict[str, str]:
         "TRITON_MODEL_NAME": unique_name("cli_model", sep="_"),
         "MLFLOW_EXPERIMENT_NAME": unique_name("cli-experiment"),
         "BFF_PORT": str(free_port()),
+        "BFF_METRICS_PORT": str(free_port()),
         "MODEL_SYNC_METRICS_PORT": str(free_port()),
         "LOG_WORKER_METRICS_PORT": str(free_port()),
         "TRITON_RUNTIME": "python",

@@ -45,6 +45,7 @@ def private_stack_settings(tmp_path: Path) -> Settings:
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
         prometheus_url=f"http://127.0.0.1:{free_port()}",
         bff_port=free_port(),
+        bff_metrics_port=free_port(),
         model_sync_metrics_port=free_port(),
         log_worker_metrics_port=free_port(),
     )

@@ -172,7 +172,7 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
     stack = StackSettings()
     sys_svc.ensure_rabbitmq_prometheus(stack.rabbitmq_host_port[0], stack.rabbitmq_prometheus_port)
     addresses = {
-        "bff": f"127.0.0.1:{env['BFF_PORT']}",
+        "bff": f"127.0.0.1:{env['BFF_METRICS_PORT']}",
         "triton": f"127.0.0.1:{triton.metrics_port}",
         "model-sync": f"127.0.0.1:{env['MODEL_SYNC_METRICS_PORT']}",
         "log-worker": f"127.0.0.1:{env['LOG_WORKER_METRICS_PORT']}",
@@ -229,7 +229,7 @@ def test_every_dashboard_query_returns_data(live: LivePlatform) -> None:
     assert {"/predict", "/predict/batch"} <= routes
     scraped = {(s["metric"]["job"], s["metric"]["endpoint"]) for s in live.query("up == 1")}
     assert scraped == {
-        ("mlops-bff", "http"),
+        ("mlops-bff", "metrics"),
         ("mlops-triton", "metrics"),
         ("mlops-triton", "sync-metrics"),
         ("mlops-log-worker", "metrics"),

@@ -96,7 +96,7 @@ class Rollout:
         return sorted((e["version"] for e in index if e["name"] == model and "version" in e), key=int)
 
     def bff_series(self, text: str) -> bool:
-        return text in httpx.get(f"{self.serving.bff_url}/metrics", timeout=5).text
+        return text in httpx.get(self.serving.metrics_url, timeout=5).text
 
     def wait_routed(self, version: str, role: str, percent: float = 0.0) -> None:
         wait_for(
@@ -156,7 +156,7 @@ def rollout(trained_platform, s3_server, triton_server, unique_name, tmp_path_fa
         config = work / "prometheus" / "prometheus.yml"
         addresses = {name: f"127.0.0.1:{free_port()}" for name in ("triton", "log-worker", "monitor", "rabbitmq")}
         addresses |= {
-            "bff": f"127.0.0.1:{env['BFF_PORT']}",
+            "bff": f"127.0.0.1:{env['BFF_METRICS_PORT']}",
             "model-sync": f"127.0.0.1:{env['MODEL_SYNC_METRICS_PORT']}",
         }
         write_config(config, addresses, interval_s=SCRAPE_INTERVAL_S)

@@ -175,6 +175,7 @@ read belong here (tests/charts check that against the classes).
 */}}
 {{- define "mlops.env.platform" -}}
 LOG_LEVEL: {value: {{ .Values.platform.logLevel | quote }}}
+LOG_FORMAT: {value: {{ .Values.platform.logFormat | quote }}}
 {{- end }}
 
 {{- define "mlops.env.s3" -}}
@@ -220,6 +221,8 @@ RABBITMQ_URL: {valueFrom: {secretKeyRef: {name: {{ include "mlops.rabbitmq.secre
 {{- fail "bff.apiKeys.required needs bff.apiKeys.existingSecret: a Secret whose key holds the API_KEYS JSON (python -m bff.api_keys new NAME)" }}
 {{- end }}
 API_KEYS_REQUIRED: {value: {{ $keys.required | quote }}}
+API_KEY_RATE_LIMIT_PER_S: {value: {{ include "mlops.number" $keys.rateLimitPerSecond | quote }}}
+API_KEY_RATE_BURST: {value: {{ $keys.rateBurst | int64 | quote }}}
 {{- with $keys.existingSecret }}
 API_KEYS: {valueFrom: {secretKeyRef: {name: {{ . }}, key: {{ $keys.secretKey }}}}}
 {{- end }}
