@@ -261,8 +261,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logs = InferenceLogPublisher(settings) if settings.inference_logging_enabled else None
         if logs is not None:
             await logs.start()
-        online = OnlineFeatures(store, settings.online_store_timeout_s)
-        await online.warm_up()
+        online = OnlineFeatures(store, settings.online_store_timeout_s, settings.feast_registry_refresh_s)
+        await online.start()
         app.state.platform = Platform(settings, triton, router, online, logs)
         metrics_server = serve_metrics(settings.bff_host, settings.bff_metrics_port)
         try:
@@ -273,6 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if logs is not None:
                 await logs.close(settings.log_drain_timeout_s)
             await triton.close()
+            await online.close()
             await store.close()
 
     app = FastAPI(

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 from platform_fixtures import QUICK_MODEL
 from serving_fixtures import wait_for
 
-from bff.errors import DependencyUnavailableError, InferenceError
+from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
+from bff.online_features import OnlineFeatures
 from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
 from bff.triton import TritonPredictor
@@ -290,3 +291,27 @@ async def test_the_request_id_reaches_the_inference_log_record(serving):
         # Closing the channel returns every message taken above to the queue.
     assert len(found) == 1
     assert found[0].features["AMT_CREDIT"] == FEATURES_EXAMPLE["AMT_CREDIT"]
+
+
+async def test_direct_redis_read_returns_what_feasts_own_read_returns(trained_platform):
+    """The BFF reads Feast's Redis store itself (bff.online_features); for the same applicants it must
+    return exactly what Feast's get_online_features returns, missing values included."""
+    settings = trained_platform.settings(Settings)
+    store = open_feature_store(settings)
+    ids = [int(i) for i in trained_platform.tables.application_test.SK_ID_CURR.iloc[:200]]
+    feast_rows = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE), entity_rows=[{"SK_ID_CURR": i} for i in ids]
+    ).to_dict()
+    online = OnlineFeatures(store, timeout_s=5.0, registry_refresh_s=60.0)
+    await online.start()
+    try:
+        direct = await online.fetch(ids)
+        with pytest.raises(EntityNotFoundError) as unknown:
+            await online.fetch([ids[0], 987654321])
+    finally:
+        await online.close()
+    expected = {i: {name: feast_rows[name][k] for name in FEATURE_NAMES} for k, i in enumerate(ids)}
+    assert direct == expected
+    # The comparison covered values Feast has none for (applicants without bureau history).
+    assert any(value is None for row in expected.values() for value in row.values())
+    assert unknown.value.entity_ids == [987654321]
