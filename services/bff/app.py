@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
@@ -18,7 +19,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bff.auth import CallerDep, KeyGate, key_checked_route
-from bff.docs import OPENAPI_TAGS, add_offline_docs, api_description, error_responses
+from bff.bodies import BatchTooLarge, Rows, parse_batch, parse_single
+from bff.docs import (
+    OPENAPI_TAGS,
+    PREDICT_BODY,
+    add_offline_docs,
+    api_description,
+    batch_body,
+    document_request_models,
+    error_responses,
+    request_body,
+)
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
 from bff.inference_log import InferenceLogPublisher
 from bff.limits import BodyLimitMiddleware
@@ -36,7 +47,6 @@ from bff.schemas import (
     LabelsWritten,
     Liveness,
     Prediction,
-    PredictRequest,
     Readiness,
     ValidationErrorBody,
 )
@@ -50,7 +60,6 @@ from mlops_common.rollout import Role
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "1"}
-MISSING_FEATURE_MESSAGE = f"Field required when {ENTITY_KEY} is not given (null if the value is unknown)"
 
 
 class Platform:
@@ -100,76 +109,61 @@ async def request_id(
 RequestIdDep = Annotated[str, Depends(request_id)]
 
 
-def _missing_feature_errors(requests: list, *, batch: bool) -> list[dict]:
-    errors = []
-    for index, request in enumerate(requests):
-        if getattr(request, ENTITY_KEY) is not None:
-            continue
-        given = request.model_fields_set
-        for name in FEATURE_NAMES:
-            # Absent, not null: a typo must not turn into a silently missing value.
-            if name not in given:
-                loc = ["body", index, name] if batch else ["body", name]
-                errors.append(
-                    {
-                        "type": "missing",
-                        "loc": loc,
-                        "msg": MISSING_FEATURE_MESSAGE,
-                        "input": None,
-                    }
-                )
-    return errors
+def _feature_names_where(mask: np.ndarray) -> list[list[str]]:
+    """Per row, the names of the features where ``mask`` is true (most rows: none, no loop)."""
+    names: list[list[str]] = [[] for _ in range(len(mask))]
+    for row in np.flatnonzero(mask.any(axis=1)):
+        names[row] = [FEATURE_NAMES[j] for j in np.flatnonzero(mask[row])]
+    return names
 
 
-async def _predict(platform: Platform, requests: list, *, batch: bool, request_id: str) -> list[Prediction]:
-    """Score the rows; a single prediction's id is ``request_id``, a batch's rows are ``<request_id>-<i>``."""
-    errors = _missing_feature_errors(requests, batch=batch)
-    if errors:
-        raise RequestValidationError(errors)
+async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id: str) -> Response:
+    """Score the rows; a single prediction's id is ``request_id``, a batch's rows are ``<request_id>-<i>``.
+    The answer is built from the arrays and serialised by orjson: no model object per row."""
     started = time.perf_counter()
     budget = platform.settings.request_budget_s
-    row_ids = [f"{request_id}-{i}" for i in range(len(requests))] if batch else [request_id]
+    n = len(parsed)
+    row_ids = [f"{request_id}-{i}" for i in range(n)] if batch else [request_id]
     try:
         # One budget for the whole dependency path: each call's own timeout can add up past it.
         async with asyncio.timeout(budget):
-            rows = await assemble(requests, platform.online)
+            rows = await assemble(parsed, platform.online)
             scored = await platform.router.score(rows.matrix, rows.entity_ids, row_ids, request_id)
     except TimeoutError as err:
         raise DependencyUnavailableError(
             f"online store + Triton took longer than {budget} s (REQUEST_BUDGET_S)"
         ) from err
     latency_ms = (time.perf_counter() - started) * 1000
-    ROWS.inc(len(requests))
+    ROWS.inc(n)
     threshold = platform.settings.decision_threshold
-    unknown = np.isnan(rows.matrix)
-    # Most rows miss nothing: name the missing features only where a row has any.
-    missing = [
-        [name for name, gone in zip(FEATURE_NAMES, row, strict=True) if gone] if row.any() else [] for row in unknown
-    ]
-    predictions = [
-        Prediction(
-            request_id=row_ids[i],
-            probability=float(p),
-            decision=_decision(p, threshold),
-            threshold=threshold,
-            model_name=platform.triton.model_name,
-            model_version=scored.versions[i],
-            model_role=scored.roles[i],
-            features_from_store=rows.from_store[i],
-            missing_features=missing[i],
-        )
-        for i, p in enumerate(scored.probabilities)
+    probabilities = scored.probabilities.tolist()
+    decisions = np.where(scored.probabilities >= threshold, "reject", "approve").tolist()
+    missing = _feature_names_where(np.isnan(rows.matrix))
+    model_name = platform.triton.model_name
+    answers = [
+        {
+            "request_id": row_ids[i],
+            "probability": probabilities[i],
+            "decision": decisions[i],
+            "threshold": threshold,
+            "model_name": model_name,
+            "model_version": scored.versions[i],
+            "model_role": scored.roles[i],
+            "features_from_store": rows.from_store[i],
+            "missing_features": missing[i],
+        }
+        for i in range(n)
     ]
     logs = platform.logs
     if logs is not None:
-        _log_inferences(logs, rows, predictions, latency_ms)
+        _log_inferences(logs, rows, answers, latency_ms)
 
     def log_shadow(shadow: ShadowScored) -> None:
         if logs is not None:
-            _log_inferences(logs, rows, predictions, latency_ms, shadow=shadow, threshold=threshold)
+            _log_inferences(logs, rows, answers, latency_ms, shadow=shadow, threshold=threshold)
 
     platform.router.shadow(rows.matrix, scored.probabilities, row_ids, request_id, threshold, log_shadow)
-    return predictions
+    return Response(orjson.dumps({"predictions": answers} if batch else answers[0]), media_type="application/json")
 
 
 def _decision(probability: float, threshold: float) -> str:
@@ -179,7 +173,7 @@ def _decision(probability: float, threshold: float) -> str:
 def _log_inferences(
     logs: InferenceLogPublisher,
     rows: FeatureRows,
-    predictions: list[Prediction],
+    answers: list[dict],
     latency_ms: float,
     *,
     shadow: ShadowScored | None = None,
@@ -187,9 +181,9 @@ def _log_inferences(
 ):
     """One record per answered row; with ``shadow``, the challenger's answers for the same rows instead."""
     now = datetime.now(UTC)
-    for i, prediction in enumerate(predictions):
-        request_id, probability, decision = prediction.request_id, prediction.probability, prediction.decision
-        version, role = prediction.model_version, prediction.model_role
+    for i, answer in enumerate(answers):
+        request_id, probability, decision = answer["request_id"], answer["probability"], answer["decision"]
+        version, role = answer["model_version"], answer["model_role"]
         if shadow is not None:
             request_id, probability, version, role = (
                 shadow.request_ids[i],
@@ -208,8 +202,8 @@ def _log_inferences(
                     name: (None if v != v else float(v))
                     for name, v in zip(FEATURE_NAMES, rows.matrix[i].tolist(), strict=True)
                 },
-                store_features=prediction.features_from_store,
-                model_name=prediction.model_name,
+                store_features=answer["features_from_store"],
+                model_name=answer["model_name"],
                 model_version=version,
                 probability=probability,
                 decision=decision,
@@ -329,6 +323,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error")
         return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
 
+    # The bodies are read and converted by bff.bodies (not by FastAPI, which would build a pydantic model
+    # per row): their schemas are documented by hand, from the same models.
     @api.post(
         "/predict",
         response_model=Prediction,
@@ -340,14 +336,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "overriding the stored values. One online-store read (only when an id is given) and one Triton call."
         ),
         responses=error_responses(settings, 401, 404, 408, 413, 422, 429, 503),
+        openapi_extra=request_body(PREDICT_BODY, PREDICT_EXAMPLES),
     )
-    async def predict(
-        body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
-        platform: PlatformDep,
-        _: CallerDep,
-        request_id: RequestIdDep,
-    ) -> Prediction:
-        return (await _predict(platform, [body], batch=False, request_id=request_id))[0]
+    async def predict(request: Request, platform: PlatformDep, _: CallerDep, request_id: RequestIdDep) -> Response:
+        parsed = parse_single(await request.body())
+        return await _predict(platform, parsed, batch=False, request_id=request_id)
 
     @api.post(
         "/predict/batch",
@@ -355,33 +348,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["prediction"],
         summary="Score a batch of applicants",
         description=(
-            "A JSON array of /predict bodies, in either form and mixed as you like, 1 to "
-            f"{settings.max_batch_size} rows (`MAX_BATCH_SIZE`). The ids of the batch are read from the online "
-            "store in one call and all rows go to Triton in one call; the predictions come back in input order. "
-            "One invalid row fails the whole batch with 422, its index in `loc`."
+            f"1 to {settings.max_batch_size} rows (`MAX_BATCH_SIZE`) in one of three forms: a JSON array of "
+            '/predict bodies (either form, mixed as you like); pandas\' "split" orientation '
+            '(`{"columns": [...], "data": [[...], ...]}`); or a KServe v2 / Open Inference Protocol inference '
+            "request with one input per feature. The answer is the same for all three. The ids of the batch are "
+            "read from the online store in one call and all rows go to Triton in one call; the predictions come "
+            "back in input order. One invalid row fails the whole batch with 422, its position in `loc`."
         ),
         responses=error_responses(settings, 401, 404, 408, 413, 422, 429, 503),
+        openapi_extra=request_body(batch_body(settings), BATCH_EXAMPLES),
     )
     async def predict_batch(
-        body: Annotated[
-            list[PredictRequest],
-            # Documented, not enforced by FastAPI: the handler answers 413 past the maximum (not 422).
-            Body(
-                openapi_examples=BATCH_EXAMPLES, json_schema_extra={"minItems": 1, "maxItems": settings.max_batch_size}
-            ),
-        ],
-        platform: PlatformDep,
-        _: CallerDep,
-        request_id: RequestIdDep,
-    ):
-        if not body:
-            raise RequestValidationError([{"type": "too_short", "loc": ["body"], "msg": "batch is empty", "input": []}])
-        if len(body) > platform.settings.max_batch_size:
-            return JSONResponse(
-                {"detail": f"batch of {len(body)} rows exceeds the maximum of {platform.settings.max_batch_size}"},
-                status_code=413,
-            )
-        return BatchPrediction(predictions=await _predict(platform, body, batch=True, request_id=request_id))
+        request: Request, platform: PlatformDep, _: CallerDep, request_id: RequestIdDep
+    ) -> Response:
+        limit = platform.settings.max_batch_size
+        try:
+            parsed = parse_batch(await request.body(), limit)
+        except BatchTooLarge as err:
+            return JSONResponse({"detail": f"batch of {err.rows} rows exceeds the maximum of {limit}"}, status_code=413)
+        return await _predict(platform, parsed, batch=True, request_id=request_id)
 
     @api.post(
         "/labels",
@@ -447,6 +432,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(api)
     if settings.api_docs_enabled:
+        document_request_models(app)
         if not settings.api_keys_required:
             _document_without_keys(app)
         add_offline_docs(app)  # last: the routes above are matched first

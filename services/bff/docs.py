@@ -11,9 +11,17 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
 
 from bff.metrics import OVERLOADED_BODY
-from bff.schemas import EntityNotFoundBody, ErrorBody, ValidationErrorBody
+from bff.schemas import (
+    EntityNotFoundBody,
+    ErrorBody,
+    InferenceRequest,
+    PredictRequest,
+    SplitBatch,
+    ValidationErrorBody,
+)
 from bff.settings import Settings
 from mlops_common.features import ENTITY_KEY, FEATURES, N_FEATURES
 
@@ -23,6 +31,50 @@ DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 # No call to validator.swagger.io (the page must not reach out); the rest are FastAPI's defaults.
 SWAGGER_UI_PARAMETERS = {"validatorUrl": None, "tryItOutEnabled": True, "displayRequestDuration": True}
+
+
+# The prediction bodies are read by bff.bodies, not by FastAPI: their schemas are added to the document here.
+_REQUEST_MODELS = (PredictRequest, SplitBatch, InferenceRequest)
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(model: type) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+PREDICT_BODY = _ref(PredictRequest)
+
+
+def batch_body(settings: Settings) -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"type": "array", "items": PREDICT_BODY, "minItems": 1, "maxItems": settings.max_batch_size},
+            _ref(SplitBatch),
+            _ref(InferenceRequest),
+        ]
+    }
+
+
+def request_body(schema: dict[str, Any], examples: dict[str, Any]) -> dict[str, Any]:
+    """A route's ``openapi_extra``: its JSON request body."""
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema, "examples": examples}}}
+    }
+
+
+def document_request_models(app: FastAPI) -> None:
+    """Add the schemas of the bodies bff.bodies reads to the OpenAPI document's components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        if PredictRequest.__name__ not in schemas:
+            _, definitions = models_json_schema([(m, "validation") for m in _REQUEST_MODELS], ref_template=_REF)
+            schemas.update(definitions["$defs"])
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def add_offline_docs(app: FastAPI) -> None:
@@ -89,8 +141,17 @@ the model name and version that answered. Every prediction is written to the inf
   `features_from_store` in the answer names the features that came from the store. An id the store does
   not know gets 404.
 
-`POST /predict` takes one body, `POST /predict/batch` a JSON array of up to {settings.max_batch_size} bodies of
-either form, mixed, answered in input order.
+`POST /predict` takes one body. `POST /predict/batch` takes up to {settings.max_batch_size} rows, answered in input
+order, in one of three forms:
+
+* a JSON array of `/predict` bodies, of either form, mixed;
+* pandas' "split" orientation, `{{"columns": [...], "data": [[...], ...]}}` (`DataFrame.to_json(orient="split")`);
+* a KServe v2 / Open Inference Protocol inference request, one input per feature
+  (`{{"inputs": [{{"name": "AMT_CREDIT", "shape": [n], "datatype": "FP64", "data": [...]}}, ...]}}`).
+
+In the two columnar forms an `{ENTITY_KEY}` column (input) gives every row an applicant id; the features that
+are not among the columns then come from the online store. The columnar forms are the cheapest to send
+and to read.
 
 ## Missing values
 
@@ -110,8 +171,9 @@ and this request model.
 |---|---|---|
 {features}
 
-Bodies are strict: numbers must be JSON numbers (not strings or booleans); `NaN`, `Infinity` and unknown
-fields are refused. `null` or an absent feature means "not given" (read from the store when an id is given).
+Bodies are strict: numbers must be JSON numbers (not strings or booleans) within float32's range (the
+model's input type); `NaN`, `Infinity` and unknown fields are refused. `null` or an absent feature means
+"not given" (read from the store when an id is given).
 
 ## Errors
 

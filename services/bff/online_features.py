@@ -23,8 +23,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from redis.exceptions import RedisError
 
+from bff.bodies import Rows
 from bff.errors import DependencyUnavailableError, EntityNotFoundError
-from mlops_common.features import ENTITY_KEY, FEATURE_DTYPE, FEATURE_NAMES, FEATURE_SERVICE
+from mlops_common.features import ENTITY_KEY, FEATURE_NAMES, FEATURE_SERVICE
 
 log = logging.getLogger(__name__)
 
@@ -150,28 +151,19 @@ class OnlineFeatures:
             return False
 
 
-async def assemble(requests: list[Any], online: OnlineFeatures) -> FeatureRows:
-    """One float32 row per request. Entity rows are read from the store in one call for the batch.
-    A feature given in the body wins (``null``: unknown, NaN); one not given comes from the store (NaN
-    where the store has no value). Requests without an id have every feature given (checked before)."""
-    entity_ids = [getattr(r, ENTITY_KEY) for r in requests]
-    stored = (
-        await online.fetch([i for i in entity_ids if i is not None]) if any(i is not None for i in entity_ids) else {}
-    )
-    matrix = np.empty((len(requests), len(FEATURE_NAMES)), dtype=FEATURE_DTYPE)
-    from_store: list[list[str]] = []
-    for row, (request, entity_id) in enumerate(zip(requests, entity_ids, strict=True)):
-        values = stored.get(entity_id, {}) if entity_id is not None else {}
-        used_store = []
-        given_fields = request.model_fields_set
-        for column, name in enumerate(FEATURE_NAMES):
-            if name in given_fields:
-                # An explicit null is an unknown value: NaN, as the trainer saw missing values.
-                given = getattr(request, name)
-                matrix[row, column] = np.nan if given is None else given
-            else:
-                value = values.get(name)
-                matrix[row, column] = np.nan if value is None else value
-                used_store.append(name)
-        from_store.append(used_store if entity_id is not None else [])
-    return FeatureRows(matrix, from_store, entity_ids)
+async def assemble(parsed: Rows, online: OnlineFeatures) -> FeatureRows:
+    """The model's rows: the body's values and, for rows with an applicant id, the stored values of the
+    features the body did not give (NaN where the store has none). One store read for the whole batch."""
+    ids = parsed.entity_ids
+    keyed = [row for row, entity_id in enumerate(ids) if entity_id is not None]
+    matrix = parsed.matrix
+    from_store: list[list[str]] = [[] for _ in ids]
+    if keyed:
+        stored = await online.fetch([ids[row] for row in keyed])
+        store_rows = np.array([[stored[ids[row]][name] for name in FEATURE_NAMES] for row in keyed], dtype=np.float64)
+        from_body = parsed.given[keyed]
+        matrix = matrix.copy()
+        matrix[keyed] = np.where(from_body, matrix[keyed], store_rows)  # None -> NaN above
+        for k, row in enumerate(keyed):
+            from_store[row] = [FEATURE_NAMES[j] for j in np.flatnonzero(~from_body[k])]
+    return FeatureRows(matrix, from_store, ids)

@@ -2,6 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from mlops_common.features import ENTITY_KEY, FEATURES, MAX_ENTITY_ID
@@ -46,16 +47,6 @@ PREDICT_EXAMPLES: dict[str, dict[str, Any]] = {
         "value": OVERRIDE_EXAMPLE,
     },
 }
-BATCH_EXAMPLES: dict[str, dict[str, Any]] = {
-    "mixed": {
-        "summary": "A batch mixing both forms",
-        "description": (
-            "Rows with all features, an applicant id, and an id with overrides. The ids are read from the "
-            "online store in one call, all rows go to Triton in one call, and the answers come in input order."
-        ),
-        "value": [FEATURES_EXAMPLE, ENTITY_EXAMPLE, OVERRIDE_EXAMPLE],
-    },
-}
 
 
 def _integral_number_to_int(value: Any) -> Any:
@@ -64,6 +55,10 @@ def _integral_number_to_int(value: Any) -> Any:
         return int(value)
     return value
 
+
+# The model's inputs are float32: a number past float32's range would reach it as infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FeatureValue = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 
 # Strict otherwise: "100002" (a string) and true stay type errors. Bounded (MAX_ENTITY_ID): a larger id is
 # a 422, not a 500 from the online store's encoder.
@@ -96,8 +91,87 @@ PredictRequest = create_model(
         "features given alongside an id override the stored values."
     ),
     **{ENTITY_KEY: (ApplicantId | None, Field(None, description="Applicant id; features come from the online store"))},
-    **{f.name: (float | None, Field(None, description=f.description)) for f in FEATURES},
+    **{f.name: (FeatureValue | None, Field(None, description=f.description)) for f in FEATURES},
 )
+
+
+# The names a columnar batch may use: the features, and the applicant id.
+ColumnName = Literal[(*(f.name for f in FEATURES), ENTITY_KEY)]  # type: ignore[valid-type]
+_COLUMN_NAMES = [f.name for f in FEATURES]
+SPLIT_EXAMPLE = {
+    "columns": _COLUMN_NAMES,
+    "data": [
+        [FEATURES_EXAMPLE[name] for name in _COLUMN_NAMES],
+        [FEATURES_EXAMPLE[name] if name != "AMT_ANNUITY" else None for name in _COLUMN_NAMES],
+    ],
+}
+V2_EXAMPLE = {
+    "inputs": [
+        {"name": ENTITY_KEY, "shape": [2], "datatype": "INT64", "data": [100002, 100002]},
+        {"name": "AMT_CREDIT", "shape": [2], "datatype": "FP64", "data": [250000, 300000]},
+    ]
+}
+
+
+class SplitBatch(BaseModel):
+    """A batch in pandas' "split" orientation (`DataFrame.to_json(orient="split")` without the index):
+    the column names once, then one array of values per row, in the columns' order. Columns are features
+    and optionally SK_ID_CURR (then every row has an id, and the features not among the columns come from
+    the online store); without SK_ID_CURR every feature is a column. null is an unknown value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    columns: list[ColumnName] = Field(min_length=1, description="Feature names, and optionally SK_ID_CURR")
+    data: list[list[FeatureValue | None]] = Field(min_length=1, description="One array per row, in `columns` order")
+    index: list[Any] | None = Field(None, description="Ignored (pandas writes the row labels here)")
+
+
+class InferInput(BaseModel):
+    """One input tensor of the Open Inference Protocol: here one per feature (or SK_ID_CURR), a value per row."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    name: ColumnName = Field(description="A feature name, or SK_ID_CURR")
+    shape: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        min_length=1, max_length=2, description="[rows] or [rows, 1]"
+    )
+    datatype: Literal["FP32", "FP64", "INT32", "INT64"] = Field(description="SK_ID_CURR: INT64 or INT32")
+    data: list[FeatureValue | None] = Field(description="The values, row-major; null is an unknown value")
+    parameters: dict[str, Any] | None = Field(None, description="Ignored")
+
+
+class InferenceRequest(BaseModel):
+    """A batch as a KServe v2 / Open Inference Protocol JSON inference request: one input per feature, as
+    MLServer's and KServe's pandas codecs send a table. With an SK_ID_CURR input the features not among the
+    inputs come from the online store; without it every feature is an input."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str | None = Field(None, description="Ignored: use the X-Request-ID header")
+    parameters: dict[str, Any] | None = Field(None, description="Ignored")
+    inputs: list[InferInput] = Field(min_length=1, max_length=len(FEATURES) + 1)
+
+
+BATCH_EXAMPLES: dict[str, dict[str, Any]] = {
+    "mixed": {
+        "summary": "A list of objects, mixing both forms",
+        "description": (
+            "Rows with all features, an applicant id, and an id with overrides. The ids are read from the "
+            "online store in one call, all rows go to Triton in one call, and the answers come in input order."
+        ),
+        "value": [FEATURES_EXAMPLE, ENTITY_EXAMPLE, OVERRIDE_EXAMPLE],
+    },
+    "split": {
+        "summary": 'Columns and rows (pandas "split")',
+        "description": "Every feature a column; the second row's annuity is unknown (null).",
+        "value": SPLIT_EXAMPLE,
+    },
+    "kserve_v2": {
+        "summary": "KServe v2 / Open Inference Protocol inputs",
+        "description": "One applicant from the online store, scored with two credit amounts (a what-if).",
+        "value": V2_EXAMPLE,
+    },
+}
 
 
 class Prediction(BaseModel):

@@ -4,9 +4,11 @@ route, and /metrics serves the BFF's own registry (not what libraries register i
 import httpx
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import generate_latest
+from test_api_docs import Fakes
 
 from bff.app import create_app
 from bff.metrics import REGISTRY, ROUTE_STATUSES, serve_metrics
+from bff.settings import Settings
 from devstack.processes import free_port
 
 
@@ -29,12 +31,12 @@ async def test_requests_are_counted_by_route():
         return REGISTRY.get_sample_value("bff_requests_total", {"route": "/predict/batch", "status": "422"})
 
     before = count()
-    transport = httpx.ASGITransport(app=create_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://bff") as client:
-        # Malformed JSON is refused before the handler needs Triton or the online store.
+    fakes = Fakes(Settings())
+    async with fakes.client() as client:
         response = await client.post("/predict/batch", content=b"[{", headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert count() == before + 1
+    assert fakes.triton.matrices == []
 
 
 def test_metrics_are_served_on_their_own_port_with_no_feast_metrics(monkeypatch, tmp_path):

@@ -1,0 +1,303 @@
+"""Prediction request bodies -> columns: a float32 feature matrix, which features the body gave, the ids.
+
+Three batch forms reach the same columns: a JSON array of /predict objects, pandas' "split" orientation
+(``{"columns": [...], "data": [[...], ...]}``) and the KServe v2 / Open Inference Protocol JSON body (one
+input tensor per feature). A valid body of the usual kind is converted column by column with orjson and
+numpy, never through a pydantic model per row. Anything the fast path does not recognise as valid goes
+through the pydantic models (``bff.schemas``) instead, so that the 422 lists every invalid field with its
+path exactly as FastAPI would (and a valid body the fast path declined still gets the same columns).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+
+from bff.schemas import FLOAT32_MAX, InferenceRequest, PredictRequest, SplitBatch
+from mlops_common.features import ENTITY_KEY, FEATURE_DTYPE, FEATURE_NAMES, MAX_ENTITY_ID
+
+N_FEATURES = len(FEATURE_NAMES)
+MISSING_FEATURE_MESSAGE = f"Field required when {ENTITY_KEY} is not given (null if the value is unknown)"
+_FIELDS = frozenset((*FEATURE_NAMES, ENTITY_KEY))
+_NUMBER_TYPES = {int, float, type(None)}
+_OBJECTS = TypeAdapter(list[PredictRequest])
+_OBJECT = TypeAdapter(PredictRequest)
+_SPLIT = TypeAdapter(SplitBatch)
+_V2 = TypeAdapter(InferenceRequest)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A request's rows, in columns."""
+
+    matrix: np.ndarray  # float32 [n, N_FEATURES]: the body's values; NaN where null or not given
+    given: np.ndarray  # bool [n, N_FEATURES]: the body gave the feature (a value or null)
+    entity_ids: list[int | None]
+
+    def __len__(self) -> int:
+        return len(self.entity_ids)
+
+
+class BatchTooLarge(Exception):
+    def __init__(self, rows: int):
+        self.rows = rows
+
+
+def parse_single(body: bytes) -> Rows:
+    """The body of /predict: one object."""
+    value, plain = _load(body)
+    if plain and type(value) is dict:
+        rows = _objects_fast([value])
+        if rows is not None:
+            return rows
+    return _objects_validated([value], batch=False)
+
+
+def parse_batch(body: bytes, max_rows: int) -> Rows:
+    """The body of /predict/batch in any of its forms; BatchTooLarge past ``max_rows``, checked before
+    the rows are validated."""
+    value, plain = _load(body)
+    if isinstance(value, dict) and "columns" in value:
+        return _split(value, max_rows)
+    if isinstance(value, dict) and "inputs" in value:
+        return _v2(value, max_rows)
+    if isinstance(value, list):
+        if not value:
+            raise RequestValidationError([_error("too_short", [], "batch is empty", [])])
+        if len(value) > max_rows:
+            raise BatchTooLarge(len(value))
+        rows = _objects_fast(value) if plain else None
+        if rows is not None:
+            return rows
+    return _objects_validated(value, batch=True)
+
+
+# -- parsing -----------------------------------------------------------------------------------------
+def _load(body: bytes) -> tuple[Any, bool]:
+    """The body's JSON, and whether it is plain JSON (orjson read it: no NaN or Infinity in it)."""
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
+    try:
+        return orjson.loads(body), True
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses what the standard library reads (NaN, Infinity): read it the FastAPI way, so that the
+    # models refuse non-finite numbers by name, and malformed JSON is reported as FastAPI reports it.
+    try:
+        return json.loads(body), False
+    except UnicodeDecodeError:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ["body"], "msg": "body is not UTF-8 encoded JSON", "input": None}]
+        ) from None
+    except json.JSONDecodeError as err:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ["body", err.pos],
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": err.msg},
+                }
+            ]
+        ) from None
+
+
+def _error(kind: str, loc: Iterable[str | int], msg: str, given: Any) -> dict[str, Any]:
+    return {"type": kind, "loc": ["body", *loc], "msg": msg, "input": given}
+
+
+def _validation_errors(err: ValidationError, loc: Iterable[str | int] = ()) -> RequestValidationError:
+    """pydantic's errors as FastAPI reports a body's: located under "body", without the docs URL."""
+    prefix = ["body", *loc]
+    return RequestValidationError(
+        [
+            {k: v for k, v in {**e, "loc": [*prefix, *e["loc"]]}.items() if k != "url"}
+            for e in err.errors(include_url=False)
+        ]
+    )
+
+
+# -- a list of objects -------------------------------------------------------------------------------
+def _objects_fast(items: list) -> Rows | None:
+    """Columns of valid objects, or None when any object is not plainly valid (the models then judge)."""
+    if not all(type(item) is dict and item.keys() <= _FIELDS for item in items):
+        return None
+    ids = [item.get(ENTITY_KEY) for item in items]
+    if not {type(i) for i in ids} <= {int, type(None)} or not all(
+        0 <= i <= MAX_ENTITY_ID for i in ids if i is not None
+    ):
+        return None
+    matrix = np.empty((len(items), N_FEATURES), dtype=np.float64)
+    given = np.ones((len(items), N_FEATURES), dtype=bool)
+    for column, name in enumerate(FEATURE_NAMES):
+        values = [item.get(name, _ABSENT) for item in items]
+        kinds = set(map(type, values))
+        if _Absent in kinds:
+            given[:, column] = [v is not _ABSENT for v in values]
+            values = [None if v is _ABSENT else v for v in values]
+            kinds.discard(_Absent)
+        if not kinds <= _NUMBER_TYPES:
+            return None
+        try:
+            matrix[:, column] = values  # None -> NaN
+        except OverflowError:  # an integer past float64
+            return None
+    if (np.abs(matrix) > FLOAT32_MAX).any():  # the models name the value past float32's range
+        return None
+    without_id = np.array([i is None for i in ids])
+    if (~given[without_id]).any():
+        return None
+    return Rows(matrix.astype(FEATURE_DTYPE), given, ids)
+
+
+def _objects_validated(items: Any, *, batch: bool) -> Rows:
+    """Columns through the pydantic models: every invalid field reported, as FastAPI would."""
+    try:
+        models = _OBJECTS.validate_python(items) if batch else [_OBJECT.validate_python(items[0])]
+    except ValidationError as err:
+        raise _validation_errors(err) from None
+    errors = []
+    for index, model in enumerate(models):
+        if getattr(model, ENTITY_KEY) is None:
+            # Absent, not null: a typo must not turn into a silently missing value.
+            errors += [
+                _error("missing", [index, name] if batch else [name], MISSING_FEATURE_MESSAGE, None)
+                for name in FEATURE_NAMES
+                if name not in model.model_fields_set
+            ]
+    if errors:
+        raise RequestValidationError(errors)
+    given = np.array([[name in m.model_fields_set for name in FEATURE_NAMES] for m in models], dtype=bool)
+    values = [[getattr(m, name) for name in FEATURE_NAMES] for m in models]
+    matrix = np.array(values, dtype=np.float64).astype(FEATURE_DTYPE)  # None -> NaN
+    return Rows(matrix, given, [getattr(m, ENTITY_KEY) for m in models])
+
+
+class _Absent:
+    pass
+
+
+_ABSENT = _Absent()
+
+
+# -- columnar forms ----------------------------------------------------------------------------------
+def _split(value: dict, max_rows: int) -> Rows:
+    data = value.get("data")
+    if isinstance(data, list) and len(data) > max_rows:
+        raise BatchTooLarge(len(data))
+    try:
+        split = _SPLIT.validate_python(value)
+    except ValidationError as err:
+        raise _validation_errors(err) from None
+    columns = split.columns
+    errors = _duplicate_names(columns, "columns")
+    errors += [
+        _error("row_length", ["data", i], f"row has {len(row)} values for {len(columns)} columns", row)
+        for i, row in enumerate(split.data)
+        if len(row) != len(columns)
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+    by_column = list(zip(*split.data, strict=True))
+    return _from_columns(
+        {name: list(by_column[j]) for j, name in enumerate(columns)},
+        len(split.data),
+        lambda name, row: ["data", row, columns.index(name)],
+        lambda name: ["columns"],
+    )
+
+
+def _v2(value: dict, max_rows: int) -> Rows:
+    inputs = value.get("inputs")
+    if isinstance(inputs, list):
+        rows = max(
+            (len(i.get("data", [])) for i in inputs if isinstance(i, dict) and isinstance(i.get("data"), list)),
+            default=0,
+        )
+        if rows > max_rows:
+            raise BatchTooLarge(rows)
+    try:
+        request = _V2.validate_python(value)
+    except ValidationError as err:
+        raise _validation_errors(err) from None
+    names = [i.name for i in request.inputs]
+    errors = _duplicate_names(names, "inputs", "name")
+    # The rows: the length most inputs agree on; the inputs that disagree are named.
+    n = Counter(tensor.shape[0] for tensor in request.inputs).most_common(1)[0][0]
+    for k, tensor in enumerate(request.inputs):
+        if tensor.shape not in ([n], [n, 1]):
+            errors.append(
+                _error(
+                    "shape", ["inputs", k, "shape"], f"shape must be [{n}] or [{n}, 1], one value per row", tensor.shape
+                )
+            )
+        elif len(tensor.data) != n:
+            errors.append(
+                _error(
+                    "data_length",
+                    ["inputs", k, "data"],
+                    f"{len(tensor.data)} values for shape {tensor.shape}",
+                    len(tensor.data),
+                )
+            )
+        if tensor.datatype.startswith("INT"):
+            errors += [
+                _error("int_type", ["inputs", k, "data", r], f"{tensor.datatype} values are integers", v)
+                for r, v in enumerate(tensor.data)
+                if v is not None and not float(v).is_integer()
+            ]
+    if n < 1:
+        errors.append(_error("too_short", ["inputs", 0, "shape"], "batch is empty", request.inputs[0].shape))
+    if errors:
+        raise RequestValidationError(errors)
+    position = {name: k for k, name in enumerate(names)}
+    return _from_columns(
+        {t.name: t.data for t in request.inputs},
+        n,
+        lambda name, row: ["inputs", position[name], "data", row],
+        lambda name: ["inputs"],
+    )
+
+
+def _duplicate_names(names: list[str], *loc: str) -> list[dict]:
+    seen: set[str] = set()
+    errors = []
+    for k, name in enumerate(names):
+        if name in seen:
+            where = [loc[0], k, *loc[1:]]
+            errors.append(_error("duplicate", where, f"{name} is given twice", name))
+        seen.add(name)
+    return errors
+
+
+def _from_columns(columns: dict[str, list], n: int, cell_loc, column_loc) -> Rows:
+    """Rows from named columns of numbers or nulls (their types already checked by the models)."""
+    errors = []
+    ids: list[int | None] = [None] * n
+    if ENTITY_KEY in columns:
+        ids = [None if v is None else int(v) for v in columns[ENTITY_KEY]]
+        errors += [
+            _error("entity_id", cell_loc(ENTITY_KEY, row), f"{ENTITY_KEY} is an integer in 0 … {MAX_ENTITY_ID}", v)
+            for row, v in enumerate(columns[ENTITY_KEY])
+            if v is None or not float(v).is_integer() or not 0 <= v <= MAX_ENTITY_ID
+        ]
+    elif absent := [name for name in FEATURE_NAMES if name not in columns]:
+        errors += [_error("missing", column_loc(name), f"{name}: {MISSING_FEATURE_MESSAGE}", None) for name in absent]
+    if errors:
+        raise RequestValidationError(errors)
+    matrix = np.full((n, N_FEATURES), np.nan, dtype=np.float64)
+    given = np.zeros((n, N_FEATURES), dtype=bool)
+    for column, name in enumerate(FEATURE_NAMES):
+        if name in columns:
+            matrix[:, column] = columns[name]  # None -> NaN
+            given[:, column] = True
+    return Rows(matrix.astype(FEATURE_DTYPE), given, ids)
