@@ -11,7 +11,7 @@ from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -28,14 +28,14 @@ from bff.docs import (
     batch_body,
     document_request_models,
     error_responses,
-    request_body,
+    prediction_operation,
 )
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
 from bff.inference_log import InferenceLogPublisher
 from bff.limits import BodyLimitMiddleware
 from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware, serve_metrics
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
-from bff.request_ids import REQUEST_ID_HEADER, REQUEST_ID_PATTERN, RequestIdMiddleware
+from bff.request_ids import RequestIdMiddleware, request_id_of
 from bff.routing import Router, ShadowScored
 from bff.schemas import (
     BATCH_EXAMPLES,
@@ -86,27 +86,6 @@ async def get_platform(request: Request) -> Platform:
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
-
-
-async def request_id(
-    request: Request,
-    _given: Annotated[
-        str | None,
-        Header(
-            alias=REQUEST_ID_HEADER,
-            pattern=REQUEST_ID_PATTERN,
-            description="Your id for this request (letters, digits, . _ : -; at most 100): the prediction's "
-            "`request_id` (a batch's rows get `<id>-<index>`), the inference log's key and Triton's request id. "
-            "Unique per request: a retry with the same id is logged once. Made up when absent. Echoed in "
-            "the answer's `X-Request-ID` header, errors included.",
-        ),
-    ] = None,
-) -> str:
-    """The id ``RequestIdMiddleware`` took or made; the parameter documents the header."""
-    return request.scope["state"]["request_id"]
-
-
-RequestIdDep = Annotated[str, Depends(request_id)]
 
 
 def _feature_names_where(mask: np.ndarray) -> list[list[str]]:
@@ -323,8 +302,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error")
         return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
 
-    # The bodies are read and converted by bff.bodies (not by FastAPI, which would build a pydantic model
-    # per row): their schemas are documented by hand, from the same models.
+    # The prediction routes take the bare request: bff.bodies reads the body (FastAPI would build a pydantic
+    # model per row), the middlewares and the route class have done the rest (request id, API key), and no
+    # FastAPI dependency is resolved per request. Their OpenAPI operation is written out from the same models.
     @api.post(
         "/predict",
         response_model=Prediction,
@@ -336,11 +316,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "overriding the stored values. One online-store read (only when an id is given) and one Triton call."
         ),
         responses=error_responses(settings, 401, 404, 408, 413, 422, 429, 503),
-        openapi_extra=request_body(PREDICT_BODY, PREDICT_EXAMPLES),
+        openapi_extra=prediction_operation(PREDICT_BODY, PREDICT_EXAMPLES),
     )
-    async def predict(request: Request, platform: PlatformDep, _: CallerDep, request_id: RequestIdDep) -> Response:
+    async def predict(request: Request) -> Response:
         parsed = parse_single(await request.body())
-        return await _predict(platform, parsed, batch=False, request_id=request_id)
+        return await _predict(request.app.state.platform, parsed, batch=False, request_id=request_id_of(request))
 
     @api.post(
         "/predict/batch",
@@ -356,17 +336,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "back in input order. One invalid row fails the whole batch with 422, its position in `loc`."
         ),
         responses=error_responses(settings, 401, 404, 408, 413, 422, 429, 503),
-        openapi_extra=request_body(batch_body(settings), BATCH_EXAMPLES),
+        openapi_extra=prediction_operation(batch_body(settings), BATCH_EXAMPLES),
     )
-    async def predict_batch(
-        request: Request, platform: PlatformDep, _: CallerDep, request_id: RequestIdDep
-    ) -> Response:
+    async def predict_batch(request: Request) -> Response:
+        platform: Platform = request.app.state.platform
         limit = platform.settings.max_batch_size
         try:
             parsed = parse_batch(await request.body(), limit)
         except BatchTooLarge as err:
             return JSONResponse({"detail": f"batch of {err.rows} rows exceeds the maximum of {limit}"}, status_code=413)
-        return await _predict(platform, parsed, batch=True, request_id=request_id)
+        return await _predict(platform, parsed, batch=True, request_id=request_id_of(request))
 
     @api.post(
         "/labels",

@@ -24,6 +24,8 @@ from bff.metrics import API_KEY_RATE_LIMITED, API_KEY_REQUESTS
 from bff.settings import Settings
 
 UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="prediction-api"'}
+# An OpenAPI operation's security: either scheme below (their names are FastAPI's for these classes).
+KEY_SECURITY = [{"HTTPBearer": []}, {"APIKeyHeader": []}]
 KEY_HEADER = "X-API-Key"
 _BEARER = HTTPBearer(
     auto_error=False, description="`Authorization: Bearer <API key>`, when the deployment requires keys"

@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -136,21 +137,21 @@ def _objects_fast(items: list) -> Rows | None:
         0 <= i <= MAX_ENTITY_ID for i in ids if i is not None
     ):
         return None
-    matrix = np.empty((len(items), N_FEATURES), dtype=np.float64)
-    given = np.ones((len(items), N_FEATURES), dtype=bool)
-    for column, name in enumerate(FEATURE_NAMES):
-        values = [item.get(name, _ABSENT) for item in items]
-        kinds = set(map(type, values))
-        if _Absent in kinds:
-            given[:, column] = [v is not _ABSENT for v in values]
-            values = [None if v is _ABSENT else v for v in values]
-            kinds.discard(_Absent)
-        if not kinds <= _NUMBER_TYPES:
-            return None
-        try:
-            matrix[:, column] = values  # None -> NaN
-        except OverflowError:  # an integer past float64
-            return None
+    values = [[item.get(name, _ABSENT) for name in FEATURE_NAMES] for item in items]
+    kinds = set(map(type, chain.from_iterable(values)))
+    given = None
+    if _Absent in kinds:
+        given = np.array([[v is not _ABSENT for v in row] for row in values], dtype=bool)
+        values = [[None if v is _ABSENT else v for v in row] for row in values]
+        kinds.discard(_Absent)
+    if not kinds <= _NUMBER_TYPES:
+        return None
+    try:
+        matrix = np.array(values, dtype=np.float64)  # None -> NaN
+    except OverflowError:  # an integer past float64
+        return None
+    if given is None:
+        given = np.ones(matrix.shape, dtype=bool)
     if (np.abs(matrix) > FLOAT32_MAX).any():  # the models name the value past float32's range
         return None
     without_id = np.array([i is None for i in ids])

@@ -13,7 +13,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 
+from bff.auth import KEY_SECURITY
 from bff.metrics import OVERLOADED_BODY
+from bff.request_ids import REQUEST_ID_PARAMETER
 from bff.schemas import (
     EntityNotFoundBody,
     ErrorBody,
@@ -55,10 +57,13 @@ def batch_body(settings: Settings) -> dict[str, Any]:
     }
 
 
-def request_body(schema: dict[str, Any], examples: dict[str, Any]) -> dict[str, Any]:
-    """A route's ``openapi_extra``: its JSON request body."""
+def prediction_operation(schema: dict[str, Any], examples: dict[str, Any]) -> dict[str, Any]:
+    """A prediction route's ``openapi_extra``: its JSON request body, the X-Request-ID header and the key
+    schemes (``bff.auth``; removed from the document where keys are off)."""
     return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": schema, "examples": examples}}}
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema, "examples": examples}}},
+        "parameters": [REQUEST_ID_PARAMETER],
+        "security": KEY_SECURITY,
     }
 
 

@@ -9,11 +9,24 @@ import re
 import uuid
 from typing import Any
 
+from starlette.requests import Request
+
 from mlops_common.logging import request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,100}$"
 _VALID = re.compile(REQUEST_ID_PATTERN)
+# The header as an OpenAPI operation parameter.
+REQUEST_ID_PARAMETER = {
+    "name": REQUEST_ID_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
+    "description": "Your id for this request (letters, digits, . _ : -; at most 100): the prediction's "
+    "`request_id` (a batch's rows get `<id>-<index>`), the inference log's key and Triton's request id. "
+    "Unique per request: a retry with the same id is logged once. Made up when absent. Echoed in the "
+    "answer's `X-Request-ID` header, errors included.",
+}
 _HEADER_KEY = REQUEST_ID_HEADER.lower().encode()
 
 
@@ -47,6 +60,11 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def request_id_of(request: Request) -> str:
+    """The id ``RequestIdMiddleware`` took or made for ``request``."""
+    return request.scope["state"]["request_id"]
 
 
 async def _refuse(send, given: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from bff.app import Platform, create_app, get_platform
+from bff.app import Platform, create_app
 from bff.errors import DependencyUnavailableError, EntityNotFoundError
 from bff.routing import Router
 from bff.schemas import (
@@ -99,7 +99,7 @@ class Fakes:
         self.app = create_app(settings)
         router = Router(self.triton, refresh_s=1.0, shadow_max_pending=4)  # type: ignore[arg-type]
         platform = Platform(settings, self.triton, router, FakeOnlineStore(), logs=None)  # type: ignore[arg-type]
-        self.app.dependency_overrides[get_platform] = lambda: platform
+        self.app.state.platform = platform  # what the lifespan sets in the service
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=BASE_URL)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bff.app import Platform, create_app, get_platform
+from bff.app import Platform, create_app
 from bff.settings import Settings
 from devstack.processes import free_port
 from mlops_common.ground_truth import MAX_LABELS_PER_WRITE, load_labels
@@ -21,7 +21,7 @@ def client_for(settings: Settings) -> httpx.AsyncClient:
     app = create_app(settings)
     # The route needs no Triton and no online store: only the settings.
     platform = Platform(settings, triton=None, router=None, online=None, logs=None)  # type: ignore[arg-type]
-    app.dependency_overrides[get_platform] = lambda: platform
+    app.state.platform = platform  # what the lifespan sets in the service
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bff")
 
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bff.app import Platform, create_app, get_platform
+from bff.app import Platform, create_app
 from bff.errors import DependencyUnavailableError
 from bff.metrics import REGISTRY
 from bff.routing import Router
@@ -62,7 +62,7 @@ def serving():
     settings = Settings()
     app = create_app(settings)
     platform = Platform(settings, triton, router, NoStore(), logs)  # type: ignore[arg-type]
-    app.dependency_overrides[get_platform] = lambda: platform
+    app.state.platform = platform  # what the lifespan sets in the service
 
     def client() -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bff")
