@@ -31,7 +31,7 @@ from bff.docs import (
     prediction_operation,
 )
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
-from bff.inference_log import InferenceLogPublisher
+from bff.inference_log import InferenceLogPublisher, encode_records
 from bff.limits import BodyLimitMiddleware
 from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware, serve_metrics
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
@@ -55,7 +55,6 @@ from bff.triton import TritonPredictor
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
 from mlops_common.ground_truth import write_labels
-from mlops_common.inference_log import InferenceLogRecord
 from mlops_common.rollout import Role
 
 log = logging.getLogger(__name__)
@@ -145,10 +144,6 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
     return Response(orjson.dumps({"predictions": answers} if batch else answers[0]), media_type="application/json")
 
 
-def _decision(probability: float, threshold: float) -> str:
-    return "reject" if probability >= threshold else "approve"
-
-
 def _log_inferences(
     logs: InferenceLogPublisher,
     rows: FeatureRows,
@@ -158,38 +153,35 @@ def _log_inferences(
     shadow: ShadowScored | None = None,
     threshold: float = 0.5,
 ):
-    """One record per answered row; with ``shadow``, the challenger's answers for the same rows instead."""
-    now = datetime.now(UTC)
-    for i, answer in enumerate(answers):
-        request_id, probability, decision = answer["request_id"], answer["probability"], answer["decision"]
-        version, role = answer["model_version"], answer["model_role"]
-        if shadow is not None:
-            request_id, probability, version, role = (
-                shadow.request_ids[i],
-                float(shadow.probabilities[i]),
-                shadow.version,
-                Role.SHADOW,
-            )
-            decision = _decision(probability, threshold)
-        # model_construct: the values are already validated; the request path pays no second validation.
-        logs.submit(
-            InferenceLogRecord.model_construct(
-                request_id=request_id,
-                timestamp=now,
-                entity_id=rows.entity_ids[i],
-                features={
-                    name: (None if v != v else float(v))
-                    for name, v in zip(FEATURE_NAMES, rows.matrix[i].tolist(), strict=True)
-                },
-                store_features=answer["features_from_store"],
-                model_name=answer["model_name"],
-                model_version=version,
-                probability=probability,
-                decision=decision,
-                latency_ms=latency_ms,
-                role=role,
-            )
+    """One record per answered row, serialized in one pass; with ``shadow``, the challenger's answers for
+    the same rows instead."""
+    n = len(answers)
+    if shadow is None:
+        request_ids = [a["request_id"] for a in answers]
+        probabilities = [a["probability"] for a in answers]
+        decisions = [a["decision"] for a in answers]
+        versions = [a["model_version"] for a in answers]
+        roles = [a["model_role"] for a in answers]
+    else:
+        request_ids = shadow.request_ids
+        probabilities = shadow.probabilities.tolist()
+        decisions = np.where(shadow.probabilities >= threshold, "reject", "approve").tolist()
+        versions, roles = [shadow.version] * n, [Role.SHADOW] * n
+    logs.submit_serialized(
+        encode_records(
+            request_ids=request_ids,
+            timestamp=datetime.now(UTC),
+            entity_ids=rows.entity_ids,
+            features=rows.matrix,
+            store_features=rows.from_store,
+            model_name=answers[0]["model_name"],
+            model_versions=versions,
+            probabilities=probabilities,
+            decisions=decisions,
+            latency_ms=latency_ms,
+            roles=roles,
         )
+    )
 
 
 def _json_safe(value):

@@ -17,6 +17,7 @@ from itertools import count
 from pathlib import Path
 
 import aio_pika
+import numpy as np
 import pytest
 from pydantic import ValidationError
 from tcp_proxy import via_proxy
@@ -30,6 +31,7 @@ from devstack.processes import free_port
 from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, InferenceLogRecord, split_message
 from mlops_common.rabbit import InferenceLogTopology
+from mlops_common.rollout import Role
 from mlops_common.settings import REPO_ROOT
 
 _ids = count()
@@ -382,3 +384,51 @@ async def test_close_with_the_broker_still_down_counts_and_logs_what_stays_in_th
     assert second.stats.undrained == 121
     assert undrained_total() == before + 120 + 121
     assert spooled_ids(tmp_path) == [r.request_id for r in [*records, extra]]
+
+
+def test_records_encoded_from_columns_are_the_records_the_model_would_write():
+    """encode_records (the request path's serializer) writes what InferenceLogRecord reads back, field for
+    field, including NaN features (null), rows without an id, and every role."""
+    features = np.array([[1.5] * len(FEATURE_NAMES), [np.nan] + [2.0] * (len(FEATURE_NAMES) - 1)], dtype=np.float32)
+    stamp = datetime(2026, 11, 28, 3, 4, 5, 123456, tzinfo=UTC)
+    lines = inference_log.encode_records(
+        request_ids=["r-0", "r-1"],
+        timestamp=stamp,
+        entity_ids=[100002, None],
+        features=features,
+        store_features=[list(FEATURE_NAMES[1:3]), []],
+        model_name="credit_default",
+        model_versions=["3", "4"],
+        probabilities=[0.125, 0.75],
+        decisions=["approve", "reject"],
+        latency_ms=2.5,
+        roles=[Role.CHAMPION, Role.CANARY],
+    )
+    expected = [
+        InferenceLogRecord(
+            request_id="r-0",
+            timestamp=stamp,
+            entity_id=100002,
+            features=dict.fromkeys(FEATURE_NAMES, 1.5),
+            store_features=list(FEATURE_NAMES[1:3]),
+            model_name="credit_default",
+            model_version="3",
+            probability=0.125,
+            decision="approve",
+            latency_ms=2.5,
+            role=Role.CHAMPION,
+        ),
+        InferenceLogRecord(
+            request_id="r-1",
+            timestamp=stamp,
+            entity_id=None,
+            features={name: None if k == 0 else 2.0 for k, name in enumerate(FEATURE_NAMES)},
+            model_name="credit_default",
+            model_version="4",
+            probability=0.75,
+            decision="reject",
+            latency_ms=2.5,
+            role=Role.CANARY,
+        ),
+    ]
+    assert [InferenceLogRecord.from_json_bytes(line) for line in lines] == expected

@@ -16,6 +16,7 @@ from bff.metrics import REGISTRY
 from bff.routing import Router
 from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
+from mlops_common.inference_log import InferenceLogRecord
 from mlops_common.rollout import RolloutMode, RolloutPolicy, Routing, routing_key
 
 CHAMPION, CHALLENGER = "4", "5"
@@ -47,11 +48,13 @@ class NoStore:
 
 
 class Logged:
+    """The publisher's request-path side: the records read back as the log worker reads them."""
+
     def __init__(self) -> None:
         self.records = []
 
-    def submit(self, record) -> None:
-        self.records.append(record)
+    def submit_serialized(self, bodies: list[bytes]) -> None:
+        self.records += [InferenceLogRecord.from_json_bytes(body) for body in bodies]
 
 
 @pytest.fixture
