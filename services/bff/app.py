@@ -116,7 +116,7 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
     ROWS.inc(n)
     threshold = platform.settings.decision_threshold
     probabilities = scored.probabilities.tolist()
-    decisions = np.where(scored.probabilities >= threshold, "reject", "approve").tolist()
+    decisions = _decisions(scored.probabilities, threshold)
     missing = _feature_names_where(np.isnan(rows.matrix))
     model_name = platform.triton.model_name
     answers = [
@@ -135,39 +135,54 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
     ]
     logs = platform.logs
     if logs is not None:
-        _log_inferences(logs, rows, answers, latency_ms)
+        _log_inferences(
+            logs,
+            rows,
+            request_ids=row_ids,
+            probabilities=probabilities,
+            decisions=decisions,
+            versions=scored.versions,
+            roles=scored.roles,
+            model_name=model_name,
+            latency_ms=latency_ms,
+        )
 
     def log_shadow(shadow: ShadowScored) -> None:
+        """The challenger's answers for the same rows, logged as role shadow."""
         if logs is not None:
-            _log_inferences(logs, rows, answers, latency_ms, shadow=shadow, threshold=threshold)
+            _log_inferences(
+                logs,
+                rows,
+                request_ids=shadow.request_ids,
+                probabilities=shadow.probabilities.tolist(),
+                decisions=_decisions(shadow.probabilities, threshold),
+                versions=[shadow.version] * n,
+                roles=[Role.SHADOW] * n,
+                model_name=model_name,
+                latency_ms=latency_ms,
+            )
 
     platform.router.shadow(rows.matrix, scored.probabilities, row_ids, request_id, threshold, log_shadow)
     return Response(orjson.dumps({"predictions": answers} if batch else answers[0]), media_type="application/json")
 
 
+def _decisions(probabilities: np.ndarray, threshold: float) -> list[str]:
+    return np.where(probabilities >= threshold, "reject", "approve").tolist()
+
+
 def _log_inferences(
     logs: InferenceLogPublisher,
     rows: FeatureRows,
-    answers: list[dict],
-    latency_ms: float,
     *,
-    shadow: ShadowScored | None = None,
-    threshold: float = 0.5,
-):
-    """One record per answered row, serialized in one pass; with ``shadow``, the challenger's answers for
-    the same rows instead."""
-    n = len(answers)
-    if shadow is None:
-        request_ids = [a["request_id"] for a in answers]
-        probabilities = [a["probability"] for a in answers]
-        decisions = [a["decision"] for a in answers]
-        versions = [a["model_version"] for a in answers]
-        roles = [a["model_role"] for a in answers]
-    else:
-        request_ids = shadow.request_ids
-        probabilities = shadow.probabilities.tolist()
-        decisions = np.where(shadow.probabilities >= threshold, "reject", "approve").tolist()
-        versions, roles = [shadow.version] * n, [Role.SHADOW] * n
+    request_ids: list[str],
+    probabilities: list[float],
+    decisions: list[str],
+    versions: list[str],
+    roles: list[Role],
+    model_name: str,
+    latency_ms: float,
+) -> None:
+    """One record per row, serialized in one pass."""
     logs.submit_serialized(
         encode_records(
             request_ids=request_ids,
@@ -175,7 +190,7 @@ def _log_inferences(
             entity_ids=rows.entity_ids,
             features=rows.matrix,
             store_features=rows.from_store,
-            model_name=answers[0]["model_name"],
+            model_name=model_name,
             model_versions=versions,
             probabilities=probabilities,
             decisions=decisions,
@@ -219,8 +234,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Only the registry is used: OnlineFeatures reads Redis itself (Feast's online client stays closed).
         store = open_feature_store(settings)
-        await store.initialize()
         triton = TritonPredictor(settings.triton_grpc_url, settings.triton_model_name, settings.triton_timeout_s)
         router = Router(triton, refresh_s=settings.routing_refresh_s, shadow_max_pending=settings.shadow_max_pending)
         await router.start()

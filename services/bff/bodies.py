@@ -213,7 +213,7 @@ def _split(value: dict, max_rows: int) -> Rows:
         {name: list(by_column[j]) for j, name in enumerate(columns)},
         len(split.data),
         lambda name, row: ["data", row, columns.index(name)],
-        lambda name: ["columns"],
+        ["columns"],
     )
 
 
@@ -265,7 +265,7 @@ def _v2(value: dict, max_rows: int) -> Rows:
         {t.name: t.data for t in request.inputs},
         n,
         lambda name, row: ["inputs", position[name], "data", row],
-        lambda name: ["inputs"],
+        ["inputs"],
     )
 
 
@@ -280,8 +280,9 @@ def _duplicate_names(names: list[str], *loc: str) -> list[dict]:
     return errors
 
 
-def _from_columns(columns: dict[str, list], n: int, cell_loc, column_loc) -> Rows:
-    """Rows from named columns of numbers or nulls (their types already checked by the models)."""
+def _from_columns(columns: dict[str, list], n: int, cell_loc, names_loc: list[str]) -> Rows:
+    """Rows from named columns of numbers or nulls (their types already checked by the models);
+    ``cell_loc(name, row)`` and ``names_loc`` place an error in the body."""
     errors = []
     ids: list[int | None] = [None] * n
     if ENTITY_KEY in columns:
@@ -292,7 +293,7 @@ def _from_columns(columns: dict[str, list], n: int, cell_loc, column_loc) -> Row
             if v is None or not float(v).is_integer() or not 0 <= v <= MAX_ENTITY_ID
         ]
     elif absent := [name for name in FEATURE_NAMES if name not in columns]:
-        errors += [_error("missing", column_loc(name), f"{name}: {MISSING_FEATURE_MESSAGE}", None) for name in absent]
+        errors += [_error("missing", names_loc, f"{name}: {MISSING_FEATURE_MESSAGE}", None) for name in absent]
     if errors:
         raise RequestValidationError(errors)
     matrix = np.full((n, N_FEATURES), np.nan, dtype=np.float64)
