@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bff.auth import CallerDep, KeyGate, key_checked_route
-from bff.bodies import BatchTooLarge, Rows, parse_batch, parse_single
+from bff.bodies import NOT_UTF8, BatchTooLarge, Rows, feature_names_where, parse_batch, parse_single
 from bff.docs import (
     OPENAPI_TAGS,
     PREDICT_BODY,
@@ -54,7 +54,7 @@ from bff.schemas import (
 from bff.settings import Settings
 from bff.triton import TritonPredictor
 from mlops_common.feast_store import open_feature_store
-from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
+from mlops_common.features import ENTITY_KEY
 from mlops_common.ground_truth import write_labels
 from mlops_common.rollout import Role
 
@@ -88,14 +88,6 @@ async def get_platform(request: Request) -> Platform:
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 
 
-def _feature_names_where(mask: np.ndarray) -> list[list[str]]:
-    """Per row, the names of the features where ``mask`` is true (most rows: none, no loop)."""
-    names: list[list[str]] = [[] for _ in range(len(mask))]
-    for row in np.flatnonzero(mask.any(axis=1)):
-        names[row] = [FEATURE_NAMES[j] for j in np.flatnonzero(mask[row])]
-    return names
-
-
 async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id: str) -> Response:
     """Score the rows; a single prediction's id is ``request_id``, a batch's rows are ``<request_id>-<i>``.
     The answer is built from the arrays and serialised by orjson: no model object per row."""
@@ -117,7 +109,7 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
     threshold = platform.settings.decision_threshold
     probabilities = scored.probabilities.tolist()
     decisions = _decisions(scored.probabilities, threshold)
-    missing = _feature_names_where(np.isnan(rows.matrix))
+    missing = feature_names_where(np.isnan(rows.matrix))
     model_name = platform.triton.model_name
     answers = [
         {
@@ -288,11 +280,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> Response:
-        # FastAPI answers a body it cannot decode (not UTF-8) with a bare 400; it is malformed JSON like
-        # any other, so it gets the same documented 422.
+        # FastAPI answers a body it cannot decode (not UTF-8) with a bare 400 (POST /labels, whose body
+        # FastAPI reads); the prediction routes answer the same 422 from bff.bodies.
         if err.status_code == 400 and isinstance(err.__cause__, UnicodeDecodeError):
-            detail = [{"type": "json_invalid", "loc": ["body"], "msg": "body is not UTF-8 encoded JSON", "input": None}]
-            return JSONResponse({"detail": detail}, status_code=422)
+            return JSONResponse({"detail": [NOT_UTF8]}, status_code=422)
         return await http_exception_handler(request, err)
 
     @app.exception_handler(EntityNotFoundError)

@@ -35,6 +35,18 @@ _SPLIT = TypeAdapter(SplitBatch)
 _V2 = TypeAdapter(InferenceRequest)
 
 
+# A body that is not UTF-8 is malformed JSON like any other: the documented 422, not a bare 400.
+NOT_UTF8 = {"type": "json_invalid", "loc": ["body"], "msg": "body is not UTF-8 encoded JSON", "input": None}
+
+
+def feature_names_where(mask: np.ndarray) -> list[list[str]]:
+    """Per row of a [n, N_FEATURES] mask, the names of the features where it is true (rows with none: no loop)."""
+    names: list[list[str]] = [[] for _ in range(len(mask))]
+    for row in np.flatnonzero(mask.any(axis=1)):
+        names[row] = [FEATURE_NAMES[j] for j in np.flatnonzero(mask[row])]
+    return names
+
+
 @dataclass(frozen=True)
 class Rows:
     """A request's rows, in columns."""
@@ -95,9 +107,7 @@ def _load(body: bytes) -> tuple[Any, bool]:
     try:
         return json.loads(body), False
     except UnicodeDecodeError:
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ["body"], "msg": "body is not UTF-8 encoded JSON", "input": None}]
-        ) from None
+        raise RequestValidationError([NOT_UTF8]) from None
     except json.JSONDecodeError as err:
         raise RequestValidationError(
             [

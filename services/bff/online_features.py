@@ -23,7 +23,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from redis.exceptions import RedisError
 
-from bff.bodies import Rows
+from bff.bodies import Rows, feature_names_where
 from bff.errors import DependencyUnavailableError, EntityNotFoundError
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES, FEATURE_SERVICE
 
@@ -157,13 +157,12 @@ async def assemble(parsed: Rows, online: OnlineFeatures) -> FeatureRows:
     ids = parsed.entity_ids
     keyed = [row for row, entity_id in enumerate(ids) if entity_id is not None]
     matrix = parsed.matrix
-    from_store: list[list[str]] = [[] for _ in ids]
+    from_store = np.zeros_like(parsed.given)  # the store filled the feature in
     if keyed:
         stored = await online.fetch([ids[row] for row in keyed])
         store_rows = np.array([[stored[ids[row]][name] for name in FEATURE_NAMES] for row in keyed], dtype=np.float64)
         from_body = parsed.given[keyed]
         matrix = matrix.copy()
         matrix[keyed] = np.where(from_body, matrix[keyed], store_rows)  # None -> NaN above
-        for k, row in enumerate(keyed):
-            from_store[row] = [FEATURE_NAMES[j] for j in np.flatnonzero(~from_body[k])]
-    return FeatureRows(matrix, from_store, ids)
+        from_store[keyed] = ~from_body
+    return FeatureRows(matrix, feature_names_where(from_store), ids)
