@@ -239,6 +239,9 @@ def platform_env_factory(
             "BFF_HOST": "127.0.0.1",
             "BFF_PORT": str(free_port()),
             "BFF_METRICS_PORT": str(free_port()),
+            # One worker process: tests count what one process admits, spools and drains;
+            # tests/bff/test_bff_workers.py runs several.
+            "BFF_WORKERS": "1",
             "LOG_SPOOL_DIR": str(work / "log-spool"),
             "MODEL_SYNC_METRICS_PORT": str(free_port()),
             "LOG_WORKER_METRICS_PORT": str(free_port()),

@@ -34,7 +34,7 @@ from bff.docs import (
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
 from bff.inference_log import InferenceLogPublisher, encode_records
 from bff.limits import BodyLimitMiddleware
-from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware, serve_metrics
+from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
 from bff.request_ids import RequestIdMiddleware, request_id_of
 from bff.routing import Router, ShadowScored
@@ -53,9 +53,11 @@ from bff.schemas import (
 )
 from bff.settings import Settings
 from bff.triton import TritonPredictor
+from bff.workers import retire_worker_metrics
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY
 from mlops_common.ground_truth import write_labels
+from mlops_common.logging import configure_logging
 from mlops_common.rollout import Role
 
 log = logging.getLogger(__name__)
@@ -219,6 +221,13 @@ def _document_without_keys(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def worker_app() -> FastAPI:
+    """The app of one uvicorn worker process of ``python -m bff``, configured from the environment."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # Prediction and labels routes: the caller is admitted (API key, rate limit) before the body is read.
@@ -237,7 +246,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         online = OnlineFeatures(store, settings.online_store_timeout_s, settings.feast_registry_refresh_s)
         await online.start()
         app.state.platform = Platform(settings, triton, router, online, logs)
-        metrics_server = serve_metrics(settings.bff_host, settings.bff_metrics_port)
         # What start-up allocated lives as long as the process: out of the collector's sight, so that
         # collections while serving walk only what requests allocate.
         gc.collect()
@@ -245,13 +253,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            metrics_server.shutdown()
             await router.close()
             if logs is not None:
                 await logs.close(settings.log_drain_timeout_s)
             await triton.close()
             await online.close()
             await store.close()
+            retire_worker_metrics()
 
     app = FastAPI(
         title="Credit default prediction API",

@@ -72,7 +72,10 @@ RECORDS = Counter(
 for _outcome in OUTCOMES:
     RECORDS.labels(_outcome)  # at 0 from start-up, so the first `dropped` record alerts
 SPOOL_BACKLOG = Gauge(
-    "bff_inference_log_spool_backlog_bytes", "Spooled inference-log bytes not yet replayed", registry=REGISTRY
+    "bff_inference_log_spool_backlog_bytes",
+    "Spooled inference-log bytes not yet replayed",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
 )
 UNDRAINED = Counter(
     "bff_inference_log_shutdown_undrained_records",
@@ -83,7 +86,10 @@ UNDRAINED = Counter(
 # A full spool drops records at the request rate: one ERROR line per interval, with the count.
 SPOOL_FULL_LOG_INTERVAL_S = 60.0
 BROKER_CONNECTED = Gauge(
-    "bff_inference_log_broker_connected", "1 while the inference-log publisher is connected", registry=REGISTRY
+    "bff_inference_log_broker_connected",
+    "1 while the inference-log publisher is connected (of every worker: the lowest)",
+    multiprocess_mode="livemin",
+    registry=REGISTRY,
 )
 _RECONNECT_INITIAL_S = 0.1
 # Errors that mean "the broker is not taking messages now", as opposed to a bug.
@@ -240,7 +246,8 @@ class InferenceLogPublisher:
         self._spool = Spool.open_slot(
             Path(self._settings.log_spool_dir),
             segment_max_bytes=self._settings.log_spool_segment_bytes,
-            max_bytes=self._settings.log_spool_max_bytes,
+            # The workers' slots share the directory, and so its limit.
+            max_bytes=self._settings.log_spool_max_bytes // self._settings.worker_processes(),
         )
         if self._spool.has_pending():
             log.info(

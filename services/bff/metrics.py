@@ -1,10 +1,9 @@
 """Prometheus metrics of the BFF, and the ASGI middleware that records them and sheds load."""
 
 import time
-from wsgiref.simple_server import WSGIServer
 
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from mlops_common.metrics import observe_all, service_registry
 from mlops_common.rollout import Role, Routing
@@ -21,7 +20,10 @@ DURATION = Histogram(
     registry=REGISTRY,
 )
 ROWS = Counter("bff_rows_predicted", "Rows scored by the model", registry=REGISTRY)
-IN_FLIGHT = Gauge("bff_in_flight_requests", "Prediction requests being processed", registry=REGISTRY)
+# Gauges say how the workers' values add up (bff.workers): in flight requests of the live workers sum up.
+IN_FLIGHT = Gauge(
+    "bff_in_flight_requests", "Prediction requests being processed", multiprocess_mode="livesum", registry=REGISTRY
+)
 
 # The statuses each API route answers with: its documented responses, and 500 for a bug.
 ROUTE_STATUSES = {
@@ -90,17 +92,12 @@ SHADOW_SKIPPED = Counter(
 CANARY_PERCENT = Gauge(
     "bff_routing_canary_percent",
     "Share of applicants the challenger answers (0 outside canary mode)",
+    # Every worker reads the same routing; the highest shows a change as soon as one worker has it.
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 for _outcome in SHADOW_OUTCOMES:
     SHADOW_COMPARISONS.labels(_outcome)
-
-
-def serve_metrics(host: str, port: int) -> WSGIServer:
-    """/metrics of ``REGISTRY`` on its own port (a thread), apart from the API's public one; the scrape
-    does not wait behind requests on the event loop either."""
-    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
-    return server
 
 
 def _series(routing: Routing | None) -> set[tuple[str, str]]:
@@ -113,7 +110,8 @@ def _series(routing: Routing | None) -> set[tuple[str, str]]:
 
 
 def track_routing(old: Routing | None, new: Routing | None) -> None:
-    """Create the new routing's series at 0, and drop those of versions no longer routed."""
+    """Create the new routing's series at 0, and drop those of versions no longer routed (from this
+    process; under ``python -m bff`` the workers' metric files keep them, unchanging, until restart)."""
     for version, role in _series(old) - _series(new):
         for metric in (MODEL_ROWS, MODEL_LATENCY, MODEL_SCORES):
             metric.remove(version, role)

@@ -2,6 +2,7 @@ import re
 
 from pydantic import Field, model_validator
 
+from bff.workers import usable_cpus
 from mlops_common.ground_truth import GroundTruthStoreSettings
 from mlops_common.settings import FeastSettings, RabbitSettings, TritonSettings
 
@@ -24,6 +25,9 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     bff_port: int = 8080
     # /metrics is served on its own port, never on the API's (which a NodePort or Ingress makes public).
     bff_metrics_port: int = 9101
+    # uvicorn worker processes behind bff_port (bff.workers); 0: one per CPU this process may use.
+    # max_in_flight, the API keys' rate limit and the spool are per worker; /metrics adds the workers up.
+    bff_workers: int = Field(0, ge=0)
     # Shutdown after SIGTERM: uvicorn waits up to bff_graceful_shutdown_s for requests in flight, then
     # the inference-log publisher has log_drain_timeout_s to flush its buffer and drain the spool to
     # RabbitMQ. A pod's terminationGracePeriodSeconds must cover both (the chart adds them up).
@@ -67,9 +71,12 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     log_reconnect_max_s: float = Field(5.0, gt=0)
     log_spool_segment_bytes: int = Field(16 << 20, ge=1024)
     # The spool's segment files never exceed this; records that do not fit are dropped and counted
-    # (outcome "dropped_spool_full"). Per process: each uvicorn worker has a spool slot of its own.
+    # (outcome "dropped_spool_full"). Each uvicorn worker has a slot of its own, with an equal share of it.
     log_spool_max_bytes: int = Field(512 << 20, gt=0)
     log_drain_timeout_s: float = Field(20.0, gt=0)
+
+    def worker_processes(self) -> int:
+        return self.bff_workers or usable_cpus()
 
     @model_validator(mode="after")
     def _api_keys_usable(self) -> "Settings":
