@@ -399,14 +399,25 @@ def wave(doc: Doc) -> int:
     return int(doc["metadata"].get("annotations", {}).get(SYNC_WAVE, 0))
 
 
+HOOK = "argocd.argoproj.io/hook"
+HOOK_DELETE_POLICY = "argocd.argoproj.io/hook-delete-policy"
+
+
 def sync_wave_problems(docs: list[Doc]) -> list[str]:
-    """Argo CD applies infrastructure, then buckets, then the feature pipeline, the trainer, and serving."""
+    """Argo CD applies infrastructure, then buckets, then the feature pipeline, then the trainer; serving
+    comes no earlier than the trainer (its pods wait for the champion) and never behind it.
+
+    The feature-pipeline and trainer Jobs are named Sync hooks that Argo CD creates once and keeps
+    (delete policy HookFailed only: a succeeded run stands, a failed one is created again at the next sync)."""
 
     def waves(predicate: Any) -> set[int]:
         return {wave(d) for d in docs if predicate(d)}
 
     def component(d: Doc) -> str:
         return d["metadata"]["labels"].get("app.kubernetes.io/component", "")
+
+    def one_off(d: Doc) -> bool:
+        return d["kind"] == "Job" and component(d) in ("feature-pipeline", "trainer")
 
     stages = [
         (
@@ -419,19 +430,25 @@ def sync_wave_problems(docs: list[Doc]) -> list[str]:
             ),
         ),
         ("buckets", waves(lambda d: d["kind"] == "Job" and component(d) == "bucket-provisioning")),
+        ("data bootstrap", waves(lambda d: d["kind"] == "Job" and component(d) == "data-bootstrap")),
         ("feature pipeline", waves(lambda d: d["kind"] == "Job" and component(d) == "feature-pipeline")),
         ("trainer", waves(lambda d: d["kind"] == "Job" and component(d) == "trainer")),
-        (
-            "serving",
-            waves(lambda d: d["kind"] == "Deployment" and component(d) in ("triton", "bff", "log-worker", "monitor")),
-        ),
     ]
     present = [(name, w) for name, w in stages if w]
-    return [
+    problems = [
         f"{earlier} (waves {sorted(a)}) is not applied before {later} (waves {sorted(b)})"
         for (earlier, a), (later, b) in itertools.pairwise(present)
         if max(a) >= min(b)
     ]
+    serving = waves(lambda d: d["kind"] == "Deployment" and component(d) in ("triton", "bff", "log-worker", "monitor"))
+    trainer = dict(stages)["trainer"]
+    if serving and trainer and serving != {max(trainer)}:
+        problems.append(f"serving (waves {sorted(serving)}) is not in the trainer's wave {sorted(trainer)}")
+    for doc in filter(one_off, docs):
+        annotations = doc["metadata"].get("annotations", {})
+        if annotations.get(HOOK) != "Sync" or annotations.get(HOOK_DELETE_POLICY) != "HookFailed":
+            problems.append(f"{object_id(doc)}: not a Sync hook kept after success and replaced after failure")
+    return problems
 
 
 def image_problems(docs: list[Doc]) -> list[str]:

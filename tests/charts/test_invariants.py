@@ -269,6 +269,24 @@ BREAKAGES = {
             "data"
         ].update({"bff.json": "{}"}),
     ),
+    "serving behind the trainer": (
+        inv.sync_wave_problems,
+        lambda d: _get(d, "Deployment", "mlops-triton")["metadata"]["annotations"].update({inv.SYNC_WAVE: "4"}),
+    ),
+    "trainer Job recreated at every sync": (
+        inv.sync_wave_problems,
+        lambda d: next(
+            j for j in d if j["kind"] == "Job" and j["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
+        )["metadata"]["annotations"].update({inv.HOOK_DELETE_POLICY: "BeforeHookCreation"}),
+    ),
+    "feature pipeline Job a plain resource": (
+        inv.sync_wave_problems,
+        lambda d: next(
+            j
+            for j in d
+            if j["kind"] == "Job" and j["metadata"]["labels"]["app.kubernetes.io/component"] == "feature-pipeline"
+        )["metadata"]["annotations"].pop(inv.HOOK),
+    ),
     "trainer before the feature pipeline": (
         inv.sync_wave_problems,
         lambda d: next(

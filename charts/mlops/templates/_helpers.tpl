@@ -62,11 +62,71 @@ app.kubernetes.io/part-of: {{ include "mlops.name" .ctx }}
 
 {{/*
 Argo CD sync waves: infrastructure (wave 0, the default) -> buckets (1, set in values) -> feature
-pipeline -> trainer -> serving. Argo CD applies a wave only once the previous one is healthy, and a
-Job is healthy once it has completed. Call with the stage name.
+pipeline (2) -> trainer and serving (3). Argo CD applies a wave only once the previous one is healthy,
+and a Job is healthy once it has completed. Serving shares the trainer's wave: on a first install
+Triton's init container waits for the champion the trainer registers, and on an upgrade that retrains,
+serving rolls out beside the training instead of behind it. Call with the stage name.
 */}}
 {{- define "mlops.syncWave" -}}
-argocd.argoproj.io/sync-wave: {{ get (dict "feature-pipeline" "2" "trainer" "3" "serving" "4") . | required (printf "unknown sync stage %q" .) | quote }}
+argocd.argoproj.io/sync-wave: {{ get (dict "feature-pipeline" "2" "trainer" "3" "serving" "3") . | required (printf "unknown sync stage %q" .) | quote }}
+{{- end }}
+
+{{/*
+Inputs of the one-off Jobs, as JSON: what decides what they compute, and nothing else (no image tag,
+no resources). Their names carry a hash of it, so a new BFF image or platformImageTag leaves a finished
+Job alone, while a new data snapshot or source, new feature definitions (files/job-inputs/, written by
+tools/job_input_checksums.py from the repository) or a new training profile runs it again.
+*/}}
+{{- define "mlops.featurePipeline.inputs" -}}
+{{- $p := .Values.platform }}
+{{- toJson (dict
+      "definitions" (.Files.Get "files/job-inputs/feature-pipeline.sha256" | trim | required "files/job-inputs/feature-pipeline.sha256 is missing from the chart (tools/job_input_checksums.py)")
+      "dataSnapshot" .Values.featurePipeline.job.dataSnapshot
+      "raw" (list $p.buckets.raw $p.buckets.rawPrefix)
+      "offline" (list $p.buckets.offline $p.buckets.offlinePrefix)
+      "feast" (list $p.feast.project $p.feast.registryPath $p.feast.configFile)
+      "settings" .Values.featurePipeline.settings) }}
+{{- end }}
+
+{{- define "mlops.trainer.inputs" -}}
+{{- toJson (dict
+      "features" (include "mlops.featurePipeline.inputs" . | sha256sum)
+      "code" (.Files.Get "files/job-inputs/trainer.sha256" | trim | required "files/job-inputs/trainer.sha256 is missing from the chart (tools/job_input_checksums.py)")
+      "args" .Values.trainer.args
+      "settings" .Values.trainer.settings
+      "model" .Values.platform.registeredModelName) }}
+{{- end }}
+
+{{/* A one-off Job's name: (dict "prefix" <component fullname> "inputs" <inputs JSON>). */}}
+{{- define "mlops.inputsJobName" -}}
+{{- printf "%s-%s" (.prefix | trunc 52 | trimSuffix "-") (.inputs | sha256sum | trunc 10) }}
+{{- end }}
+
+{{/*
+Metadata of a one-off Job (feature pipeline, trainer): an Argo CD Sync hook in its stage's wave. A
+named hook is created once and kept (it is not part of the application's diff, so a new image of an
+unchanged Job is not applied to the immutable Job); `HookFailed` deletes a failed run, so the next
+sync (Argo CD's retry, or the next commit) creates it again. Call with (dict "ctx" $ "stage" "trainer").
+*/}}
+{{- define "mlops.jobHookAnnotations" -}}
+{{ include "mlops.syncWave" .stage }}
+argocd.argoproj.io/hook: Sync
+argocd.argoproj.io/hook-delete-policy: HookFailed
+{{- end }}
+
+{{/*
+The pod template of a one-off Job under plain Helm: the live Job's, when it exists (Job templates
+are immutable; an unchanged name means unchanged inputs, so the finished run stands), else the
+rendered one. `lookup` is empty under `helm template` and Argo CD, whose hook keeps the live Job.
+Call with (dict "ctx" $ "name" <Job name> "template" <rendered template YAML>).
+*/}}
+{{- define "mlops.jobTemplate" -}}
+{{- $live := lookup "batch/v1" "Job" .ctx.Release.Namespace .name }}
+{{- if $live }}
+{{- toYaml $live.spec.template }}
+{{- else }}
+{{- .template }}
+{{- end }}
 {{- end }}
 
 {{/* Image reference: (dict "image" .Values.bff.image "ctx" $ "path" "bff.image"). */}}
