@@ -371,3 +371,25 @@ def cpu_seconds(pid: int | None) -> float:
     fields = stat[stat.rindex(")") + 2 :].split()
     # utime, stime, cutime, cstime are fields 14-17 of stat (11-14 after pid and comm are cut off).
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process and all its live descendants (a BFF's uvicorn workers,
+    Triton's Python-backend stubs), 0 when gone."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total

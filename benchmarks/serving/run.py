@@ -1,30 +1,36 @@
-"""Serving benchmark: in-process ONNX Runtime vs direct Triton (perf_analyzer) vs the BFF, in one run.
+"""Serving benchmark, in one run: in-process ONNX Runtime vs direct Triton (perf_analyzer) vs the BFF vs
+the in-process baseline server (FastAPI + scikit-learn, ``benchmarks/baseline/server.py``).
 
     .venv/bin/python benchmarks/serving/run.py --out benchmarks/results/serving.md
 
-Brings a whole platform up on free ports (``benchmarks/stack.py``), measures, tears it down, and
-writes a markdown report. Targets: BFF ``/predict/batch`` (256 rows, each body form) rows/s >= 0.5 x direct
-Triton batch-256 rows/s; BFF ``/predict`` p50 - direct Triton p50 (batch 1, concurrency 1) <= 2 ms.
+Brings a whole platform up on free ports (``benchmarks/stack.py``), measures with wrk and perf_analyzer,
+tears it down, and writes a markdown report with issue 13's targets: ``/predict/batch`` (256 rows, each
+body form) rows/s >= 0.5 x direct Triton batch-256 rows/s; ``/predict`` p50 - direct Triton p50 (batch 1,
+concurrency 1) <= 1 ms; ``SK_ID_CURR`` p50 - body p50 <= 1 ms; with logging on, ``/predict`` req/s at
+concurrency 8 >= 1.5 x the baseline's and ``/predict/batch`` rows/s >= 40 x the baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import csv
 import datetime as dt
+import functools
 import logging
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
 
-from benchmarks.loadgen import LoadResult, run_load
+from benchmarks.baseline.server import fit_baseline_model
 from benchmarks.stack import (
     ROOT,
     BenchPlatform,
@@ -33,9 +39,14 @@ from benchmarks.stack import (
     feature_bodies,
     load_average,
     machine_summary,
+    process_tree_cpu_seconds,
     work_dir,
     write_report,
 )
+from benchmarks.wrk import WrkResult, run_wrk, wrk_binary
+from devstack.components import app_daemon
+from devstack.processes import free_port
+from synthetic_home_credit import FIRST_ID
 
 log = logging.getLogger("benchmarks.serving")
 PIECES_ROWS = 256
@@ -72,14 +83,25 @@ def bench_onnxruntime(onnx_path: Path, batch: int, duration_s: float = 3.0) -> d
 
 
 # -- (b) direct Triton with perf_analyzer ---------------------------------------------------------
-def bench_perf_analyzer(platform: BenchPlatform, batch: int, concurrency: int, tmp: Path) -> dict[str, float]:
+@dataclass(frozen=True)
+class TritonTarget:
+    """The model perf_analyzer drives, and the environment it runs in (the Triton home's libraries)."""
+
+    model_name: str
+    grpc_url: str
+    env: dict[str, str]
+
+
+def bench_perf_analyzer(
+    triton: TritonTarget, batch: int, concurrency: int, tmp: Path, *, measurement_ms: int = 3000
+) -> dict[str, float]:
     out = tmp / f"pa_b{batch}_c{concurrency}.csv"
     argv = [
         str(ensure_perf_analyzer()),
         "-m",
-        platform.model_name,
+        triton.model_name,
         "-u",
-        platform.triton.grpc_url,
+        triton.grpc_url,
         "-i",
         "grpc",
         "-b",
@@ -87,7 +109,7 @@ def bench_perf_analyzer(platform: BenchPlatform, batch: int, concurrency: int, t
         "--concurrency-range",
         str(concurrency),
         "--measurement-interval",
-        "3000",
+        str(measurement_ms),
         "--stability-percentage",
         "25",
         "--max-trials",
@@ -95,7 +117,7 @@ def bench_perf_analyzer(platform: BenchPlatform, batch: int, concurrency: int, t
         "-f",
         str(out),
     ]
-    result = subprocess.run(argv, env=platform.triton_home.env(), capture_output=True, text=True, timeout=240)
+    result = subprocess.run(argv, env=triton.env, capture_output=True, text=True, timeout=240)
     if result.returncode != 0:
         # Unstable measurements still print a result; keep it, flagged.
         log.warning("perf_analyzer b%d c%d exited %d: %s", batch, concurrency, result.returncode, result.stdout[-800:])
@@ -217,73 +239,168 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
     return timings
 
 
-# -- (c) the BFF ----------------------------------------------------------------------------------
-async def bench_bff(url: str, duration_s: float) -> list[LoadResult]:
-    singles = feature_bodies(1000)
+# -- (c) the BFF, (e) beside the in-process baseline ---------------------------------------------------
+def bff_loads(url: str, duration_s: float, *, warmup_s: float = 1.0, applicants: int = 1000) -> list[WrkResult]:
+    """The BFF with logging off, one worker: ``/predict`` (body, then the first ``applicants`` ids read
+    from the online store) and ``/predict/batch`` of 256 rows in each body form."""
     batch = feature_bodies(256, seed=8)
-    results = []
-    for concurrency in (1, 4, 16):
-        results.append(
-            await run_load(
-                f"{url}/predict",
-                lambda i: singles[i % len(singles)],
-                concurrency=concurrency,
-                max_requests=50_000,
-                duration_s=duration_s,
-                warmup_requests=100,
-                label="/predict",
-            )
+    loads = [("/predict", feature_bodies(1000), c, 1, "/predict") for c in (1, 4, 16)]
+    ids = [{"SK_ID_CURR": FIRST_ID + i} for i in range(applicants)]
+    loads.append(("/predict", ids, 1, 1, "/predict (SK_ID_CURR)"))
+    for name, body in (("list of objects", batch), ("split", split_form(batch)), ("KServe v2", v2_form(batch))):
+        loads += [("/predict/batch", [body], c, 256, f"/predict/batch (256 rows, {name})") for c in (1, 2)]
+    return [
+        run_wrk(
+            url + path,
+            bodies,
+            concurrency=concurrency,
+            rows_per_request=rows,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            label=label,
         )
-    forms = [("list of objects", batch), ("split", split_form(batch)), ("KServe v2", v2_form(batch))]
-    for name, body in forms:
-        for concurrency in (1, 2):
-            results.append(
-                await run_load(
-                    f"{url}/predict/batch",
-                    lambda i, body=body: body,
-                    concurrency=concurrency,
-                    rows_per_request=256,
-                    max_requests=5_000,
-                    duration_s=duration_s,
-                    warmup_requests=10,
-                    label=f"/predict/batch (256 rows, {name})",
-                )
-            )
+        for path, bodies, concurrency, rows, label in loads
+    ]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A load and the CPU seconds each process (with its descendants) spent during it."""
+
+    load: WrkResult
+    cpu_s: dict[str, float]
+
+    def cpu_ms_per_request(self, process: str) -> float:
+        return self.cpu_s[process] / max(1, self.load.requests) * 1000
+
+
+def measured(processes: dict[str, int | None], load: Callable[[], WrkResult]) -> Measured:
+    before = {name: process_tree_cpu_seconds(pid) for name, pid in processes.items()}
+    result = load()
+    return Measured(result, {name: process_tree_cpu_seconds(pid) - before[name] for name, pid in processes.items()})
+
+
+def versus_baseline_loads(
+    url: str, duration_s: float, label: str, processes: dict[str, int | None], *, warmup_s: float = 1.0
+) -> list[Measured]:
+    """``/predict`` at concurrency 1 and 8, ``/predict/batch`` of 256 rows (list of objects) at 1: what
+    the targets against the baseline compare; with the CPU of ``processes`` (name -> pid) during each
+    (the warm-up before each is in neither)."""
+    batch = feature_bodies(256, seed=8)
+    loads = [("/predict", feature_bodies(1000), c, 1, f"{label}: /predict") for c in (1, 8)]
+    loads.append(("/predict/batch", [batch], 1, 256, f"{label}: /predict/batch (256 rows)"))
+    results = []
+    for path, bodies, concurrency, rows, name in loads:
+        if warmup_s > 0:
+            run_wrk(url + path, bodies, concurrency=concurrency, duration_s=warmup_s, warmup_s=0)
+        load = functools.partial(
+            run_wrk,
+            url + path,
+            bodies,
+            concurrency=concurrency,
+            rows_per_request=rows,
+            duration_s=duration_s,
+            warmup_s=0,
+            label=name,
+        )
+        results.append(measured(processes, load))
     return results
 
 
+@contextlib.contextmanager
+def baseline_server(onnx_path: Path, work: Path) -> Iterator[tuple[str, dict[str, int], int | None]]:
+    """The published baseline (``benchmarks/baseline/server.py``) on a free port, its model fitted to the
+    champion ``onnx_path``: its URL, model size, pid."""
+    model = work / "baseline.joblib"
+    size = fit_baseline_model(onnx_path, model)
+    port = free_port()
+    script = ROOT / "benchmarks" / "baseline" / "server.py"
+    url = f"http://127.0.0.1:{port}"
+    daemon = app_daemon(
+        "baseline",
+        [sys.executable, str(script), "--model", str(model), "--port", str(port)],
+        work / "baseline.log",
+        health=f"{url}/health",
+        die_with_parent=True,
+    )
+    daemon.start(timeout_s=60)
+    try:
+        yield url, size, daemon.pid()
+    finally:
+        daemon.stop()
+
+
 # -- report ---------------------------------------------------------------------------------------
-def report(
-    command: str,
-    platform: BenchPlatform,
-    ort_rows,
-    pa_rows,
-    bff_rows: list[LoadResult],
-    took_s: float,
-    load_at_start: str,
-    pieces: list[tuple[str, float]],
-) -> str:
+def _load_rows(loads: list[WrkResult]) -> list[str]:
+    return [
+        f"| `{r.label}` | {r.concurrency} | {r.requests:,} | {r.errors} | {r.requests_per_s:,.0f} "
+        f"| {r.rows_per_s:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | {r.p99_ms:.2f} |"
+        for r in loads
+    ]
+
+
+LOAD_HEADER = [
+    "| load | concurrency | requests | errors | req/s | rows/s | p50 ms | p95 ms | p99 ms |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def _find(loads: list[WrkResult], label: str, concurrency: int) -> WrkResult:
+    return next(r for r in loads if r.label == label and r.concurrency == concurrency)
+
+
+def report(run: dict) -> str:
     machine = machine_summary()
-    pa256 = next(r for r in pa_rows if r["batch"] == 256 and r["concurrency"] == 1)
-    pa1 = next(r for r in pa_rows if r["batch"] == 1 and r["concurrency"] == 1)
-    batches = [r for r in bff_rows if r.rows_per_request == 256 and r.concurrency == 1]
-    bff_single = next(r for r in bff_rows if r.rows_per_request == 1 and r.concurrency == 1)
-    overhead = bff_single.p50_ms - pa1["p50_ms"]
     ok = {True: "**met**", False: "**not met**"}
+    pa256 = next(r for r in run["perf_analyzer"] if r["batch"] == 256 and r["concurrency"] == 1)
+    pa1 = next(r for r in run["perf_analyzer"] if r["batch"] == 1 and r["concurrency"] == 1)
+    bff: list[WrkResult] = run["bff"]
+    batches = [r for r in bff if r.rows_per_request == 256 and r.concurrency == 1]
+    single = _find(bff, "/predict", 1)
+    by_id = _find(bff, "/predict (SK_ID_CURR)", 1)
+    overhead = single.p50_ms - pa1["p50_ms"]
+    store_cost = by_id.p50_ms - single.p50_ms
+    versus: dict[str, list[Measured]] = run["versus"]
+    baseline = {m.load.label.split(": ", 1)[1] + f" c{m.load.concurrency}": m.load for m in versus["baseline"]}
+    target_rows = []
+    for variant, results in versus.items():
+        if variant == "baseline":
+            continue
+        loads = {m.load.label.split(": ", 1)[1] + f" c{m.load.concurrency}": m.load for m in results}
+        ratio = loads["/predict c8"].requests_per_s / baseline["/predict c8"].requests_per_s
+        target_rows.append(
+            f"| `/predict` req/s at c=8, {variant} ÷ the baseline (c=8) >= 1.5 "
+            f"| {loads['/predict c8'].requests_per_s:,.0f} / {baseline['/predict c8'].requests_per_s:,.0f} "
+            f"= **{ratio:.2f}** | {ok[ratio >= 1.5]} |"
+        )
+        key = "/predict/batch (256 rows) c1"
+        ratio = loads[key].rows_per_s / baseline[key].rows_per_s
+        target_rows.append(
+            f"| `/predict/batch` (256 rows) rows/s, {variant} ÷ the baseline looping `predict_proba` per row >= 40 "
+            f"| {loads[key].rows_per_s:,.0f} / {baseline[key].rows_per_s:,.0f} = **{ratio:.1f}** | {ok[ratio >= 40]} |"
+        )
+    cpu_rows = [
+        f"| `{m.load.label}` | {m.load.concurrency} | {m.load.requests_per_s:,.0f} | "
+        + " | ".join(f"{m.cpu_ms_per_request(name):.3f}" if name in m.cpu_s else "" for name in ("server", "triton"))
+        + " |"
+        for results in versus.values()
+        for m in results
+    ]
     lines = [
         "# Serving benchmark",
         "",
         f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}",
-        f"- Command: `{command}` (whole run up to the report, platform start included: {took_s:.0f} s)",
+        f"- Command: `{run['command']}` (whole run up to the report, platform start included: {run['took_s']:.0f} s)",
         f"- Machine: {machine['nproc']} CPUs (`nproc`; shared cores, not dedicated: numbers move by 10-20 % "
         f"between runs), {machine['cpu']}, Python {machine['python']}, no GPU",
-        f"- Model: Triton model `{platform.model_name}` version {platform.model_version} (the MLflow champion trained "
+        f"- Model: Triton model `{run['model_name']}` version {run['model_version']} (the MLflow champion trained "
         "on synthetic data in this run), ONNX served by Triton 2.51 **Python backend** (ONNX Runtime inside "
         "`model.py`, 1 instance, 1 intra-op thread, dynamic batching; the native onnxruntime backend exists only in "
         "the NGC image)",
-        "- Everything (load generator, BFF, Triton, Redis) shares the same cores, so the client's CPU "
-        "competes with the servers'. Load average (1/5/15 min) before the run: "
-        f"{load_at_start}; after measuring: {machine['loadavg']} (other sessions' work on the machine shows here).",
+        "- Load: wrk (one thread, closed loop: each connection sends its next request when the previous one "
+        "answered; 1 s warm-up not measured). Everything (wrk, BFF, Triton, Redis, RabbitMQ, the log worker) "
+        "shares the same cores. Load average (1/5/15 min) before the run: "
+        f"{run['load_at_start']}; after measuring: {machine['loadavg']} (other work on the machine shows here).",
         "",
         "## Targets",
         "",
@@ -295,14 +412,20 @@ def report(
             f"| {ok[r.rows_per_s / pa256['rows_per_s'] >= 0.5]} |"
             for r in batches
         ),
-        f"| BFF `/predict` p50 - direct Triton p50 (batch 1, c=1) <= 2 ms "
-        f"| {bff_single.p50_ms:.2f} - {pa1['p50_ms']:.2f} = **{overhead:.2f} ms** | {ok[overhead <= 2.0]} |",
+        f"| BFF `/predict` p50 - direct Triton p50 (batch 1, c=1) <= 1 ms "
+        f"| {single.p50_ms:.2f} - {pa1['p50_ms']:.2f} = **{overhead:.2f} ms** | {ok[overhead <= 1.0]} |",
+        f"| BFF `/predict` with `SK_ID_CURR` (online store) p50 - body-only p50 (c=1) <= 1 ms "
+        f"| {by_id.p50_ms:.2f} - {single.p50_ms:.2f} = **{store_cost:.2f} ms** | {ok[store_cost <= 1.0]} |",
+        *target_rows,
+        "",
+        "Logging on vs off (p99 and throughput within 5 %) is measured by `inference_logging/run.py` "
+        "(`inference_logging.md`).",
         "",
         "## (a) In-process ONNX Runtime (1 thread, no server)",
         "",
         "| batch | rows/s | p50 ms | p99 ms |",
         "|---:|---:|---:|---:|",
-        *(f"| {r['batch']} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |" for r in ort_rows),
+        *(f"| {r['batch']} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |" for r in run["ort"]),
         "",
         "## (b) Direct Triton, perf_analyzer 2.51 over gRPC",
         "",
@@ -311,29 +434,43 @@ def report(
         *(
             f"| {r['batch']} | {r['concurrency']} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
             f"| {'yes' if r['stable'] else 'no (last window)'} |"
-            for r in pa_rows
+            for r in run["perf_analyzer"]
         ),
         "",
-        f"Command shape: `{pa_rows[0]['command']} -f out.csv` (with `-b` and `--concurrency-range` varied).",
+        f"Command shape: `{run['perf_analyzer'][0]['command']} -f out.csv` "
+        "(with `-b` and `--concurrency-range` varied).",
         "",
-        "## (c) BFF over HTTP (aiohttp closed-loop load generator, body with all features: no online-store read)",
+        "## (c) BFF over HTTP: one worker, inference logging off",
         "",
-        "| endpoint | concurrency | requests | errors | req/s | rows/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        *(
-            f"| `{r.label}` | {r.concurrency} | {r.requests:,} | {r.errors} | {r.requests_per_s:,.0f} "
-            f"| {r.rows_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
-            for r in bff_rows
-        ),
+        "Bodies with all ten features (no online-store read), except the `SK_ID_CURR` row (1,000 applicant ids "
+        "read from Redis).",
+        "",
+        *LOAD_HEADER,
+        *_load_rows(bff),
         "",
         f"## (d) Where a {PIECES_ROWS}-row `/predict/batch` spends its time outside Triton (in-process, no server)",
         "",
         "| step | ms per request |",
         "|---|---:|",
-        *(f"| {name} | {ms:.2f} |" for name, ms in pieces),
+        *(f"| {name} | {ms:.2f} |" for name, ms in run["pieces"]),
         "",
-        "BFF: one uvicorn worker, inference logging off (`INFERENCE_LOGGING_ENABLED=false`; its cost is measured "
-        "separately in `inference_logging.md`), gRPC to Triton.",
+        "## (e) The BFF (inference logging on, 1 and 2 workers) beside the in-process baseline",
+        "",
+        "The baseline is `benchmarks/baseline/server.py`: FastAPI + a pydantic request model + scikit-learn's "
+        f"`predict_proba` on each request (a batch loops over its rows), one process; its HistGradientBoosting has "
+        f"{run['baseline_model']['trees']} trees, the trainer's hyperparameters of this run's champion, fitted on "
+        f"{run['baseline_model']['rows']} rows labelled by the champion. The BFF runs with inference logging on "
+        "(the log worker writing to the table) and `BFF_WORKERS` 1 or 2.",
+        "",
+        *LOAD_HEADER,
+        *_load_rows([m.load for results in versus.values() for m in results]),
+        "",
+        "CPU per request (user + system of the process and its children during the measured load; `server` is "
+        "the BFF's supervisor + workers or the baseline, `triton` the server + its Python-backend stub):",
+        "",
+        "| load | concurrency | req/s | server CPU ms/request | Triton CPU ms/request |",
+        "|---|---:|---:|---:|---:|",
+        *cpu_rows,
         "",
     ]
     return "\n".join(lines)
@@ -342,28 +479,37 @@ def report(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.md")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per BFF load level")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per load level")
     parser.add_argument("--keep-work", action="store_true", help="keep logs and state under benchmarks/results/tmp")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    command = command_line("benchmarks/serving/run.py")
+    wrk_binary()  # before minutes of start-up: says how to install it
     started = time.monotonic()
-    load_at_start = load_average()
+    run: dict = {"command": command_line("benchmarks/serving/run.py"), "load_at_start": load_average()}
     ensure_perf_analyzer()
     with work_dir("serving-", keep=args.keep_work) as work, BenchPlatform.up(work) as platform:
         log.info("champion %s v%d served; measuring", platform.model_name, platform.model_version)
-        ort_rows = [bench_onnxruntime(platform.onnx_path, b) for b in (1, 256)]
-        log.info("onnxruntime: %s", ort_rows)
-        pa_rows = [bench_perf_analyzer(platform, b, c, work) for b, c in ((1, 1), (1, 2), (256, 1))]
-        log.info("perf_analyzer: %s", pa_rows)
-        pieces = bench_request_path(PIECES_ROWS)
-        log.info("request path: %s", pieces)
-        bff = platform.start_bff("bff", inference_logging=False)
-        bff_rows = asyncio.run(bench_bff(bff.url, args.duration))
-        for r in bff_rows:
-            log.info("%s c=%d: %.0f rows/s p50 %.2f p99 %.2f", r.label, r.concurrency, r.rows_per_s, r.p50_ms, r.p99_ms)
-        took = time.monotonic() - started
-        text = report(command, platform, ort_rows, pa_rows, bff_rows, took, load_at_start, pieces)
+        run |= {"model_name": platform.model_name, "model_version": platform.model_version}
+        run["ort"] = [bench_onnxruntime(platform.onnx_path, b) for b in (1, 256)]
+        triton = TritonTarget(platform.model_name, platform.triton.grpc_url, platform.triton_home.env())
+        run["perf_analyzer"] = [bench_perf_analyzer(triton, b, c, work) for b, c in ((1, 1), (1, 2), (256, 1))]
+        run["pieces"] = bench_request_path(PIECES_ROWS)
+        bff = platform.start_bff("bff", inference_logging=False, BFF_WORKERS="1")
+        run["bff"] = bff_loads(bff.url, args.duration)
+        bff.daemon.stop()
+        triton_pid = platform.triton.daemon.pid()
+        with baseline_server(platform.onnx_path, work) as (url, size, pid):
+            run["baseline_model"] = size
+            run["versus"] = {"baseline": versus_baseline_loads(url, args.duration, "baseline", {"server": pid})}
+        platform.start_log_worker()
+        for workers in (1, 2):
+            logged = platform.start_bff(f"bff-logged-{workers}", inference_logging=True, BFF_WORKERS=str(workers))
+            variant = f"BFF, logging on, {workers} worker{'s' if workers > 1 else ''}"
+            processes = {"server": logged.daemon.pid(), "triton": triton_pid}
+            run["versus"][variant] = versus_baseline_loads(logged.url, args.duration, variant, processes)
+            logged.daemon.stop()
+        run["took_s"] = time.monotonic() - started
+        text = report(run)
     write_report(args.out, text)
     return 0
 
