@@ -364,6 +364,21 @@ def http_probe_paths(docs: list[Doc], service: str) -> set[str]:
     }
 
 
+RUNBOOKS_PATH = "observability/runbooks.md#"
+
+
+def _runbooks_relative(spec: Doc) -> Doc:
+    """A PrometheusRule's spec with each runbook_url back to its repository-relative form (the chart
+    prefixes them with `monitoring.prometheusRules.runbookBaseUrl`)."""
+    spec = json.loads(json.dumps(spec))
+    for group in spec.get("groups", []):
+        for rule in group.get("rules", []):
+            url = rule.get("annotations", {}).get("runbook_url", "")
+            if RUNBOOKS_PATH in url:
+                rule["annotations"]["runbook_url"] = RUNBOOKS_PATH + url.rpartition(RUNBOOKS_PATH)[2]
+    return spec
+
+
 def observability_problems(docs: list[Doc], observability: Path = REPO / "observability") -> list[str]:
     """The dashboard ConfigMaps and PrometheusRules hold exactly the files of observability/."""
     import yaml
@@ -383,7 +398,7 @@ def observability_problems(docs: list[Doc], observability: Path = REPO / "observ
         for name in dashboards.keys() & files.keys()
         if dashboards[name].strip() != files[name].strip()
     ]
-    rules = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PrometheusRule"}
+    rules = {d["metadata"]["name"]: _runbooks_relative(d["spec"]) for d in docs if d["kind"] == "PrometheusRule"}
     alert_files = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((observability / "alerts").glob("*.yaml"))}
     if rules:
         specs = list(rules.values())
@@ -449,6 +464,16 @@ def sync_wave_problems(docs: list[Doc]) -> list[str]:
         if annotations.get(HOOK) != "Sync" or annotations.get(HOOK_DELETE_POLICY) != "HookFailed":
             problems.append(f"{object_id(doc)}: not a Sync hook kept after success and replaced after failure")
     return problems
+
+
+def cronjob_problems(docs: list[Doc]) -> list[str]:
+    """Every CronJob has a startingDeadlineSeconds: a missed run is skipped after it (never started hours
+    late), and a controller that was down does not count 100 missed runs and stop scheduling it."""
+    return [
+        f"{object_id(d)}: no positive startingDeadlineSeconds"
+        for d in docs
+        if d["kind"] == "CronJob" and not d["spec"].get("startingDeadlineSeconds", 0) > 0
+    ]
 
 
 def image_problems(docs: list[Doc]) -> list[str]:
@@ -674,6 +699,7 @@ ALL_CHECKS = (
     metrics_port_problems,
     observability_problems,
     sync_wave_problems,
+    cronjob_problems,
     image_problems,
     bff_shutdown_problems,
     rbac_problems,

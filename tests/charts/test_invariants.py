@@ -287,6 +287,10 @@ BREAKAGES = {
             if j["kind"] == "Job" and j["metadata"]["labels"]["app.kubernetes.io/component"] == "feature-pipeline"
         )["metadata"]["annotations"].pop(inv.HOOK),
     ),
+    "CronJob without a starting deadline": (
+        inv.cronjob_problems,
+        lambda d: _get(d, "CronJob", "mlops-trainer-retrain")["spec"].pop("startingDeadlineSeconds"),
+    ),
     "trainer before the feature pipeline": (
         inv.sync_wave_problems,
         lambda d: next(

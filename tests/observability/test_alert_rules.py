@@ -44,10 +44,23 @@ def test_unit_tests_show_every_alert_firing_and_silent_when_healthy() -> None:
 # Rules as the issue found them: (alert, text in the rules, its broken form). Each must fail its unit test.
 BROKEN_RULES = {
     "p99 compared with the highest finite bucket (never true)": ("MlopsLogWorkerSlowWrites", "> 10\n", "> 30\n"),
-    "stalled worker without absent() (silent once the worker is gone)": (
+    "stalled worker as `== 0` (silent once the worker is gone)": (
         "MlopsLogWorkerStalled",
-        " or absent(log_worker_messages_consumed_total))",
-        ")",
+        "unless on (namespace) (sum by (namespace) (rate(log_worker_messages_consumed_total[10m])) > 0)",
+        "and on (namespace) (sum by (namespace) (rate(log_worker_messages_consumed_total[10m])) == 0)",
+    ),
+    # dev and prod in one cluster: versions compared across namespaces diverge whenever dev runs ahead.
+    "served versions compared across namespaces": (
+        "MlopsModelVersionsDiverge",
+        'count by (namespace) (count_values by (namespace) ("version", model_sync_served_version))',
+        'count(count by (version) (count_values("version", model_sync_served_version)))',
+    ),
+    "error ratio over all namespaces (a failing prod drowned by dev's traffic)": (
+        "MlopsBffHighErrorRatio",
+        'sum by (namespace) (rate(bff_requests_total{status=~"5.."}[5m]))\n'
+        "            / clamp_min(sum by (namespace) (rate(bff_requests_total[5m])), 1e-9)",
+        'sum(rate(bff_requests_total{status=~"5.."}[5m]))\n'
+        "            / clamp_min(sum(rate(bff_requests_total[5m])), 1e-9)",
     ),
     "latency filtered on the label the Operator overwrites": (
         "MlopsBffHighLatency",
@@ -72,7 +85,7 @@ BROKEN_RULES = {
     ),
     "score drift not looked at": (
         "MlopsModelDriftHigh",
-        "\n            or max by (model, version) (monitor_score_drifted) == 1",
+        "\n            or max by (namespace, model, version) (monitor_score_drifted) == 1",
         "",
     ),
     "vanished monitor not detected": (
@@ -150,3 +163,28 @@ def test_quantile_thresholds_lie_below_the_highest_finite_bucket() -> None:
             assert threshold < highest[series], f"{rule['alert']}: {threshold} >= {series}'s top bucket"
             checked += 1
     assert checked >= 2
+
+
+AGGREGATION = re.compile(
+    r"\b(sum|min|max|avg|count|count_values|group|stddev|stdvar|topk|bottomk|quantile)\s*"
+    r"(?:(by|without)\s*\(([^)]*)\))?\s*\("
+)
+
+
+def aggregations_without_namespace(expr: str) -> list[str]:
+    """The aggregations of `expr` whose result drops the `namespace` label (prefix `by` form, as the rules write it)."""
+    return [
+        match.group(0)
+        for match in AGGREGATION.finditer(expr)
+        if not (match.group(2) == "by" and "namespace" in {label.strip() for label in match.group(3).split(",")})
+    ]
+
+
+def test_every_aggregation_keeps_the_namespace() -> None:
+    """dev and prod in one cluster: no rule adds up or compares series across namespaces."""
+    assert aggregations_without_namespace("sum(rate(x[5m])) / count by (pod) (y) > max by (namespace) (z)") == [
+        "sum(",
+        "count by (pod) (",
+    ]
+    offenders = {rule["alert"]: aggregations_without_namespace(rule["expr"]) for rule in alert_rules()}
+    assert {alert: found for alert, found in offenders.items() if found} == {}
