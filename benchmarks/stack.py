@@ -291,6 +291,8 @@ class BenchPlatform:
             "BFF_METRICS_PORT": str(metrics_port),
             "INFERENCE_LOGGING_ENABLED": str(inference_logging).lower(),
             "LOG_SPOOL_DIR": str(self.work / f"{name}-spool"),
+            # One process unless a benchmark compares worker counts: the same on every machine.
+            "BFF_WORKERS": "1",
             **extra,
         }
         url = f"http://127.0.0.1:{port}"
@@ -361,19 +363,6 @@ def feature_bodies(count: int, seed: int = 7) -> list[dict[str, float]]:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process and its reaped children (``/proc/<pid>/stat``), 0 when gone."""
-    if pid is None:
-        return 0.0
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # utime, stime, cutime, cstime are fields 14-17 of stat (11-14 after pid and comm are cut off).
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def process_tree_cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of a process and all its live descendants (a BFF's uvicorn workers,
     Triton's Python-backend stubs), 0 when gone."""
     import psutil

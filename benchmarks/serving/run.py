@@ -13,6 +13,7 @@ concurrency 8 >= 1.5 x the baseline's and ``/predict/batch`` rows/s >= 40 x the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import csv
 import datetime as dt
@@ -35,11 +36,11 @@ from benchmarks.stack import (
     ROOT,
     BenchPlatform,
     command_line,
+    cpu_seconds,
     ensure_perf_analyzer,
     feature_bodies,
     load_average,
     machine_summary,
-    process_tree_cpu_seconds,
     work_dir,
     write_report,
 )
@@ -239,7 +240,7 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
     return timings
 
 
-# -- (c) the BFF, (e) beside the in-process baseline ---------------------------------------------------
+# -- (c) the BFF, (f) beside the in-process baseline ---------------------------------------------------
 def bff_loads(url: str, duration_s: float, *, warmup_s: float = 1.0, applicants: int = 1000) -> list[WrkResult]:
     """The BFF with logging off, one worker: ``/predict`` (body, then the first ``applicants`` ids read
     from the online store) and ``/predict/batch`` of 256 rows in each body form."""
@@ -275,9 +276,9 @@ class Measured:
 
 
 def measured(processes: dict[str, int | None], load: Callable[[], WrkResult]) -> Measured:
-    before = {name: process_tree_cpu_seconds(pid) for name, pid in processes.items()}
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     result = load()
-    return Measured(result, {name: process_tree_cpu_seconds(pid) - before[name] for name, pid in processes.items()})
+    return Measured(result, {name: cpu_seconds(pid) - before[name] for name, pid in processes.items()})
 
 
 def versus_baseline_loads(
@@ -328,6 +329,69 @@ def baseline_server(onnx_path: Path, work: Path) -> Iterator[tuple[str, dict[str
         yield url, size, daemon.pid()
     finally:
         daemon.stop()
+
+
+# -- (e) the Triton client: tritonclient's aio client vs the generated stub (bff.triton) --------------
+def bench_triton_clients(
+    grpc_url: str, model_name: str, *, calls: int = 1000, rounds: int = 4
+) -> list[dict[str, float | int | str]]:
+    """Sequential calls (concurrency 1) of batch 1 and 256 through each client, alternating in rounds so
+    that drift on the shared machine hits both: p50 latency, and the client process' CPU per call (all
+    its threads: gRPC's poller included)."""
+    import tritonclient.grpc.aio as tritonclient
+
+    from bff.triton import TritonPredictor
+    from mlops_common.features import FEATURE_NAMES, MODEL_INPUT, MODEL_OUTPUT
+
+    async def measure() -> list[dict[str, float | int | str]]:
+        reference = tritonclient.InferenceServerClient(grpc_url)
+        stub = TritonPredictor(grpc_url, model_name, timeout_s=10.0)
+        outputs = [tritonclient.InferRequestedOutput(MODEL_OUTPUT)]
+
+        async def through_tritonclient(features: np.ndarray) -> None:
+            infer_input = tritonclient.InferInput(MODEL_INPUT, list(features.shape), "FP32")
+            infer_input.set_data_from_numpy(features)
+            result = await reference.infer(model_name, [infer_input], outputs=outputs)
+            result.as_numpy(MODEL_OUTPUT)[:, 1]
+
+        async def through_stub(features: np.ndarray) -> None:
+            await stub.predict(features)
+
+        clients = {"tritonclient.grpc.aio": through_tritonclient, "generated stub (bff.triton)": through_stub}
+        rows = []
+        try:
+            for batch in (1, 256):
+                features = np.array([[b[n] for n in FEATURE_NAMES] for b in feature_bodies(batch)], dtype=np.float32)
+                latencies: dict[str, list[float]] = {name: [] for name in clients}
+                cpu = dict.fromkeys(clients, 0.0)
+                for call in clients.values():  # warm-up
+                    for _ in range(50):
+                        await call(features)
+                for _ in range(rounds):
+                    for name, call in clients.items():
+                        cpu_before = time.process_time()
+                        for _ in range(calls // rounds):
+                            started = time.perf_counter()
+                            await call(features)
+                            latencies[name].append(time.perf_counter() - started)
+                        cpu[name] += time.process_time() - cpu_before
+                for name in clients:
+                    rows.append(
+                        {
+                            "client": name,
+                            "batch": batch,
+                            "calls": len(latencies[name]),
+                            "p50_ms": float(np.percentile(latencies[name], 50) * 1000),
+                            "p99_ms": float(np.percentile(latencies[name], 99) * 1000),
+                            "cpu_us_per_call": cpu[name] / len(latencies[name]) * 1e6,
+                        }
+                    )
+        finally:
+            await reference.close()
+            await stub.close()
+        return rows
+
+    return asyncio.run(measure())
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -454,7 +518,20 @@ def report(run: dict) -> str:
         "|---|---:|",
         *(f"| {name} | {ms:.2f} |" for name, ms in run["pieces"]),
         "",
-        "## (e) The BFF (inference logging on, 1 and 2 workers) beside the in-process baseline",
+        "## (e) The Triton client: tritonclient's aio client vs the generated gRPC stub the BFF calls",
+        "",
+        "In-process, sequential calls at concurrency 1 on the same Triton, the two clients alternating in rounds; "
+        "CPU is the calling process' (all threads) per call.",
+        "",
+        "| client | batch | calls | p50 ms | p99 ms | client CPU µs/call |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r['client']} | {r['batch']} | {r['calls']:,} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
+            f"| {r['cpu_us_per_call']:.0f} |"
+            for r in run["triton_clients"]
+        ),
+        "",
+        "## (f) The BFF (inference logging on, 1 and 2 workers) beside the in-process baseline",
         "",
         "The baseline is `benchmarks/baseline/server.py`: FastAPI + a pydantic request model + scikit-learn's "
         f"`predict_proba` on each request (a batch loops over its rows), one process; its HistGradientBoosting has "
@@ -494,7 +571,8 @@ def main() -> int:
         triton = TritonTarget(platform.model_name, platform.triton.grpc_url, platform.triton_home.env())
         run["perf_analyzer"] = [bench_perf_analyzer(triton, b, c, work) for b, c in ((1, 1), (1, 2), (256, 1))]
         run["pieces"] = bench_request_path(PIECES_ROWS)
-        bff = platform.start_bff("bff", inference_logging=False, BFF_WORKERS="1")
+        run["triton_clients"] = bench_triton_clients(platform.triton.grpc_url, platform.model_name)
+        bff = platform.start_bff("bff", inference_logging=False)
         run["bff"] = bff_loads(bff.url, args.duration)
         bff.daemon.stop()
         triton_pid = platform.triton.daemon.pid()

@@ -1,9 +1,14 @@
-"""The BFF's Triton client: one gRPC channel for the process, one infer call per version per request
-or batch, and the routing model sync wrote into the model's config."""
+"""The BFF's Triton client: one gRPC channel for the process, one ModelInfer call per version per request
+or batch, and the routing model sync wrote into the model's config.
 
+It calls Triton's generated gRPC stub (KServe v2 protocol) directly with the features as raw bytes:
+tritonclient's client wraps the same stub in per-call InferInput/InferResult objects, which cost more
+than the call's own Python work (``benchmarks/serving``, part (e), measures both on the same Triton).
+"""
+
+import grpc
 import numpy as np
-import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from bff.errors import DependencyUnavailableError, InferenceError
 from mlops_common.features import MODEL_INPUT, MODEL_OUTPUT
@@ -14,65 +19,71 @@ from mlops_common.rollout import Routing
 # and restarts. Anything else (INVALID_ARGUMENT, UNIMPLEMENTED, ...) means the BFF sent what the model
 # cannot take: a bug, a 500 that no retry fixes.
 TRANSIENT_STATUSES = frozenset(
-    f"StatusCode.{name}"
-    for name in (
-        "UNAVAILABLE",
-        "DEADLINE_EXCEEDED",
-        "RESOURCE_EXHAUSTED",
-        "ABORTED",
-        "CANCELLED",
-        "NOT_FOUND",
-        "INTERNAL",
-    )
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+# Pings keep an idle channel's connection known to be alive through proxies and NAT, as tritonclient does.
+CHANNEL_OPTIONS = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 2),
 )
 
 
 class TritonPredictor:
     def __init__(self, url: str, model_name: str, timeout_s: float):
-        self.client = grpcclient.InferenceServerClient(url)
+        self._channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.model_name = model_name
         self.timeout_s = timeout_s
-        self._outputs = [grpcclient.InferRequestedOutput(MODEL_OUTPUT)]
 
     async def predict(self, features: np.ndarray, *, version: str = "", request_id: str = "") -> tuple[np.ndarray, str]:
         """Default probabilities for each row, and the model version that computed them (``version``
         pins one; ``request_id`` goes to Triton, which shows it in its logs and traces)."""
-        infer_input = grpcclient.InferInput(MODEL_INPUT, list(features.shape), "FP32")
-        infer_input.set_data_from_numpy(features)
+        request = service_pb2.ModelInferRequest(model_name=self.model_name, model_version=version, id=request_id)
+        request.inputs.add(name=MODEL_INPUT, datatype="FP32", shape=features.shape)
+        request.outputs.add(name=MODEL_OUTPUT)
+        request.raw_input_contents.append(np.ascontiguousarray(features, dtype=np.float32).tobytes())
         try:
-            result = await self.client.infer(
-                self.model_name,
-                [infer_input],
-                model_version=version,
-                outputs=self._outputs,
-                request_id=request_id,
-                client_timeout=self.timeout_s,
-            )
-        except InferenceServerException as err:
-            # No status: the client gave up (client_timeout) or could not connect.
-            if err.status() is None or err.status() in TRANSIENT_STATUSES:
-                raise DependencyUnavailableError(f"triton: {err.message()}") from err
-            raise InferenceError(f"triton refused the request ({err.status()}): {err.message()}") from err
-        return result.as_numpy(MODEL_OUTPUT)[:, 1], result.get_response().model_version
+            response = await self._stub.ModelInfer(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise _error(err) from err
+        [output] = response.outputs
+        probabilities = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(tuple(output.shape))
+        return probabilities[:, 1], response.model_version
 
     async def routing(self) -> Routing | None:
         """The routing in the loaded model's config (None: a config without one, e.g. an older model sync)."""
-        response = await self.client.get_model_config(self.model_name, as_json=True, client_timeout=self.timeout_s)
-        # JSON leaves out an empty string_value (no challenger).
-        parameters = {k: v.get("string_value", "") for k, v in response["config"].get("parameters", {}).items()}
-        return Routing.from_parameters(parameters)
+        request = service_pb2.ModelConfigRequest(name=self.model_name)
+        response = await self._stub.ModelConfig(request, timeout=self.timeout_s)
+        return Routing.from_parameters({k: v.string_value for k, v in response.config.parameters.items()})
 
     async def version_ready(self, version: str) -> bool:
-        try:
-            return await self.client.is_model_ready(self.model_name, version, client_timeout=self.timeout_s)
-        except InferenceServerException:
-            return False
+        return await self._ready(version)
 
     async def model_ready(self) -> bool:
+        return await self._ready("")
+
+    async def _ready(self, version: str) -> bool:
+        request = service_pb2.ModelReadyRequest(name=self.model_name, version=version)
         try:
-            return await self.client.is_model_ready(self.model_name, client_timeout=self.timeout_s)
-        except InferenceServerException:
+            return (await self._stub.ModelReady(request, timeout=self.timeout_s)).ready
+        except grpc.aio.AioRpcError:
             return False
 
     async def close(self) -> None:
-        await self.client.close()
+        await self._channel.close()
+
+
+def _error(err: grpc.aio.AioRpcError) -> Exception:
+    if err.code() in TRANSIENT_STATUSES:
+        return DependencyUnavailableError(f"triton: {err.details()}")
+    return InferenceError(f"triton refused the request ({err.code()}): {err.details()}")
