@@ -379,6 +379,31 @@ def _runbooks_relative(spec: Doc) -> Doc:
     return spec
 
 
+def _per_namespace_problems(rendered: Doc, source: Doc, namespaces: set[str]) -> list[str]:
+    """A dashboard as the chart renders it is the file's, but for its environment: uid and title name the
+    release's namespace, its `namespace` variable starts there. Puts the file's values back into `rendered`."""
+    if len(namespaces) != 1:
+        return [f"no single release namespace among the Deployments: {sorted(namespaces)}"]
+    [namespace] = namespaces
+    problems = []
+    uid = f"{source['uid']}-{namespace}"
+    if not (rendered.get("uid") == uid or (len(uid) > 40 and rendered.get("uid", "").startswith(uid[:20]))):
+        problems.append(f"uid {rendered.get('uid')!r} does not name the namespace {namespace}")
+    if len(rendered.get("uid", "")) > 40:
+        problems.append(f"uid {rendered.get('uid')!r} is longer than Grafana's 40 characters")
+    if rendered.get("title") != f"{source['title']} ({namespace})":
+        problems.append(f"title {rendered.get('title')!r} does not name the namespace {namespace}")
+    variables = {v["name"]: v for v in rendered.get("templating", {}).get("list", [])}
+    current = variables.get("namespace", {}).get("current", {})
+    if current.get("value") != namespace:
+        problems.append(f"the namespace variable starts on {current.get('value')!r}, not {namespace}")
+    rendered["uid"], rendered["title"] = source["uid"], source["title"]
+    for variable in rendered.get("templating", {}).get("list", []):
+        if variable["name"] == "namespace":
+            variable["current"] = next(v for v in source["templating"]["list"] if v["name"] == "namespace")["current"]
+    return problems
+
+
 def observability_problems(docs: list[Doc], observability: Path = REPO / "observability") -> list[str]:
     """The dashboard ConfigMaps and PrometheusRules hold exactly the files of observability/."""
     import yaml
@@ -393,11 +418,12 @@ def observability_problems(docs: list[Doc], observability: Path = REPO / "observ
     files = {p.name: p.read_text() for p in sorted((observability / "dashboards").glob("*.json"))}
     if dashboards and dashboards.keys() != files.keys():
         problems.append(f"dashboard ConfigMaps hold {sorted(dashboards)}, observability/dashboards has {sorted(files)}")
-    problems += [
-        f"dashboard {name} differs from observability/dashboards/{name}"
-        for name in dashboards.keys() & files.keys()
-        if dashboards[name].strip() != files[name].strip()
-    ]
+    release_namespaces = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Deployment"}
+    for name in sorted(dashboards.keys() & files.keys()):
+        rendered, source = json.loads(dashboards[name]), json.loads(files[name])
+        problems += [f"dashboard {name}: {p}" for p in _per_namespace_problems(rendered, source, release_namespaces)]
+        if rendered != source:
+            problems.append(f"dashboard {name} differs from observability/dashboards/{name}")
     rules = {d["metadata"]["name"]: _runbooks_relative(d["spec"]) for d in docs if d["kind"] == "PrometheusRule"}
     alert_files = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((observability / "alerts").glob("*.yaml"))}
     if rules:

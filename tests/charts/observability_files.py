@@ -24,14 +24,15 @@ TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "service", "en
 # other expression of every panel returns data once the platform has served traffic.
 # Triton exports nv_gpu_* only where it sees a GPU.
 GPU_ONLY_EXPRESSIONS = frozenset({
-    "avg by (pod, gpu_uuid) (nv_gpu_utilization)",
-    "sum by (pod) (nv_gpu_memory_used_bytes)",
+    'avg by (pod, gpu_uuid) (nv_gpu_utilization{namespace=~"$namespace"})',
+    'sum by (pod) (nv_gpu_memory_used_bytes{namespace=~"$namespace"})',
 })  # fmt: skip
 # Per-pod CPU comes from the kubelet's cAdvisor, which exists in a cluster only.
 CLUSTER_ONLY_EXPRESSIONS = frozenset({
-    'sum by (pod) (rate(container_cpu_usage_seconds_total{container="bff"}[5m]))',
-    'sum by (pod, container) (rate(container_cpu_usage_seconds_total{container=~"triton|model-sync"}[5m]))',
-    'sum by (pod) (rate(container_cpu_usage_seconds_total{container="log-worker"}[5m]))',
+    'sum by (pod) (rate(container_cpu_usage_seconds_total{namespace=~"$namespace", container="bff"}[5m]))',
+    'sum by (pod, container) '
+    '(rate(container_cpu_usage_seconds_total{namespace=~"$namespace", container=~"triton|model-sync"}[5m]))',
+    'sum by (pod) (rate(container_cpu_usage_seconds_total{namespace=~"$namespace", container="log-worker"}[5m]))',
 })  # fmt: skip
 
 

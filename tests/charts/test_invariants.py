@@ -291,6 +291,12 @@ BREAKAGES = {
         inv.cronjob_problems,
         lambda d: _get(d, "CronJob", "mlops-trainer-retrain")["spec"].pop("startingDeadlineSeconds"),
     ),
+    "dashboard uid shared by every environment": (
+        inv.observability_problems,
+        lambda d: next(c for c in d if c["kind"] == "ConfigMap" and "bff.json" in c.get("data", {}))["data"].update(
+            {"bff.json": (REPO / "observability" / "dashboards" / "bff.json").read_text()}
+        ),
+    ),
     "trainer before the feature pipeline": (
         inv.sync_wave_problems,
         lambda d: next(

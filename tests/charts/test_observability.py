@@ -128,3 +128,32 @@ def test_alert_rules_are_actionable() -> None:
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
         assert {"summary", "description", "runbook_url"} <= rule["annotations"].keys(), rule["alert"]
+
+
+NAMESPACE_MATCHER = '{namespace=~"$namespace"'
+SELECTED_METRIC = re.compile(PLATFORM_METRIC.pattern + r"|\bup\b")
+
+
+def unscoped_selectors(expr: str) -> list[str]:
+    """The metric selectors of `expr` that do not filter on the dashboard's namespace variable."""
+    return [m.group(0) for m in SELECTED_METRIC.finditer(expr) if not expr[m.end() :].startswith(NAMESPACE_MATCHER)]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_shows_one_namespace(path: Path) -> None:
+    """dev and prod may share a Prometheus: every query filters on the `namespace` variable, one value at a time."""
+    dashboard = load_dashboard(path)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    namespace = variables["namespace"]
+    assert namespace["type"] == "query"
+    assert namespace["datasource"]["uid"] == "${datasource}"
+    assert re.fullmatch(r"label_values\(.+, namespace\)", namespace["query"]["query"])
+    assert (namespace["includeAll"], namespace["multi"]) == (False, False), "one environment at a time"
+    offenders = {e: unscoped_selectors(e) for e in dashboard_expressions(dashboard)}
+    assert {e: found for e, found in offenders.items() if found} == {}
+
+
+def test_unscoped_selectors_are_found() -> None:
+    assert unscoped_selectors('sum(rate(bff_requests_total{status="500"}[5m])) / up{namespace=~"$namespace"}') == [
+        "bff_requests_total"
+    ]

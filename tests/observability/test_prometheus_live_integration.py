@@ -29,7 +29,7 @@ from dashboards.render import render_all
 from devstack import system_services as sys_svc
 from devstack.components import TritonServer, app_daemon, start_triton
 from devstack.processes import Daemon, free_port
-from devstack.prometheus import prometheus_daemon, write_config
+from devstack.prometheus import NAMESPACE, prometheus_daemon, write_config
 from devstack.settings import Settings as StackSettings
 from mlops_common.features import FEATURE_NAMES
 from trainer.settings import Settings as TrainerSettings
@@ -214,15 +214,21 @@ def test_every_dashboard_query_returns_data(live: LivePlatform) -> None:
         # A few scrapes after the traffic; then every rate window of 4 scrape intervals has it.
         time.sleep(6 * SCRAPE_INTERVAL_S)
         window = QueryWindow(range_s=300, scrape_interval_s=SCRAPE_INTERVAL_S)
-        empty, checked = [], 0
+        empty, checked, elsewhere = [], 0, []
         for dashboard in load_dashboards(DASHBOARDS_DIR):
-            for query in iter_panel_queries(dashboard, window=window):
+            # The `namespace` variable on the namespace the Operator's labels give the stack's targets, as
+            # the chart's dashboards start; on another namespace the same panels show nothing of it.
+            for query in iter_panel_queries(dashboard, window=window, namespace=NAMESPACE):
                 checked += 1
                 result = live.query(query.expr)  # fails on a query Prometheus cannot parse
                 if not result and query.raw_expr not in NO_DATA_HERE:
                     empty.append(f"{query.dashboard} / {query.panel}: {query.expr}")
+            for query in iter_panel_queries(dashboard, window=window, namespace="another-environment"):
+                if live.query(query.expr):
+                    elsewhere.append(f"{query.dashboard} / {query.panel}: {query.expr}")
     assert checked > 30
     assert not empty, "panels without data:\n" + "\n".join(empty)
+    assert not elsewhere, "panels showing another namespace's series:\n" + "\n".join(elsewhere)
 
     # By-route panels keep /predict and /predict/batch apart (the Operator's `endpoint` label cannot clash).
     routes = {s["metric"].get("route") for s in live.query("sum by (route) (bff_requests_total)")}
