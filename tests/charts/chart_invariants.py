@@ -492,6 +492,45 @@ def sync_wave_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def _minimum_replicas(docs: list[Doc], deployment: Doc) -> int:
+    """The fewest pods a Deployment runs: its autoscaler's minimum (HPA or KEDA ScaledObject), else its replicas."""
+    name = deployment["metadata"]["name"]
+    for doc in docs:
+        if doc["kind"] == "HorizontalPodAutoscaler" and doc["spec"]["scaleTargetRef"]["name"] == name:
+            return int(doc["spec"].get("minReplicas", 1))
+        if doc["kind"] == "ScaledObject" and doc["spec"]["scaleTargetRef"]["name"] == name:
+            return int(doc["spec"].get("minReplicaCount", 0))
+    return int(deployment["spec"].get("replicas", 1))
+
+
+def availability_problems(docs: list[Doc]) -> list[str]:
+    """A PodDisruptionBudget never lets a drain take the last pod, nor blocks every drain: it covers a
+    Deployment of at least 2 pods and keeps between 1 and all-but-one of them. Topology spread
+    constraints count the pods of their own Deployment."""
+    problems = []
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        targets = [d for d in deployments if _matches(selector, d["spec"]["template"]["metadata"]["labels"])]
+        if len(targets) != 1:
+            problems.append(f"{object_id(pdb)}: covers {len(targets)} Deployments")
+            continue
+        pods = _minimum_replicas(docs, targets[0])
+        spec = pdb["spec"]
+        down = spec.get("maxUnavailable")
+        if isinstance(down, str) and down.endswith("%"):
+            down = -(-pods * int(down[:-1]) // 100)
+        keep = spec["minAvailable"] if "minAvailable" in spec else pods - int(down)
+        if not isinstance(keep, int) or not 1 <= keep <= pods - 1:
+            problems.append(f"{object_id(pdb)}: keeps {keep} of at least {pods} pods (needs 1 to {pods - 1})")
+    for deployment in deployments:
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        for constraint in deployment["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+            if not _matches(constraint.get("labelSelector", {}).get("matchLabels", {"": "none"}), labels):
+                problems.append(f"{object_id(deployment)}: a topology spread constraint does not count its own pods")
+    return problems
+
+
 def cronjob_problems(docs: list[Doc]) -> list[str]:
     """Every CronJob has a startingDeadlineSeconds: a missed run is skipped after it (never started hours
     late), and a controller that was down does not count 100 missed runs and stop scheduling it."""
@@ -726,6 +765,7 @@ ALL_CHECKS = (
     observability_problems,
     sync_wave_problems,
     cronjob_problems,
+    availability_problems,
     image_problems,
     bff_shutdown_problems,
     rbac_problems,

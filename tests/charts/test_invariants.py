@@ -287,6 +287,20 @@ BREAKAGES = {
             if j["kind"] == "Job" and j["metadata"]["labels"]["app.kubernetes.io/component"] == "feature-pipeline"
         )["metadata"]["annotations"].pop(inv.HOOK),
     ),
+    "PDB that lets a drain evict the only pod": (
+        inv.availability_problems,
+        lambda d: _get(d, "HorizontalPodAutoscaler", "mlops-bff")["spec"].update(minReplicas=1),
+    ),
+    "PDB that blocks every drain": (
+        inv.availability_problems,
+        lambda d: _get(d, "PodDisruptionBudget", "mlops-bff")["spec"].update(maxUnavailable=0),
+    ),
+    "topology spread counting another component": (
+        inv.availability_problems,
+        lambda d: _get(d, "Deployment", "mlops-triton")["spec"]["template"]["spec"]["topologySpreadConstraints"][0][
+            "labelSelector"
+        ]["matchLabels"].update({"app.kubernetes.io/component": "bff"}),
+    ),
     "CronJob without a starting deadline": (
         inv.cronjob_problems,
         lambda d: _get(d, "CronJob", "mlops-trainer-retrain")["spec"].pop("startingDeadlineSeconds"),

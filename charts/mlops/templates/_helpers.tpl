@@ -172,6 +172,66 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- if and .component .values.topologySpreadConstraints }}
+{{- /* Spread a Deployment's pods: each constraint counts the pods of this component and revision
+       (labelSelector and matchLabelKeys filled in unless given). */}}
+topologySpreadConstraints:
+  {{- range .values.topologySpreadConstraints }}
+  {{- $constraint := deepCopy . }}
+  {{- if not $constraint.labelSelector }}
+  {{- $_ := set $constraint "labelSelector" (dict "matchLabels" (include "mlops.selectorLabels" (dict "ctx" $.ctx "component" $.component) | fromYaml)) }}
+  {{- end }}
+  {{- if not (hasKey $constraint "matchLabelKeys") }}
+  {{- $_ := set $constraint "matchLabelKeys" (list "pod-template-hash") }}
+  {{- end }}
+  - {{ toYaml $constraint | nindent 4 | trim }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Fewest replicas of a Deployment's values (autoscaling on: its minReplicas, else replicaCount). */}}
+{{- define "mlops.minReplicas" -}}
+{{- if .autoscaling.enabled }}{{ .autoscaling.minReplicas | int }}{{ else }}{{ .replicaCount | int }}{{ end }}
+{{- end }}
+
+{{/*
+PodDisruptionBudget of a Deployment: (dict "ctx" $ "component" "bff" "name" <fullname> "values" .Values.bff).
+Rendered only with at least 2 replicas: a budget over one pod either lets a drain evict it (an outage)
+or blocks every drain. It keeps `minAvailable` pods (or all but `maxUnavailable`), which must leave
+at least one pod running and at least one evictable; the chart refuses values that do not.
+*/}}
+{{- define "mlops.pdb" -}}
+{{- $pdb := .values.podDisruptionBudget }}
+{{- $min := include "mlops.minReplicas" .values | int }}
+{{- if and $pdb.enabled (ge $min 2) }}
+{{- $down := $pdb.maxUnavailable | toString }}
+{{- if hasSuffix "%" $down }}
+{{- /* A percentage of the pods, rounded up as the disruption controller does. */}}
+{{- $down = div (add (mul $min (trimSuffix "%" $down | int)) 99) 100 }}
+{{- end }}
+{{- $keep := ternary ($pdb.minAvailable | int) (sub $min ($down | int)) (not (kindIs "invalid" $pdb.minAvailable)) | int }}
+{{- if or (lt $keep 1) (ge $keep $min) }}
+{{- fail (printf "%s.podDisruptionBudget keeps %d of at least %d pods: it must keep at least 1 and let at least 1 go" .component $keep $min) }}
+{{- end }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "mlops.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+  annotations:
+    {{- include "mlops.syncWave" "serving" | nindent 4 }}
+spec:
+  {{- if kindIs "invalid" $pdb.minAvailable }}
+  maxUnavailable: {{ $pdb.maxUnavailable }}
+  {{- else }}
+  minAvailable: {{ $pdb.minAvailable }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "mlops.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 6 }}
+{{- end }}
 {{- end }}
 
 {{/* Connection details of the backing services: the in-cluster subchart or the external endpoint. */}}
