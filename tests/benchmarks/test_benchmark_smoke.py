@@ -1,0 +1,91 @@
+"""Every benchmark's measurements, seconds long, on the test session's platform (one serving fixture for
+them all), so that `benchmarks/serving/run.py`, `benchmarks/inference_logging/run.py` and `table.py` do not
+rot between their full runs (`make bench`). No timing is asserted: each part must measure something, without
+errors, and its report (section) must be written from it."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from benchmarks.inference_logging import run as logging_cost
+from benchmarks.inference_logging import table
+from benchmarks.serving import run as bench
+from benchmarks.stack import settings_from
+from devstack.triton_home import ensure_triton_home
+from log_worker.settings import Settings as LogWorkerSettings
+
+pytestmark = pytest.mark.integration
+
+# wrk measures whole seconds.
+SECONDS = 1
+
+
+def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra_dir, stack_settings, tmp_path):
+    env = serving.env
+    [onnx] = Path(env["MODEL_REPOSITORY"]).glob(f"{env['TRITON_MODEL_NAME']}/*/model.onnx")
+    run: dict = {"command": "smoke", "load_at_start": "", "took_s": 0.0}
+    run |= {"model_name": env["TRITON_MODEL_NAME"], "model_version": int(onnx.parent.name)}
+    run["ort"] = [bench.bench_onnxruntime(onnx, batch, duration_s=SECONDS) for batch in (1, 256)]
+    home = ensure_triton_home(infra_dir / "triton-home", stack_settings.triton_venv)
+    triton = bench.TritonTarget(env["TRITON_MODEL_NAME"], env["TRITON_GRPC_URL"], home.env())
+    run["perf_analyzer"] = [
+        bench.bench_perf_analyzer(triton, batch, 1, tmp_path, measurement_ms=300) for batch in (1, 256)
+    ]
+    run["pieces"] = bench.bench_request_path(rows=16, repeat=2)
+    run["triton_clients"] = bench.bench_triton_clients(
+        env["TRITON_GRPC_URL"], env["TRITON_MODEL_NAME"], calls=40, rounds=2
+    )
+    # The platform's applicants start at FIRST_ID; the first 100 are in the online store.
+    run["bff"] = bench.bff_loads(serving.bff_url, SECONDS, warmup_s=0, applicants=100)
+    # Batches of 16 rows: the baseline loops over them, and a 256-row one may take the whole second here.
+    with bench.baseline_server(onnx, tmp_path) as (url, size, pid):
+        run["baseline_model"] = size
+        run["versus"] = {
+            "baseline": bench.versus_baseline_loads(
+                url, SECONDS, "baseline", {"server": pid}, warmup_s=0, batch_rows=16
+            )
+        }
+    bff_pid = serving.bff.pid()
+    run["versus"]["BFF, logging on, 1 worker"] = bench.versus_baseline_loads(
+        serving.bff_url,
+        SECONDS,
+        "BFF, logging on, 1 worker",
+        {"server": bff_pid, "triton": None},
+        warmup_s=0,
+        batch_rows=16,
+    )
+
+    loads = run["bff"] + [m.load for results in run["versus"].values() for m in results]
+    failed = [load for load in loads if load.requests == 0 or load.errors]
+    assert not failed, failed
+    assert all(r["rows_per_s"] > 0 for r in run["ort"] + run["perf_analyzer"])
+    assert size["trees"] > 0
+    assert {(r["client"], r["batch"]) for r in run["triton_clients"] if r["calls"] == 40} == {
+        (client, batch) for client in ("tritonclient.grpc.aio", "generated stub (bff.triton)") for batch in (1, 256)
+    }
+    assert all(m.cpu_s["server"] > 0 for results in run["versus"].values() for m in results)
+    text = bench.report(run)
+    assert "## Targets" in text
+    # Three body forms against Triton, /predict's overhead, the store's cost, and two ratios to the baseline.
+    verdicts = [line for line in text.splitlines() if line.endswith(("| **met** |", "| **not met** |"))]
+    assert len(verdicts) == 7, text
+
+
+def test_logging_cost_alternates_on_and_off_phases(serving):
+    # The serving BFF stands in for both (logging on and off): the alternation and the CPU accounting run.
+    urls = dict.fromkeys((True, False), serving.bff_url)
+    pids = dict.fromkeys((True, False), serving.bff.pid())
+    phases = asyncio.run(logging_cost.alternate(urls, pids, None, rounds=2, concurrency=2, duration_s=0.5, settle_s=0))
+    assert [phase.logging_on for phase in phases] == [True, False, False, True]
+    assert all(p.result.requests > 0 and p.result.errors == 0 and p.bff_cpu_s > 0 for p in phases), phases
+    pooled = logging_cost.pooled([p.result for p in phases if p.logging_on])
+    assert pooled.requests == sum(p.result.requests for p in phases if p.logging_on)
+
+
+def test_table_write_throughput_merges_compacts_and_reads_back(serving, s3_server):
+    settings = settings_from(LogWorkerSettings, {**serving.env, "LOGS_BUCKET": s3_server.new_bucket("logs")})
+    result = table.measure_writes(settings, "smoke_model", "1", commits=3, after=1, batch_rows=50)
+    assert [stretch.table_rows for stretch in result.stretches][-1] == 4 * 50
+    section = "\n".join(table.write_section(result, batch_rows=50))
+    assert "## 1. Table write throughput" in section
