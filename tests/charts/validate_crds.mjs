@@ -10,6 +10,7 @@ const request = JSON.parse(readFileSync(0, "utf8"));
 const models = {
   "monitoring.coreos.com/v1": ["@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1", ["ServiceMonitor", "PodMonitor", "PrometheusRule"]],
   "argoproj.io/v1alpha1": ["@kubernetes-models/argo-cd/argoproj.io/v1alpha1", ["Application", "AppProject", "ApplicationSet"]],
+  "keda.sh/v1alpha1": ["@kubernetes-models/keda/keda.sh/v1alpha1", ["ScaledObject", "ScaledJob", "TriggerAuthentication"]],
 };
 const builtinGroups = new Set(["", "apps", "batch", "autoscaling", "policy", "networking.k8s.io", "rbac.authorization.k8s.io"]);
 

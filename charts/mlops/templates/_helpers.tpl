@@ -383,3 +383,38 @@ Later sources win: blocks, then the component's own values, then the user's `set
 - name: tmp
   emptyDir: {}
 {{- end }}
+
+{{/*
+KEDA ScaledObject of a Deployment (autoscaling.engine: keda): (dict "ctx" $ "component" "triton" "name" <fullname>
+"values" .Values.triton "triggers" <YAML list of the component's own triggers>). Every one also scales on CPU
+(the HPA's target), so a metric that goes missing never leaves the Deployment unscaled.
+*/}}
+{{- define "mlops.scaledObject" -}}
+{{- $autoscaling := .values.autoscaling }}
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "mlops.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+  annotations:
+    {{- include "mlops.syncWave" "serving" | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ .name }}
+  minReplicaCount: {{ $autoscaling.minReplicas }}
+  maxReplicaCount: {{ $autoscaling.maxReplicas }}
+  pollingInterval: {{ .ctx.Values.autoscaling.keda.pollingInterval }}
+  cooldownPeriod: {{ .ctx.Values.autoscaling.keda.cooldownPeriod }}
+  triggers:
+    {{- with .triggers }}
+    {{- . | nindent 4 }}
+    {{- end }}
+    - type: cpu
+      metricType: Utilization
+      metadata:
+        value: {{ $autoscaling.targetCPUUtilizationPercentage | quote }}
+{{- end }}
