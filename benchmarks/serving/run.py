@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import csv
 import datetime as dt
 import functools
 import logging
+import math
 import shlex
 import subprocess
 import sys
@@ -403,6 +405,63 @@ def bench_triton_clients(
     return asyncio.run(measure())
 
 
+# -- (g) where the BFF's CPU goes under load: a py-spy profile --------------------------------------
+# The package of a frame's file (py-spy prints paths relative to sys.path) -> its area of the stack.
+PROFILE_AREAS = (
+    ("bff/", "BFF code (services/bff)"),
+    ("mlops_common/", "BFF code (services/bff)"),
+    ("uvicorn/", "HTTP server (uvicorn, httptools, h11)"),
+    ("httptools/", "HTTP server (uvicorn, httptools, h11)"),
+    ("h11/", "HTTP server (uvicorn, httptools, h11)"),
+    ("starlette/", "framework (FastAPI, Starlette, pydantic)"),
+    ("fastapi/", "framework (FastAPI, Starlette, pydantic)"),
+    ("pydantic", "framework (FastAPI, Starlette, pydantic)"),
+    ("grpc/", "gRPC client (grpcio)"),
+    ("aio_pika/", "inference-log publishing (aio-pika, aiormq, pamqp)"),
+    ("aiormq/", "inference-log publishing (aio-pika, aiormq, pamqp)"),
+    ("pamqp/", "inference-log publishing (aio-pika, aiormq, pamqp)"),
+    ("prometheus_client/", "metrics (prometheus-client)"),
+    ("numpy/", "numpy"),
+    ("asyncio/", "event loop (asyncio)"),
+    ("uvloop/", "event loop (asyncio)"),
+)
+
+
+def _area(frame: str) -> str | None:
+    """``"func (uvicorn/server.py:86)"`` -> its area of the stack (None: not a package of PROFILE_AREAS)."""
+    path = frame[frame.rfind("(") + 1 : frame.rfind(":")]
+    return next((name for package, name in PROFILE_AREAS if path.startswith(package) or f"/{package}" in path), None)
+
+
+def profile_bff(pid: int | None, url: str, duration_s: float, out: Path) -> dict[str, list[tuple[str, float]]]:
+    """Sample the BFF process with py-spy while ``/predict`` runs at concurrency 8: the share of busy
+    samples per area of the stack (the innermost frame of a known package decides), and the innermost
+    functions that take the most."""
+    if pid is None:
+        raise RuntimeError("the BFF is not running")
+    pyspy = Path(sys.executable).parent / "py-spy"
+    argv = [str(pyspy), "record", "--pid", str(pid), "--rate", "250", "--duration", str(math.ceil(duration_s))]
+    argv += ["--format", "raw", "--nonblocking", "--output", str(out)]
+    sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_wrk(f"{url}/predict", feature_bodies(1000), concurrency=8, duration_s=duration_s, warmup_s=0)
+    _, errors = sampler.communicate(timeout=duration_s + 60)
+    if sampler.returncode != 0:
+        raise RuntimeError(f"py-spy failed: {errors[-800:]}")
+    areas: collections.Counter[str] = collections.Counter()
+    functions: collections.Counter[str] = collections.Counter()
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        samples = int(count)
+        functions[frames[-1]] += samples
+        areas[next(filter(None, map(_area, reversed(frames))), "other")] += samples
+    total = sum(areas.values()) or 1
+    return {
+        "areas": [(name, count / total) for name, count in areas.most_common()],
+        "functions": [(name, count / total) for name, count in functions.most_common(12)],
+    }
+
+
 # -- report ---------------------------------------------------------------------------------------
 def _load_rows(loads: list[WrkResult]) -> list[str]:
     return [
@@ -564,6 +623,21 @@ def report(run: dict) -> str:
         "|---|---:|---:|---:|---:|",
         *cpu_rows,
         "",
+        "## (g) Where the BFF's CPU goes at concurrency 8 (py-spy, inference logging on, 1 worker)",
+        "",
+        f"py-spy sampled the BFF process at 250 Hz for {run['profile_s']:g} s of `/predict` at concurrency 8 "
+        "(idle samples left out). By area of the stack (the innermost frame of a known package decides):",
+        "",
+        "| area | share of busy samples |",
+        "|---|---:|",
+        *(f"| {name} | {share:.1%} |" for name, share in run["profile"]["areas"]),
+        "",
+        "The innermost functions with the most samples:",
+        "",
+        "| function (file:line) | share |",
+        "|---|---:|",
+        *(f"| `{name}` | {share:.1%} |" for name, share in run["profile"]["functions"]),
+        "",
     ]
     return "\n".join(lines)
 
@@ -600,6 +674,9 @@ def main() -> int:
             variant = f"BFF, logging on, {workers} worker{'s' if workers > 1 else ''}"
             processes = {"server": logged.daemon.pid(), "triton": triton_pid}
             run["versus"][variant] = versus_baseline_loads(logged.url, args.duration, variant, processes)
+            if workers == 1:
+                run["profile_s"] = args.duration
+                run["profile"] = profile_bff(logged.daemon.pid(), logged.url, args.duration, work / "bff.pyspy")
             logged.daemon.stop()
         run["took_s"] = time.monotonic() - started
         text = report(run)

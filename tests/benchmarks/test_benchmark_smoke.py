@@ -56,6 +56,11 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
         batch_rows=16,
     )
 
+    run["profile_s"] = SECONDS
+    run["profile"] = bench.profile_bff(bff_pid, serving.bff_url, SECONDS, tmp_path / "bff.pyspy")
+    assert sum(share for _, share in run["profile"]["areas"]) == pytest.approx(1.0)
+    assert "BFF code (services/bff)" in dict(run["profile"]["areas"])
+
     loads = run["bff"] + [m.load for results in run["versus"].values() for m in results]
     failed = [load for load in loads if load.requests == 0 or load.errors]
     assert not failed, failed
