@@ -29,8 +29,11 @@ TRANSIENT_STATUSES = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
-# Pings keep an idle channel's connection known to be alive through proxies and NAT, as tritonclient does.
 CHANNEL_OPTIONS = (
+    # A target naming several addresses (a headless Service: dns:///<release>-triton-headless:8001) gets a
+    # connection to each, and calls take them in turn: more Triton pods, more throughput for every BFF pod.
+    ("grpc.lb_policy_name", "round_robin"),
+    # Pings keep an idle connection known to be alive through proxies and NAT, as tritonclient does.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -10,10 +10,12 @@ import aio_pika
 import httpx
 import mlflow
 import numpy as np
+import psutil
 import pytest
 from mlflow import MlflowClient
 from platform_fixtures import QUICK_MODEL
 from serving_fixtures import wait_for
+from tcp_proxy import TcpProxy
 
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
 from bff.online_features import OnlineFeatures
@@ -266,6 +268,36 @@ async def test_triton_errors_are_told_apart_retryable_or_not(serving):
     with pytest.raises(DependencyUnavailableError):
         await nobody.predict(np.zeros((1, len(FEATURE_NAMES)), np.float32))
     await nobody.close()
+
+
+async def test_calls_are_spread_over_every_address_of_the_triton_target(serving):
+    # Two addresses in front of the same Triton, as a headless Service's name resolves to one address per
+    # pod: round robin holds a connection to each, uses both, and keeps serving when one goes away.
+    host, port = serving.env["TRITON_GRPC_URL"].rsplit(":", 1)
+    proxies = [TcpProxy(host, int(port)).start() for _ in range(2)]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{proxy.port}" for proxy in proxies)
+    predictor = TritonPredictor(target, serving.env["TRITON_MODEL_NAME"], 10.0)
+    rows = np.zeros((1, len(FEATURE_NAMES)), np.float32)
+
+    def connected_ports() -> set[int]:
+        return {
+            c.raddr.port
+            for c in psutil.Process().net_connections("tcp")
+            if c.raddr and c.raddr.port in {p.port for p in proxies} and c.status == psutil.CONN_ESTABLISHED
+        }
+
+    try:
+        for _ in range(20):
+            await predictor.predict(rows)
+        assert connected_ports() == {p.port for p in proxies}
+        proxies[0].down()
+        for _ in range(10):
+            probabilities, _ = await predictor.predict(rows)
+            assert probabilities.shape == (1,)
+    finally:
+        await predictor.close()
+        for proxy in proxies:
+            proxy.close()
 
 
 async def test_the_request_id_reaches_the_inference_log_record(serving):
