@@ -5,7 +5,6 @@ so the tests can assert on real renders and, on purpose, on broken ones.
 """
 
 import importlib
-import itertools
 import json
 import re
 import string
@@ -526,29 +525,40 @@ def sync_wave_problems(docs: list[Doc]) -> list[str]:
     def one_off(d: Doc) -> bool:
         return d["kind"] == "Job" and component(d) in ("feature-pipeline", "trainer")
 
-    stages = [
-        (
-            "infrastructure",
-            waves(
-                lambda d: (
-                    d["kind"] in ("StatefulSet", "Deployment")
-                    and d["metadata"]["labels"]["app.kubernetes.io/name"] != "mlops"
-                )
-            ),
+    stages = {
+        "infrastructure": waves(
+            lambda d: (
+                d["kind"] in ("StatefulSet", "Deployment")
+                and d["metadata"]["labels"]["app.kubernetes.io/name"] not in ("mlops", "mlflow")
+            )
         ),
-        ("buckets", waves(lambda d: d["kind"] == "Job" and component(d) == "bucket-provisioning")),
-        ("data bootstrap", waves(lambda d: d["kind"] == "Job" and component(d) == "data-bootstrap")),
-        ("feature pipeline", waves(lambda d: d["kind"] == "Job" and component(d) == "feature-pipeline")),
-        ("trainer", waves(lambda d: d["kind"] == "Job" and component(d) == "trainer")),
+        "MLflow schema migration": waves(lambda d: d["kind"] == "Job" and component(d) == "model-registry-migration"),
+        "MLflow servers": waves(lambda d: d["kind"] == "Deployment" and component(d) == "model-registry"),
+        "buckets": waves(lambda d: d["kind"] == "Job" and component(d) == "bucket-provisioning"),
+        "data bootstrap": waves(lambda d: d["kind"] == "Job" and component(d) == "data-bootstrap"),
+        "feature pipeline": waves(lambda d: d["kind"] == "Job" and component(d) == "feature-pipeline"),
+        "trainer": waves(lambda d: d["kind"] == "Job" and component(d) == "trainer"),
+    }
+    # (earlier, later, may share a wave): the migration retries until PostgreSQL answers, so it may start beside it.
+    order = [
+        ("infrastructure", "MLflow schema migration", True),
+        ("MLflow schema migration", "MLflow servers", False),
+        ("infrastructure", "buckets", False),
+        ("buckets", "data bootstrap", False),
+        ("data bootstrap", "feature pipeline", False),
+        ("buckets", "feature pipeline", False),
+        ("MLflow servers", "trainer", False),
+        ("feature pipeline", "trainer", False),
     ]
-    present = [(name, w) for name, w in stages if w]
     problems = [
-        f"{earlier} (waves {sorted(a)}) is not applied before {later} (waves {sorted(b)})"
-        for (earlier, a), (later, b) in itertools.pairwise(present)
-        if max(a) >= min(b)
+        f"{earlier} (waves {sorted(stages[earlier])}) is not applied before {later} (waves {sorted(stages[later])})"
+        for earlier, later, same_wave in order
+        if stages[earlier]
+        and stages[later]
+        and (max(stages[earlier]) > min(stages[later]) if same_wave else max(stages[earlier]) >= min(stages[later]))
     ]
     serving = waves(lambda d: d["kind"] == "Deployment" and component(d) in ("triton", "bff", "log-worker", "monitor"))
-    trainer = dict(stages)["trainer"]
+    trainer = stages["trainer"]
     if serving and trainer and serving != {max(trainer)}:
         problems.append(f"serving (waves {sorted(serving)}) is not in the trainer's wave {sorted(trainer)}")
     for doc in filter(one_off, docs):

@@ -36,3 +36,51 @@ app.kubernetes.io/part-of: mlops
 {{- end }}
 {{- concat $withPorts .Values.allowedHosts | join "," }}
 {{- end }}
+
+{{/* The server's ServiceAccount. */}}
+{{- define "mlflow.serviceAccountName" -}}
+{{- tpl .Values.serviceAccount.name . | default (include "mlflow.fullname" .) }}
+{{- end }}
+
+{{/*
+The backend store's URI without a password (libpq reads PGPASSWORD): user and database URL-escaped, so
+no character of theirs can change where it points.
+*/}}
+{{- define "mlflow.backendStoreUri" -}}
+{{- $backend := .Values.backendStore }}
+{{- /* urlquery writes a space as "+", which URI parsers (libpq, SQLAlchemy) keep as "+": "%20" instead. */}}
+{{- printf "postgresql://%s@%s:%v/%s" (urlquery $backend.username | replace "+" "%20") (tpl $backend.host .) $backend.port (urlquery $backend.database | replace "+" "%20") }}
+{{- end }}
+
+{{/* Env of whatever talks to the backend store: the password from its Secret. */}}
+{{- define "mlflow.backendStoreEnv" -}}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "mlflow.backendStore.existingSecret is required" (tpl .Values.backendStore.existingSecret .) }}
+      key: password
+{{- end }}
+
+{{/* Pod-level settings shared by the server and the migration Job. */}}
+{{- define "mlflow.podDefaults" -}}
+serviceAccountName: {{ include "mlflow.serviceAccountName" . }}
+automountServiceAccountToken: false
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
