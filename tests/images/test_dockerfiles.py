@@ -1,5 +1,6 @@
-"""The service images: one Dockerfile per deployed service, linted by hadolint, multi-stage from a
-pinned base, non-root, and carrying exactly the dependencies the service's code imports."""
+"""The service images: one parameterised Dockerfile (services/Dockerfile, build argument SERVICE) for every
+deployed service, linted by hadolint, multi-stage from a pinned base, non-root, and carrying exactly the
+dependencies the service's code imports."""
 
 import ast
 import importlib.metadata
@@ -20,11 +21,23 @@ FIRST_PARTY_ROOTS = [REPO / "services", REPO / "feature_repo", REPO / "data"]
 PROVIDED_AT_RUN_TIME = {"triton_python_backend_utils"}
 
 
-def test_every_service_has_an_image(dockerfiles: list[Path]) -> None:
+SHARED = REPO / "services" / "Dockerfile"
+# services/bff/ belongs to the BFF's maintainers, who delete its old Dockerfile; nothing builds it any more
+# (test_build_script checks that every image comes from services/Dockerfile).
+PENDING_REMOVAL = {REPO / "services" / "bff" / "Dockerfile"}
+
+
+def test_every_service_builds_from_the_one_dockerfile(dockerfiles: list[Path]) -> None:
     assert SERVICES, "no services found"
+    assert SHARED in dockerfiles
+    per_service = {p for p in dockerfiles if p.parent.parent == REPO / "services"}
+    assert per_service <= PENDING_REMOVAL, "a service Dockerfile besides services/Dockerfile"
+    assert sorted(build_arguments()) == sorted(SERVICES), "the build script builds every service"
     for service in SERVICES:
-        assert REPO / "services" / service / "Dockerfile" in dockerfiles, service
         assert (REPO / "services" / service / "requirements.txt").is_file(), service
+    text = SHARED.read_text()
+    assert "COPY services/${SERVICE}/requirements.txt /tmp/requirements.txt" in text
+    assert "COPY services/${SERVICE} services/${SERVICE}" in text
 
 
 def test_hadolint(dockerfiles: list[Path]) -> None:
@@ -52,10 +65,20 @@ def test_dockerfile_shape(dockerfiles: list[Path]) -> None:
         assert "--no-deps" in text, f"{dockerfile}: installs unpinned transitive dependencies"
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_entrypoint_runs_the_service(service: str) -> None:
-    text = (REPO / "services" / service / "Dockerfile").read_text()
-    assert f'ENTRYPOINT ["python", "-m", "{service}"]' in text
+def test_entrypoint_runs_the_service_it_was_built_for() -> None:
+    """SERVICE (the build argument) stays in the image's environment and the entrypoint runs it with the
+    container's arguments; an empty SERVICE fails the build."""
+    text = SHARED.read_text()
+    assert "ENV SERVICE=${SERVICE}" in text
+    assert 'ENTRYPOINT ["/bin/sh", "-c", "exec python -m \\"$SERVICE\\" \\"$@\\"", "service"]' in text
+    assert 'test -n "${SERVICE}"' in text
+    # The entrypoint's shell line, run as the container would (service "json.tool" stands in for a service).
+    script = re.search(r'"-c", "(.*?)", "service"\]', text).group(1).replace('\\"', '"')
+    result = run(
+        ["/bin/sh", "-c", script, "service", "--help"],
+        env={"SERVICE": "json.tool", "PATH": str(Path(sys.executable).parent)},
+    )
+    assert "usage" in (result.stdout + result.stderr).lower()
 
 
 def _requirement_files() -> list[Path]:
@@ -118,8 +141,24 @@ def import_closure(roots: list[Path]) -> tuple[set[Path], set[str]]:
     return seen, third_party
 
 
-def _copied_paths(dockerfile: Path) -> list[Path]:
-    return [REPO / source for source in re.findall(r"^COPY\s+(?!--from)(\S+)\s", dockerfile.read_text(), re.MULTILINE)]
+def build_arguments() -> dict[str, dict[str, str]]:
+    """Service -> the build arguments build_and_push_images.sh passes services/Dockerfile for it."""
+    script = (REPO / "build_and_push_images.sh").read_text()
+    arguments = {}
+    for entry in re.findall(r'^  "([^"]*)"$', script, re.MULTILINE):
+        _, dockerfile, _, args = entry.split("|")
+        if dockerfile == "services/Dockerfile":
+            pairs = dict(arg.split("=", 1) for arg in args.split())
+            arguments[pairs["SERVICE"]] = pairs
+    return arguments
+
+
+def _copied_paths(dockerfile: Path, service: str) -> list[Path]:
+    text = dockerfile.read_text()
+    defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)$", text, re.MULTILINE))
+    for name, value in {**defaults, **build_arguments()[service]}.items():
+        text = text.replace("${" + name + "}", value)
+    return [REPO / source for source in re.findall(r"^COPY\s+(?!--from)(\S+)\s", text, re.MULTILINE)]
 
 
 def _dockerignored() -> list[Path]:
@@ -137,16 +176,18 @@ def test_image_holds_what_the_service_imports(service: str) -> None:
     """Every module the service reaches is copied into the image and every third-party import is installed.
     A local-only tool inside a service's package (`make demo-drift`'s monitor.drift_demo) is no root
     when .dockerignore keeps it out of the image; nothing in the image may then import it."""
-    dockerfile = REPO / "services" / service / "Dockerfile"
-    copied = [p for p in _copied_paths(dockerfile) if p.is_dir()]
+    dockerfile = SHARED
+    copied = [p for p in _copied_paths(dockerfile, service) if p.is_dir()]
     roots = [p for p in (REPO / "services" / service).rglob("*.py") if _in_image(p, copied)]
-    if REPO / "feature_repo" in copied:
+    installed = set(parse_requirements(REPO / "services" / service / "requirements.txt"))
+    # Every image carries the Feast repository; Feast (`feast apply`, the feature store) imports its files in
+    # the images that run Feast. Elsewhere nothing imports them (they are in no service's import closure).
+    if REPO / "feature_repo" in copied and "feast" in installed:
         roots += [p for p in (REPO / "feature_repo").glob("*.py") if _in_image(p, copied)]
     files, third_party = import_closure(roots)
     missing_code = sorted(str(f.relative_to(REPO)) for f in files if not _in_image(f, copied))
     assert missing_code == [], f"{dockerfile}: imported but not copied"
 
-    installed = set(parse_requirements(REPO / "services" / service / "requirements.txt"))
     distributions = importlib.metadata.packages_distributions()
     missing = {}
     for name in sorted(third_party - PROVIDED_AT_RUN_TIME):
