@@ -61,6 +61,17 @@ def _render_as_argocd(app: Doc, tmp_path: Path, git_env: dict[str, str], name: s
     )
 
 
+def _one_off_jobs(docs: list[Doc]) -> set[str]:
+    components = ("feature-pipeline", "trainer")
+    names = {
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "Job" and d["metadata"]["labels"]["app.kubernetes.io/component"] in components
+    }
+    assert len(names) == 2, names
+    return names
+
+
 def _images(docs: list[Doc]) -> set[str]:
     return {c["image"] for _, t in chart_invariants.pod_templates(docs) for c in chart_invariants.containers(t)}
 
@@ -77,8 +88,10 @@ def test_argocd_renders_each_pushed_commit(applications: list[Doc], tmp_path: Pa
 
     for app in applications:
         environment = app["metadata"]["name"].removeprefix("mlops-")
+        # The branch the Application tracks (prod: `release`, where a promotion merges main).
+        branch = app["spec"]["source"]["targetRevision"]
         first_tag = _build_and_commit(workdir, environment)
-        git(workdir, "push", "--quiet", "origin", "main")
+        git(workdir, "push", "--quiet", "origin", f"main:{branch}")
         first = _render_as_argocd(app, tmp_path, git_env, f"{environment}-1")
 
         assert validate_builtin_kinds({app["metadata"]["name"]: first}) == []
@@ -94,10 +107,12 @@ def test_argocd_renders_each_pushed_commit(applications: list[Doc], tmp_path: Pa
         )
         git(workdir, "commit", "--quiet", "--all", "--message", "change the BFF")
         second_tag = _build_and_commit(workdir, environment)
-        git(workdir, "push", "--quiet", "origin", "main")
+        git(workdir, "push", "--quiet", "origin", f"main:{branch}")
         second = _render_as_argocd(app, tmp_path, git_env, f"{environment}-2")
         assert second_tag != first_tag
         assert {image.replace(first_tag, second_tag) for image in _images(first)} == _images(second)
+        # Issue #16: a BFF-only commit neither re-runs ingestion nor training (same Job names, hooks kept).
+        assert _one_off_jobs(second) == _one_off_jobs(first)
 
 
 def test_kube_version_matches_the_validation_target() -> None:
