@@ -146,13 +146,14 @@ YAMLLINT_CONFIG = (
 
 
 def test_yamllint() -> None:
-    """The YAML people edit (values, scenarios, Argo CD, alert rules); templates are not YAML before rendering."""
+    """The YAML people edit (values, scenarios, Argo CD, alert rules, workflows); templates are not YAML before rendering."""
     files = [
         *(REPO / "charts").glob("*/values.yaml"),
         *(REPO / "charts").glob("*/Chart.yaml"),
         *(CHART / "ci").glob("*.yaml"),
         *(REPO / "argocd").rglob("*.yaml"),
         *(REPO / "observability" / "alerts").glob("*.yaml"),
+        *(REPO / ".github" / "workflows").glob("*.yaml"),
     ]
     result = run([tool("yamllint"), "--strict", "--config-data", YAMLLINT_CONFIG, *sorted(files)])
     assert result.returncode == 0, result.stdout + result.stderr
