@@ -8,6 +8,8 @@ UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 VENV := .venv
 TRITON_VENV := .venv-triton
+# Model Analyzer in an environment of its own: it pins protobuf<5 and tritonclient 2.51 (whose perf_analyzer runs here).
+MODEL_ANALYZER_VENV := .tools/model-analyzer
 PY := $(VENV)/bin/python
 # The platform is installed editable into .venv (no PYTHONPATH); the Kubernetes tools of `make k8s-tools`
 # (helm, kubectl, …) are in .tools/bin.
@@ -23,7 +25,7 @@ BFF_URL := http://127.0.0.1:$(BFF_PORT)
 STACK_ENV = eval "$$($(PY) -m devstack env)" &&
 FEATURES_BODY := {"AMT_INCOME_TOTAL": 50000, "AMT_CREDIT": 200000, "AMT_ANNUITY": 15000, "DAYS_BIRTH": -12000, "DAYS_EMPLOYED": -2000, "bureau_credit_count": 3, "bureau_credit_active_count": 1, "bureau_credit_days_enddate_mean": -500, "bureau_amt_credit_sum": 300000, "bureau_amt_credit_sum_overdue": 0}
 
-.PHONY: help setup lock lint fmt test demo demo-drift demo-rollout stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools
+.PHONY: help setup lock lint fmt test demo demo-drift demo-rollout stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools analyze
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -45,6 +47,11 @@ $(TRITON_VENV)/.installed: requirements-triton.lock | $(UV)
 	touch $@
 
 setup: $(VENV)/.installed $(TRITON_VENV)/.installed ## Create the Python environments (idempotent)
+
+$(MODEL_ANALYZER_VENV)/.installed: benchmarks/model_analyzer/requirements.lock | $(UV)
+	test -x $(MODEL_ANALYZER_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON_BOOT) $(MODEL_ANALYZER_VENV)
+	$(UV) pip sync --quiet --python $(MODEL_ANALYZER_VENV)/bin/python benchmarks/model_analyzer/requirements.lock
+	touch $@
 
 lock: | $(UV) ## Re-resolve the pinned lock files from the .in files
 	$(UV) pip compile --quiet --python-version 3.11 requirements.in -o requirements.lock
@@ -76,7 +83,7 @@ stack-reset: $(VENV)/.installed ## stack-down, then delete all its state: .stack
 stack-status: $(VENV)/.installed ## Health of every stack component
 	$(PY) -m devstack status
 
-test: setup lint k8s-tools prometheus-tools ## Set up and run every test (unit, integration on the real stack, chart)
+test: setup lint k8s-tools prometheus-tools $(MODEL_ANALYZER_VENV)/.installed ## Set up and run every test (unit, integration on the real stack, chart)
 	$(VENV)/bin/pytest
 
 data: $(VENV)/.installed ## Synthetic Home Credit CSVs in data/ (kept if present: real Kaggle files win)
@@ -108,6 +115,9 @@ predict: ## The README's three curl calls against the BFF, then the inference-lo
 
 dashboards: $(VENV)/.installed ## Every Grafana dashboard drawn from the local Prometheus: .stack/dashboards/*.png
 	$(STACK_ENV) $(PY) -m dashboards render --range 15m --out .stack/dashboards
+
+analyze: setup $(MODEL_ANALYZER_VENV)/.installed ## Model Analyzer search (~15 min) + side-by-side check -> benchmarks/results/model_analyzer.md, its PNG
+	$(PY) benchmarks/model_analyzer/run.py
 
 # Prometheus' graph page for the p99 latency of /predict over the last 15 minutes.
 P99_GRAPH := http://127.0.0.1:9090/graph?g0.expr=histogram_quantile(0.99%2C%20sum%20by%20(le%2C%20route)%20(rate(bff_request_duration_seconds_bucket%5B1m%5D)))&g0.tab=0&g0.range_input=15m

@@ -27,7 +27,9 @@ PYTHON_BACKEND_FILENAME = "model.py"
 
 @dataclass(frozen=True)
 class TritonModelSpec:
-    """The serving shape of the model; the defaults are the values the benchmarks settled on."""
+    """The serving shape of the model. The defaults are what `make analyze` settled on (Model Analyzer's search,
+    then a side-by-side check: benchmarks/results/model_analyzer.md); model sync renders the local and the
+    cluster config from them."""
 
     name: str = "credit_default"
     max_batch_size: int = 256
