@@ -1,11 +1,11 @@
-"""python -m feature_store {upload,ingest,apply,materialize,run}"""
+"""python -m feature_store {bootstrap,upload,ingest,apply,materialize,run}"""
 
 import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from feature_store import pipeline
+from feature_store import bootstrap, pipeline
 from feature_store.settings import Settings
 from mlops_common.logging import configure_logging
 from mlops_common.raw_tables import RawDataError
@@ -23,6 +23,11 @@ def _event_time(text: str) -> datetime:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m feature_store", description="The feature pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
+    boot = commands.add_parser("bootstrap", help="put raw CSVs into the raw bucket unless they are there")
+    boot.add_argument("--source", choices=bootstrap.SOURCES, default="synthetic")
+    boot.add_argument("--applicants", type=int, default=20_000, help="synthetic applicants (train + test)")
+    boot.add_argument("--seed", type=int, default=7)
+    boot.add_argument("--url", default="", help="with --source url: the CSVs are <url>/<file>")
     upload = commands.add_parser("upload", help="copy the raw CSVs from a folder to the raw bucket")
     upload.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
     for name, text in (
@@ -39,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         match args.command:
+            case "bootstrap":
+                bootstrap.bootstrap(
+                    settings, source=args.source, applicants=args.applicants, seed=args.seed, url=args.url
+                )
             case "upload":
                 pipeline.upload_raw(settings, args.data_dir)
             case "ingest":

@@ -45,6 +45,7 @@ def test_platform_workloads_run_the_services_and_triton(rendered: dict[str, list
             program = container["command"][2] if python_service(container) else container["command"][0]
             programs.add((owner["kind"], program, tuple(container.get("command", [])[3:])))
     assert programs == {
+        ("Job", "feature_store", ("bootstrap",)),
         ("Job", "feature_store", ("run",)),
         ("CronJob", "feature_store", ("materialize",)),
         ("Job", "trainer", ()),

@@ -146,7 +146,7 @@ YAMLLINT_CONFIG = (
 
 
 def test_yamllint() -> None:
-    """The YAML people edit (values, scenarios, Argo CD, alert rules, workflows); templates are not YAML before rendering."""
+    """The YAML people edit (values, scenarios, Argo CD, alert rules, workflows); templates are not YAML yet."""
     files = [
         *(REPO / "charts").glob("*/values.yaml"),
         *(REPO / "charts").glob("*/Chart.yaml"),

@@ -82,6 +82,7 @@ tools/job_input_checksums.py from the repository) or a new training profile runs
 {{- toJson (dict
       "definitions" (.Files.Get "files/job-inputs/feature-pipeline.sha256" | trim | required "files/job-inputs/feature-pipeline.sha256 is missing from the chart (tools/job_input_checksums.py)")
       "dataSnapshot" .Values.featurePipeline.job.dataSnapshot
+      "bootstrap" .Values.featurePipeline.bootstrap
       "raw" (list $p.buckets.raw $p.buckets.rawPrefix)
       "offline" (list $p.buckets.offline $p.buckets.offlinePrefix)
       "feast" (list $p.feast.project $p.feast.registryPath $p.feast.configFile)
