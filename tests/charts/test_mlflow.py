@@ -105,3 +105,36 @@ def test_two_servers_get_a_disruption_budget(prod: list[Doc], render: Callable[.
     assert _get(prod, "Deployment", "mlops-mlflow")["spec"]["replicas"] == 2
     assert _get(prod, "PodDisruptionBudget", "mlops-mlflow")["spec"]["maxUnavailable"] == 1
     assert "mlops-mlflow" not in {d["metadata"]["name"] for d in render() if d["kind"] == "PodDisruptionBudget"}
+
+
+def _bucket_job_env(docs: list[Doc]) -> dict[str, Doc]:
+    [job] = [
+        d
+        for d in docs
+        if d["kind"] == "Job" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "bucket-provisioning"
+    ]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_minio_client_url_escapes_the_credentials(render: Callable[..., list[Doc]]) -> None:
+    """The bucket Job's MC_HOST URL comes from the Secret the chart makes, its credentials URL-escaped."""
+    user, password = "ml ops", "p@ss:w/rd+#?x"
+    docs = render({"minio.auth.rootUser": user, "minio.auth.rootPassword": password})
+    env = _bucket_job_env(docs)
+    assert env["MC_HOST_target"]["valueFrom"]["secretKeyRef"] == {"name": "mlops-minio", "key": "mc-host-url"}
+    secret = _get(docs, "Secret", "mlops-minio")["stringData"]
+    url = urlsplit(secret["mc-host-url"])
+    assert (url.scheme, url.hostname, url.port, url.path) == ("http", "mlops-minio", 9000, "")
+    assert (unquote(url.username), unquote(url.password)) == (user, password)
+    assert (secret["access-key-id"], secret["secret-access-key"]) == (user, password)
+
+
+def test_an_existing_minio_secret_may_carry_the_url(render: Callable[..., list[Doc]]) -> None:
+    with_key = _bucket_job_env(
+        render({"minio.auth.existingSecret": "creds", "minio.auth.existingSecretUrlKey": "mc-url"})
+    )
+    assert with_key["MC_HOST_target"]["valueFrom"]["secretKeyRef"] == {"name": "creds", "key": "mc-url"}
+    # Without one, the kubelet composes it from the two keys (they must be URL-safe: argocd/README.md).
+    composed = _bucket_job_env(render({"minio.auth.existingSecret": "creds"}))
+    assert composed["MC_HOST_target"]["value"] == "http://$(ACCESS_KEY_ID):$(SECRET_ACCESS_KEY)@mlops-minio:9000"

@@ -39,3 +39,9 @@ app.kubernetes.io/part-of: mlops
 {{- end }}
 {{- end }}
 
+
+{{/* The bucket Job's MinIO URL with URL-escaped credentials (urlquery; a space as %20, which URL parsers decode). */}}
+{{- define "minio.clientUrl" -}}
+{{- $escape := dict "user" (urlquery .Values.auth.rootUser | replace "+" "%20") "password" (urlquery .Values.auth.rootPassword | replace "+" "%20") }}
+{{- printf "http://%s:%s@%s:%v" $escape.user $escape.password (include "minio.fullname" .) .Values.service.port }}
+{{- end }}
