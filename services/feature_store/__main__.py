@@ -1,11 +1,11 @@
-"""python -m feature_store {bootstrap,upload,ingest,apply,materialize,run}"""
+"""python -m feature_store {bootstrap,upload,ingest,apply,materialize,run,wait-run}"""
 
 import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from feature_store import bootstrap, pipeline
+from feature_store import bootstrap, pipeline, runs
 from feature_store.settings import Settings
 from mlops_common.logging import configure_logging
 from mlops_common.raw_tables import RawDataError
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("--event-time", type=_event_time, help="ISO time the snapshot describes (default: now)")
+        if name == "run":
+            command.add_argument("--run-id", help="record the completed run under this id (feature_store.runs)")
+    wait = commands.add_parser("wait-run", help="wait until the run with this id completed")
+    wait.add_argument("--run-id", required=True)
+    wait.add_argument("--timeout", type=float, default=7200.0, help="seconds")
     commands.add_parser("apply", help="register the Feast definitions")
     commands.add_parser("materialize", help="offline store -> online store")
     args = parser.parse_args(argv)
@@ -58,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline.materialize(settings)
             case "run":
                 pipeline.run(settings, event_time=args.event_time)
-    except (RawDataError, FileNotFoundError, ValueError) as err:
+                if args.run_id:
+                    runs.record_run(settings, args.run_id)
+            case "wait-run":
+                runs.wait_for_run(settings, args.run_id, timeout_s=args.timeout)
+    except (RawDataError, FileNotFoundError, ValueError, TimeoutError) as err:
         print(f"feature_store {args.command}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -70,3 +70,34 @@ def test_another_data_source_is_new_data(render: Callable[..., list[Doc]]) -> No
 def test_prod_bootstraps_nothing(chart_dependencies: Path) -> None:
     docs = helm_template(value_files=[PROD], set_values={"global.platformImageTag": "0123abc"})
     assert "initContainers" not in _pipeline_job(docs)["spec"]["template"]["spec"]
+
+
+def _trainer_job(docs: list[Doc]) -> Doc:
+    [job] = [
+        d for d in docs if d["kind"] == "Job" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
+    ]
+    return job
+
+
+def _run_ids(docs: list[Doc]) -> tuple[str, str]:
+    """(the run id the pipeline Job records, the one the trainer Job waits for)."""
+    [pipeline] = _pipeline_job(docs)["spec"]["template"]["spec"]["containers"]
+    [wait] = _trainer_job(docs)["spec"]["template"]["spec"]["initContainers"]
+    assert wait["command"] == ["python", "-m", "feature_store", "wait-run"]
+    [recorded] = [a.removeprefix("--run-id=") for a in pipeline["args"] if a.startswith("--run-id=")]
+    [awaited] = [a.removeprefix("--run-id=") for a in wait["args"] if a.startswith("--run-id=")]
+    return recorded, awaited
+
+
+def test_the_trainer_waits_for_the_features_of_its_own_run(render: Callable[..., list[Doc]]) -> None:
+    """Plain Helm starts every Job at once: the trainer's init container waits for the marker the pipeline
+    run of the same inputs records; new data is a new run id, a new training profile is not."""
+    docs = render()
+    recorded, awaited = _run_ids(docs)
+    assert recorded == awaited
+    [wait] = _trainer_job(docs)["spec"]["template"]["spec"]["initContainers"]
+    assert "--timeout=7200" in wait["args"]
+    assert _run_ids(render({"featurePipeline.job.dataSnapshot": "2027-01-01"}))[1] != awaited
+    assert _run_ids(render({"trainer.args": "{--seed=8}"}))[1] == awaited
+    retrain = next(d for d in docs if d["kind"] == "CronJob" and d["metadata"]["name"] == "mlops-trainer-retrain")
+    assert "initContainers" not in retrain["spec"]["jobTemplate"]["spec"]["template"]["spec"]

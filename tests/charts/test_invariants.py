@@ -48,6 +48,7 @@ def test_platform_workloads_run_the_services_and_triton(rendered: dict[str, list
         ("Job", "feature_store", ("bootstrap",)),
         ("Job", "feature_store", ("run",)),
         ("CronJob", "feature_store", ("materialize",)),
+        ("Job", "feature_store", ("wait-run",)),
         ("Job", "trainer", ()),
         ("CronJob", "trainer", ()),
         ("Deployment", "model_sync", ("--once",)),

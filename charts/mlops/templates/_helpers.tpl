@@ -98,6 +98,11 @@ tools/job_input_checksums.py from the repository) or a new training profile runs
       "model" .Values.platform.registeredModelName) }}
 {{- end }}
 
+{{/* Id of the feature pipeline run of these inputs: the Job records it, the trainer Job waits for it. */}}
+{{- define "mlops.featurePipeline.runId" -}}
+{{- include "mlops.featurePipeline.inputs" . | sha256sum | trunc 16 }}
+{{- end }}
+
 {{/* A one-off Job's name: (dict "prefix" <component fullname> "inputs" <inputs JSON>). */}}
 {{- define "mlops.inputsJobName" -}}
 {{- printf "%s-%s" (.prefix | trunc 52 | trimSuffix "-") (.inputs | sha256sum | trunc 10) }}

@@ -33,6 +33,10 @@ containers:
     image: {{ include "mlops.image" (dict "image" $values.image "ctx" .ctx "path" "featurePipeline.image") }}
     imagePullPolicy: {{ $values.image.pullPolicy }}
     command: [python, -m, feature_store, {{ .command }}]
+    {{- with .runId }}
+    # Recorded when the run completed: the trainer Job waits for it.
+    args: [--run-id={{ . }}]
+    {{- end }}
     env:
       {{- include "mlops.env" (dict "ctx" .ctx "blocks" (list "platform" "s3" "data" "feast") "settings" $values.settings) | nindent 6 }}
     resources:

@@ -1,8 +1,28 @@
-{{/* Pod spec of the trainer, shared by the Job and the retraining CronJob: (dict "ctx" $). */}}
+{{/* Pod spec of the trainer, shared by the Job and the retraining CronJob: (dict "ctx" $ ["waitForRun" <run id>]). */}}
 {{- define "mlops.trainer.podSpec" -}}
 {{- $values := .ctx.Values.trainer }}
 {{- include "mlops.podDefaults" (dict "ctx" .ctx "values" $values) }}
 restartPolicy: Never
+{{- with .waitForRun }}
+{{- $pipeline := $.ctx.Values.featurePipeline }}
+# The features of this very run first (feature_store.runs): without Argo CD's waves (plain Helm) every Job
+# starts at once, and the trainer would otherwise use up its retries while ingestion runs.
+initContainers:
+  - name: wait-for-features
+    image: {{ include "mlops.image" (dict "image" $pipeline.image "ctx" $.ctx "path" "featurePipeline.image") }}
+    imagePullPolicy: {{ $pipeline.image.pullPolicy }}
+    command: [python, -m, feature_store, wait-run]
+    args: [--run-id={{ . }}, --timeout={{ $pipeline.job.activeDeadlineSeconds }}]
+    env:
+      {{- include "mlops.env" (dict "ctx" $.ctx "blocks" (list "platform" "s3" "data" "feast") "settings" $pipeline.settings) | nindent 6 }}
+    resources:
+      requests: {cpu: 10m, memory: 128Mi}
+      limits: {cpu: 200m, memory: 512Mi}
+    securityContext:
+      {{- toYaml $.ctx.Values.platform.containerSecurityContext | nindent 6 }}
+    volumeMounts:
+      {{- include "mlops.tmpVolumeMount" . | nindent 6 }}
+{{- end }}
 containers:
   - name: trainer
     image: {{ include "mlops.image" (dict "image" $values.image "ctx" .ctx "path" "trainer.image") }}
