@@ -4,10 +4,13 @@ headless Service lets gRPC clients balance over the Triton pods."""
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import chart_invariants as inv
 import pytest
-from chart_tools import Doc
+from chart_tools import REPO, Doc, HelmError, helm_template
+
+PROD = REPO / "argocd" / "environments" / "prod" / "values.yaml"
 
 KEDA = "10-keda"
 
@@ -110,12 +113,21 @@ def test_headless_triton_service_lists_the_ready_triton_pods_for_grpc(render: Ca
     assert headless["ports"] == [{"name": "grpc", "port": 8001, "targetPort": "grpc", "appProtocol": "grpc"}]
     triton = _get(docs, "Deployment", "mlops-triton")["spec"]["template"]["metadata"]["labels"]
     assert all(triton.get(k) == v for k, v in headless["selector"].items())
-    # The BFF keeps the ClusterIP Service until its client balances over the pods (then: bff.settings).
+    # By default the BFF calls the ClusterIP Service; `bff.tritonService: headless` (prod) names every ready pod.
     bff = _get(docs, "Deployment", "mlops-bff")["spec"]["template"]["spec"]["containers"][0]
     assert inv.env_value(bff, "TRITON_GRPC_URL") == "mlops-triton:8001"
-    switched = render({"bff.settings.TRITON_GRPC_URL": "dns:///mlops-triton-headless:8001"})
+    switched = render({"bff.tritonService": "headless"})
     bff = _get(switched, "Deployment", "mlops-bff")["spec"]["template"]["spec"]["containers"][0]
     assert inv.env_value(bff, "TRITON_GRPC_URL") == "dns:///mlops-triton-headless:8001"
     assert "mlops-triton-headless" not in {
         d["metadata"]["name"] for d in render({"triton.headlessService.enabled": False})
     }
+    with pytest.raises(HelmError, match=r"needs triton\.headlessService\.enabled"):
+        render({"bff.tritonService": "headless", "triton.headlessService.enabled": False})
+
+
+def test_prod_bff_balances_over_the_triton_pods(chart_dependencies: Path) -> None:
+    docs = helm_template(value_files=[PROD], set_values={"global.platformImageTag": "0123abc"})
+    bff = _get(docs, "Deployment", "mlops-bff")["spec"]["template"]["spec"]["containers"][0]
+    assert inv.env_value(bff, "TRITON_GRPC_URL") == "dns:///mlops-triton-headless:8001"
+    assert _get(docs, "Service", "mlops-triton-headless")["spec"]["clusterIP"] == "None"

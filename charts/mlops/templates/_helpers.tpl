@@ -424,3 +424,19 @@ spec:
       metadata:
         value: {{ $autoscaling.targetCPUUtilizationPercentage | quote }}
 {{- end }}
+
+{{/*
+The BFF's gRPC target of Triton (TRITON_GRPC_URL). `clusterIP`: the Service, one connection, so each BFF pod
+talks to one Triton pod. `headless`: every ready Triton pod's address through the headless Service, which
+the BFF's channel round-robins over (services/bff/triton.py).
+*/}}
+{{- define "mlops.bff.tritonGrpcTarget" -}}
+{{- if eq .Values.bff.tritonService "headless" }}
+{{- if not .Values.triton.headlessService.enabled }}
+{{- fail "bff.tritonService headless needs triton.headlessService.enabled" }}
+{{- end }}
+{{- printf "dns:///%s-headless:%v" (include "mlops.triton.fullname" .) .Values.triton.ports.grpc }}
+{{- else }}
+{{- printf "%s:%v" (include "mlops.triton.fullname" .) .Values.triton.ports.grpc }}
+{{- end }}
+{{- end }}
