@@ -26,8 +26,6 @@ SERVICE_IMAGES = {
     "log_worker": BUILT_IMAGES["logWorker"],
     "monitor": BUILT_IMAGES["monitor"],
 }
-# Left for the BFF's maintainers to delete (services/bff/ is theirs); the script no longer builds it.
-PENDING_REMOVAL = {"services/bff/Dockerfile"}
 
 
 @pytest.fixture
@@ -69,7 +67,7 @@ def test_dry_run_plans_every_image_and_writes_the_tag(snapshot: tuple[Path, str]
         ("services/Dockerfile", s) for s in services if s in SERVICE_IMAGES
     } | {("charts/mlflow/docker/Dockerfile", "")}
     assert {SERVICE_IMAGES[s] for _, s, _, _ in built if s} == set(BUILT_IMAGES.values()) - {BUILT_IMAGES["mlflow"]}
-    dockerfiles = {name for name in repository_files() if Path(name).name == "Dockerfile"} - PENDING_REMOVAL
+    dockerfiles = {name for name in repository_files() if Path(name).name == "Dockerfile"}
     assert {dockerfile for dockerfile, _, _, _ in built} == dockerfiles, "a Dockerfile the script does not build"
     assert values["global"]["platformImageTag"] == tag
     assert git(repo, "diff", "--name-only") == f"argocd/environments/{environment}/values.yaml"

@@ -22,16 +22,13 @@ PROVIDED_AT_RUN_TIME = {"triton_python_backend_utils"}
 
 
 SHARED = REPO / "services" / "Dockerfile"
-# services/bff/ belongs to the BFF's maintainers, who delete its old Dockerfile; nothing builds it any more
-# (test_build_script checks that every image comes from services/Dockerfile).
-PENDING_REMOVAL = {REPO / "services" / "bff" / "Dockerfile"}
 
 
 def test_every_service_builds_from_the_one_dockerfile(dockerfiles: list[Path]) -> None:
     assert SERVICES, "no services found"
     assert SHARED in dockerfiles
     per_service = {p for p in dockerfiles if p.parent.parent == REPO / "services"}
-    assert per_service <= PENDING_REMOVAL, "a service Dockerfile besides services/Dockerfile"
+    assert per_service == set(), "a service Dockerfile besides services/Dockerfile"
     assert sorted(build_arguments()) == sorted(SERVICES), "the build script builds every service"
     for service in SERVICES:
         assert (REPO / "services" / service / "requirements.txt").is_file(), service
