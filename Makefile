@@ -25,7 +25,7 @@ BFF_URL := http://127.0.0.1:$(BFF_PORT)
 STACK_ENV = eval "$$($(PY) -m devstack env)" &&
 FEATURES_BODY := {"AMT_INCOME_TOTAL": 50000, "AMT_CREDIT": 200000, "AMT_ANNUITY": 15000, "DAYS_BIRTH": -12000, "DAYS_EMPLOYED": -2000, "bureau_credit_count": 3, "bureau_credit_active_count": 1, "bureau_credit_days_enddate_mean": -500, "bureau_amt_credit_sum": 300000, "bureau_amt_credit_sum_overdue": 0}
 
-.PHONY: help setup lock lint fmt test demo demo-drift demo-rollout stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools analyze
+.PHONY: help setup lock lint fmt test demo demo-drift demo-rollout stack-up stack-down stack-reset stack-status data features train serve predict dashboards k8s-tools prometheus-tools analyze bench bench-tools
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -83,7 +83,7 @@ stack-reset: $(VENV)/.installed ## stack-down, then delete all its state: .stack
 stack-status: $(VENV)/.installed ## Health of every stack component
 	$(PY) -m devstack status
 
-test: setup lint k8s-tools prometheus-tools $(MODEL_ANALYZER_VENV)/.installed ## Set up and run every test (unit, integration on the real stack, chart)
+test: setup lint k8s-tools prometheus-tools bench-tools ## Set up and run every test (unit, integration on the real stack, chart)
 	$(VENV)/bin/pytest
 
 data: $(VENV)/.installed ## Synthetic Home Credit CSVs in data/ (kept if present: real Kaggle files win)
@@ -115,6 +115,15 @@ predict: ## The README's three curl calls against the BFF, then the inference-lo
 
 dashboards: $(VENV)/.installed ## Every Grafana dashboard drawn from the local Prometheus: .stack/dashboards/*.png
 	$(STACK_ENV) $(PY) -m dashboards render --range 15m --out .stack/dashboards
+
+bench-tools: $(MODEL_ANALYZER_VENV)/.installed ## wrk (Debian's package) and Model Analyzer + perf_analyzer (.tools/model-analyzer) for the benchmarks (idempotent)
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || { echo "wrk is missing and apt-get could not install it: install Debian's wrk package" >&2; exit 1; }
+
+bench: setup bench-tools ## Every benchmark, one after the other (~35 min on this machine): rewrites benchmarks/results/
+	$(PY) benchmarks/serving/run.py --out benchmarks/results/serving.md
+	$(PY) benchmarks/inference_logging/run.py --out benchmarks/results/inference_logging.md
+	$(PY) benchmarks/inference_logging/table.py --out benchmarks/results/inference_log_table.md
+	$(PY) benchmarks/model_analyzer/run.py
 
 analyze: setup $(MODEL_ANALYZER_VENV)/.installed ## Model Analyzer search (~15 min) + side-by-side check -> benchmarks/results/model_analyzer.md, its PNG
 	$(PY) benchmarks/model_analyzer/run.py

@@ -21,7 +21,6 @@ import os
 import secrets
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +57,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # Enough rows for a stable model and a realistic online store; quick to fit.
 APPLICANTS = 4000
 QUICK_MODEL = {"max_iter": 60}
-PERF_ANALYZER = ROOT / ".tools" / "perf_analyzer" / "perf_analyzer"
+PERF_ANALYZER = ROOT / ".tools" / "model-analyzer" / "bin" / "perf_analyzer"
 TAG = f"bench_{os.getpid()}_{secrets.token_hex(3)}"
 
 
@@ -83,26 +82,11 @@ def load_average() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
-def ensure_perf_analyzer() -> Path:
-    """perf_analyzer from the tritonclient 2.51.0 wheel (newer ones need glibc 2.38), unpacked into
-    the git-ignored ``.tools/perf_analyzer/``; that tritonclient is never installed (it pins protobuf<5)."""
-    if PERF_ANALYZER.exists():
-        return PERF_ANALYZER
-    import zipfile
-
-    PERF_ANALYZER.parent.mkdir(parents=True, exist_ok=True)
-    # uv makes .venv without pip; the venv `make setup` bootstraps uv into has it.
-    pip = ROOT / ".tools" / "uv" / "bin" / "pip"
-    subprocess.run(
-        [str(pip), "download", "--no-deps", "tritonclient==2.51.0", "-d", str(PERF_ANALYZER.parent)],
-        check=True,
-    )
-    wheel = next(PERF_ANALYZER.parent.glob("tritonclient-2.51.0-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
-        member = next(n for n in archive.namelist() if n.endswith("/bin/perf_analyzer"))
-        PERF_ANALYZER.write_bytes(archive.read(member))
-    PERF_ANALYZER.chmod(0o755)
-    wheel.unlink()
+def perf_analyzer_binary() -> Path:
+    """perf_analyzer of the tritonclient 2.51 wheel (newer ones need glibc 2.38), in Model Analyzer's
+    environment (it pins protobuf<5, so never in .venv)."""
+    if not PERF_ANALYZER.exists():
+        raise FileNotFoundError(f"{PERF_ANALYZER} is missing: `make bench-tools` installs it")
     return PERF_ANALYZER
 
 

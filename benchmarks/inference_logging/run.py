@@ -155,8 +155,9 @@ def report(
         "",
         f"Noise: per-phase throughput ranged {spread['off'][0]:,.0f}-{spread['off'][1]:,.0f} req/s with logging off "
         f"and {spread['on'][0]:,.0f}-{spread['on'][1]:,.0f} req/s with it on. The BFF's CPU time per request "
-        "(from `/proc/<pid>/stat`: other tenants' CPU does not count, though CPU steal and cache contention "
-        "still move it) is the closest measure of what logging costs the BFF itself. "
+        "(user + system time of the BFF process and its workers, psutil: other tenants' CPU does not count, "
+        "though CPU steal and cache contention still move it) is the closest measure of what logging costs the "
+        "BFF itself. "
         f"The log worker used {worker_cpu_on:.0f} us of CPU per logged request "
         "(over the whole run, pauses included) on the same cores, plus RabbitMQ's share (not measured).",
         "",
