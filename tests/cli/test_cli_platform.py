@@ -210,7 +210,8 @@ def test_predict_then_logs_query_finds_the_row_by_request_id(cli_serving, traine
         result = invoke(env, "logs", "query", "--request-id", request_id, "--format", "json")
         return result.exit_code == 0 and len(json.loads(result.stdout)) == 1
 
-    wait_for(logged, 60, f"request {request_id} in the inference logs")
+    # Behind the ~10,000 records of the promote test's load, which the worker merges first.
+    wait_for(logged, 180, f"request {request_id} in the inference logs")
     result = mlops(env, "logs", "query", "--request-id", request_id, "--format", "json")
     (row,) = json.loads(result.stdout)
     assert row["applicant_id"] == applicant
