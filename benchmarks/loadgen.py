@@ -20,14 +20,15 @@ import aiohttp
 
 
 @dataclass(frozen=True)
-class LoadResult:
+class Throughput:
+    """What any load measured (this generator's or wrk's, ``benchmarks.wrk``): completed requests over time."""
+
     label: str
     concurrency: int
     rows_per_request: int
     requests: int
     errors: int
     elapsed_s: float
-    latencies_ms: tuple[float, ...]
 
     @property
     def requests_per_s(self) -> float:
@@ -36,6 +37,11 @@ class LoadResult:
     @property
     def rows_per_s(self) -> float:
         return self.requests_per_s * self.rows_per_request
+
+
+@dataclass(frozen=True)
+class LoadResult(Throughput):
+    latencies_ms: tuple[float, ...]
 
     def percentile(self, q: float) -> float:
         if not self.latencies_ms:

@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.loadgen import Throughput
+
 MARKER = "WRK_RESULT "
 # Bodies (one JSON document per line) are read once per thread and sent in turn; non-2xx answers are
 # counted by wrk as status errors.
@@ -53,24 +55,10 @@ class WrkMissingError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class WrkResult:
-    label: str
-    concurrency: int
-    rows_per_request: int
-    requests: int
-    errors: int
-    elapsed_s: float
+class WrkResult(Throughput):
     p50_ms: float
     p95_ms: float
     p99_ms: float
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.requests / self.elapsed_s if self.elapsed_s else 0.0
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.requests_per_s * self.rows_per_request
 
 
 def wrk_binary() -> str:
