@@ -6,6 +6,8 @@ tritonclient's client wraps the same stub in per-call InferInput/InferResult obj
 than the call's own Python work (``benchmarks/serving``, part (e), measures both on the same Triton).
 """
 
+import json
+
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -29,10 +31,28 @@ TRANSIENT_STATUSES = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
-CHANNEL_OPTIONS = (
+SERVICE_CONFIG = {
     # A target naming several addresses (a headless Service: dns:///<release>-triton-headless:8001) gets a
     # connection to each, and calls take them in turn: more Triton pods, more throughput for every BFF pod.
-    ("grpc.lb_policy_name", "round_robin"),
+    "loadBalancingConfig": [{"round_robin": {}}],
+    # A call that dies with its connection (a Triton pod stopped, a connection reset) is sent again, to
+    # another address where the target has several: inference has no side effects, so sending it twice is
+    # safe. gRPC retries only before an answer has started, and within the call's one deadline.
+    "methodConfig": [
+        {
+            "name": [{"service": "inference.GRPCInferenceService", "method": "ModelInfer"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.01s",
+                "maxBackoff": "0.1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+CHANNEL_OPTIONS = (
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
     # Pings keep an idle connection known to be alive through proxies and NAT, as tritonclient does.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 20_000),

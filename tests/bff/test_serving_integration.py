@@ -290,7 +290,17 @@ async def test_calls_are_spread_over_every_address_of_the_triton_target(serving)
         for _ in range(20):
             await predictor.predict(rows)
         assert connected_ports() == {p.port for p in proxies}
+        # A call stuck on the first address when it goes away is sent again to the other one, not failed.
+        proxies[0].stall()
+        calls = [asyncio.create_task(predictor.predict(rows)) for _ in range(4)]
+        for _ in range(200):
+            if proxies[0].held_bytes:
+                break
+            await asyncio.sleep(0.05)
+        assert proxies[0].held_bytes, "no call reached the stalled address"
         proxies[0].down()
+        for probabilities, _ in await asyncio.gather(*calls):
+            assert probabilities.shape == (1,)
         for _ in range(10):
             probabilities, _ = await predictor.predict(rows)
             assert probabilities.shape == (1,)
