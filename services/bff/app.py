@@ -32,6 +32,7 @@ from bff.docs import (
     prediction_operation,
 )
 from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
+from bff.health import DependencyProbe
 from bff.inference_log import InferenceLogPublisher, encode_records
 from bff.limits import BodyLimitMiddleware
 from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware
@@ -74,12 +75,14 @@ class Platform:
         router: Router,
         online: OnlineFeatures,
         logs: InferenceLogPublisher | None,
+        dependencies: DependencyProbe,
     ):
         self.settings = settings
         self.triton = triton
         self.router = router
         self.online = online
         self.logs = logs
+        self.dependencies = dependencies
 
 
 # The dependencies are coroutines: FastAPI runs a plain function in its thread pool, a hop per request.
@@ -245,7 +248,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await logs.start()
         online = OnlineFeatures(store, settings.online_store_timeout_s, settings.feast_registry_refresh_s)
         await online.start()
-        app.state.platform = Platform(settings, triton, router, online, logs)
+        dependencies = DependencyProbe(triton, online, interval_s=settings.dependency_probe_interval_s)
+        await dependencies.start()
+        app.state.platform = Platform(settings, triton, router, online, logs, dependencies)
         # What start-up allocated lives as long as the process: out of the collector's sight, so that
         # collections while serving walk only what requests allocate.
         gc.collect()
@@ -253,6 +258,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await dependencies.close()
             await router.close()
             if logs is not None:
                 await logs.close(settings.log_drain_timeout_s)
@@ -408,16 +414,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["health"],
         summary="Readiness",
         description=(
-            "Whether predictions can be served (the readiness probe): Triton reports the model ready and the "
-            "online store answers a read. 200 when both do, 503 with the same body saying which does not."
+            "The readiness probe: 503 until Triton has reported the model ready and the online store has "
+            "answered, 200 from then on. A dependency that goes down later does not make the pod unready (one "
+            "Triton restart would take every BFF pod out of its Service): predictions get fast 503s with "
+            "`Retry-After`, and the body says which dependency answers now, as `bff_dependency_up` does."
         ),
-        responses={503: {"model": Readiness, "description": "Triton or the online store is not ready"}},
+        responses={503: {"model": Readiness, "description": "Triton or the online store has not answered yet"}},
     )
     async def ready(platform: PlatformDep):
-        state = Readiness(
-            ready=False, triton_model=await platform.triton.model_ready(), online_store=await platform.online.ping()
-        )
-        state.ready = state.triton_model and state.online_store
+        state = await platform.dependencies.check()
         return JSONResponse(state.model_dump(), status_code=200 if state.ready else 503)
 
     app.include_router(api)

@@ -24,6 +24,18 @@ ROWS = Counter("bff_rows_predicted", "Rows scored by the model", registry=REGIST
 IN_FLIGHT = Gauge(
     "bff_in_flight_requests", "Prediction requests being processed", multiprocess_mode="livesum", registry=REGISTRY
 )
+# 1 while the dependency answers (Triton reports the model ready, the online store a ping); every
+# worker checks on its own, and the lowest shows a worker that cannot reach it.
+DEPENDENCY_UP = Gauge(
+    "bff_dependency_up",
+    "Whether a dependency of the BFF answers its check (DEPENDENCY_PROBE_INTERVAL_S)",
+    ["dependency"],
+    multiprocess_mode="livemin",
+    registry=REGISTRY,
+)
+DEPENDENCIES = ("triton_model", "online_store")
+for _dependency in DEPENDENCIES:
+    DEPENDENCY_UP.labels(_dependency)
 
 # The statuses each API route answers with: its documented responses, and 500 for a bug.
 ROUTE_STATUSES = {

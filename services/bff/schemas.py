@@ -217,9 +217,12 @@ class Liveness(BaseModel):
 
 
 class Readiness(BaseModel):
-    ready: bool = Field(description="Both dependencies answer: predictions can be served")
-    triton_model: bool = Field(description="Triton reports the model ready")
-    online_store: bool = Field(description="The online store answers a read")
+    ready: bool = Field(
+        description="Both dependencies have answered since the process started; it then stays true while one "
+        "is down (predictions get fast 503s)"
+    )
+    triton_model: bool = Field(description="Triton reports the model ready now")
+    online_store: bool = Field(description="The online store answers a ping now")
 
 
 class LabelsRequest(BaseModel):

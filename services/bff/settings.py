@@ -49,6 +49,8 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Shadow calls under way at once; a request beyond them is not shadowed (bff_shadow_skipped_total).
     shadow_max_pending: int = Field(64, ge=1)
     online_store_timeout_s: float = Field(1.0, gt=0)
+    # How often Triton's model and the online store are checked for bff_dependency_up (and /health/ready).
+    dependency_probe_interval_s: float = Field(5.0, gt=0)
     # How often the Feast registry (which features to read, and where) is re-read, off the request path.
     feast_registry_refresh_s: float = Field(60.0, gt=0)
     # The most a prediction may spend on the online store and Triton together (503 past it).

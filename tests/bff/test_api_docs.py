@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from bff.app import Platform, create_app
 from bff.errors import DependencyUnavailableError, EntityNotFoundError
+from bff.health import DependencyProbe
 from bff.routing import Router
 from bff.schemas import (
     FEATURES_EXAMPLE,
@@ -98,7 +99,9 @@ class Fakes:
         self.triton = FakeTriton()
         self.app = create_app(settings)
         router = Router(self.triton, refresh_s=1.0, shadow_max_pending=4)  # type: ignore[arg-type]
-        platform = Platform(settings, self.triton, router, FakeOnlineStore(), logs=None)  # type: ignore[arg-type]
+        online = FakeOnlineStore()
+        dependencies = DependencyProbe(self.triton, online, interval_s=1.0)  # type: ignore[arg-type]
+        platform = Platform(settings, self.triton, router, online, None, dependencies)  # type: ignore[arg-type]
         self.app.state.platform = platform  # what the lifespan sets in the service
 
     def client(self) -> httpx.AsyncClient:

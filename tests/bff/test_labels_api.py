@@ -20,7 +20,7 @@ LABEL = {"applicant_id": 100002, "outcome": 1, "observed_at": "2026-11-01T00:00:
 def client_for(settings: Settings) -> httpx.AsyncClient:
     app = create_app(settings)
     # The route needs no Triton and no online store: only the settings.
-    platform = Platform(settings, triton=None, router=None, online=None, logs=None)  # type: ignore[arg-type]
+    platform = Platform(settings, triton=None, router=None, online=None, logs=None, dependencies=None)  # type: ignore[arg-type]
     app.state.platform = platform  # what the lifespan sets in the service
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bff")
 

@@ -64,7 +64,7 @@ def serving():
     logs = Logged()
     settings = Settings()
     app = create_app(settings)
-    platform = Platform(settings, triton, router, NoStore(), logs)  # type: ignore[arg-type]
+    platform = Platform(settings, triton, router, NoStore(), logs, dependencies=None)  # type: ignore[arg-type]
     app.state.platform = platform  # what the lifespan sets in the service
 
     def client() -> httpx.AsyncClient:

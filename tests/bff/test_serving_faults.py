@@ -170,11 +170,14 @@ def test_triton_stopped_and_restarted(trained_platform, s3_server, unique_name, 
         TRITON_GRPC_URL=triton.grpc_url,
         TRITON_HTTP_URL=triton.http_url,
         INFERENCE_LOGGING_ENABLED="false",
+        DEPENDENCY_PROBE_INTERVAL_S="0.5",
     )
     serving = start_serving(env, tmp_path / "logs")
     cleanup.append(serving)
+    triton_up = 'bff_dependency_up{dependency="triton_model"}'
     with serving.client() as client:
         assert client.post("/predict", json=FEATURES_EXAMPLE).status_code == 200
+        assert bff_metric(serving.metrics_url, triton_up) == 1
 
         # Light background load across the whole outage: any answer but 200 or 503 is a failure.
         load = Load(serving.bff_url, threads=1, pause_s=0.1).start()
@@ -191,14 +194,17 @@ def test_triton_stopped_and_restarted(trained_platform, s3_server, unique_name, 
             batch = client.post("/predict/batch", json=[FEATURES_EXAMPLE, features(1)])
             assert batch.status_code == 503, batch.text
             assert "retry-after" in batch.headers
+            # The BFF's own probe sees it; the pod stays ready (in its Service), answering fast 503s.
+            wait_for(lambda: bff_metric(serving.metrics_url, triton_up) == 0, 10, "bff_dependency_up at 0")
             ready = client.get("/health/ready")
-            assert ready.status_code == 503
-            assert ready.json() == {"ready": False, "triton_model": False, "online_store": True}
+            assert ready.status_code == 200
+            assert ready.json() == {"ready": True, "triton_model": False, "online_store": True}
             time.sleep(2.0)  # down for a while, under load
 
             # A fresh Triton on the same ports: explicit mode, nothing loaded.
             triton = own_triton()
-            wait_for(lambda: client.get("/health/ready").status_code == 200, 120, "BFF ready again after the restart")
+            wait_for(lambda: client.get("/health/ready").json()["triton_model"], 120, "the model ready again")
+            assert bff_metric(serving.metrics_url, triton_up) == 1
             after = client.post("/predict", json=FEATURES_EXAMPLE)
             assert after.status_code == 200, after.text
             assert after.json()["model_name"] == env["TRITON_MODEL_NAME"]

@@ -207,6 +207,8 @@ def test_health_metrics_and_docs(serving):
         schema = client.get("/openapi.json").json()
     assert ready.json() == {"ready": True, "triton_model": True, "online_store": True}
     assert 'bff_requests_total{route="/predict",status="200"}' in metrics
+    assert 'bff_dependency_up{dependency="triton_model"} 1.0' in metrics
+    assert 'bff_dependency_up{dependency="online_store"} 1.0' in metrics
     assert "bff_request_duration_seconds_bucket" in metrics
     assert docs.status_code == 200
     assert {"/predict", "/predict/batch"} <= set(schema["paths"])

@@ -294,7 +294,7 @@ def test_model_quality_alerts_fire_on_the_real_conditions(live: LivePlatform) ->
 
 
 def test_alerts_fire_on_the_real_conditions(live: LivePlatform, unique_name) -> None:
-    """Provoked, not simulated: a model Triton refuses, Triton gone (503s, target down)."""
+    """Provoked, not simulated: a model Triton refuses, Triton gone (503s, the BFF's check, target down)."""
     # Model load failed: a model sync whose config asks for a GPU this Triton does not have, scraped at 0
     # failures first, then given a champion to load.
     live.serving.model_sync.stop()
@@ -319,4 +319,5 @@ def test_alerts_fire_on_the_real_conditions(live: LivePlatform, unique_name) -> 
         for _ in range(20):
             assert client.post("/predict", json=FEATURES_EXAMPLE).status_code == 503
     live.wait_for_alert("MlopsBffHighErrorRatio")
+    live.wait_for_alert("MlopsBffDependencyDown")
     live.wait_for_alert("MlopsServingTargetDown")

@@ -12,13 +12,16 @@ from prometheus_client import CollectorRegistry
 def registries() -> dict[str, CollectorRegistry]:
     # bff.inference_log registers the publisher's metrics in the BFF's registry.
     from bff.inference_log import REGISTRY as BFF
-    from bff.metrics import track_routing
+    from bff.metrics import API_KEY_RATE_LIMITED, API_KEY_REQUESTS, track_routing
     from log_worker.worker import REGISTRY as LOG_WORKER
     from mlops_common.rollout import RolloutMode, RolloutPolicy, Routing
     from model_sync.sync import REGISTRY as MODEL_SYNC
 
     # The per-version series exist once a routing names the versions: as during a canary.
     track_routing(None, Routing("1", "2", RolloutPolicy(RolloutMode.CANARY)))
+    # The per-key series exist once API keys are configured (create_app with API_KEYS).
+    for counter in (API_KEY_REQUESTS, API_KEY_RATE_LIMITED):
+        counter.labels("a-key")
     return {"bff": BFF, "log_worker": LOG_WORKER, "model_sync": MODEL_SYNC}
 
 
