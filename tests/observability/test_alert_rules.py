@@ -69,8 +69,13 @@ BROKEN_RULES = {
     ),
     "vanished targets not detected": (
         "MlopsServingTargetMissing",
-        'absent(up{job=~".+-log-worker"})',
-        'absent(up{job=~".+-log-worker-gone"})',
+        'unless on (namespace) up{job=~".+-log-worker"}',
+        'unless on (namespace) up{job=~".+-log-worker|.+-bff"}',
+    ),
+    "a component missing in one namespace hidden by another namespace's": (
+        "MlopsServingTargetMissing",
+        'unless on (namespace) up{job=~".+-triton"}',
+        'unless up{job=~".+-triton"}',
     ),
     "spool-full drops looked for among disk failures": (
         "MlopsInferenceLogSpoolFull",
