@@ -348,7 +348,7 @@ def baseline_server(onnx_path: Path, work: Path) -> Iterator[tuple[str, dict[str
         daemon.stop()
 
 
-# -- (e) the Triton client: tritonclient's aio client vs the generated stub (bff.triton) --------------
+# -- (e) the Triton client: tritonclient's aio client vs the generated stub (mlops_common.triton_client) --------------
 def bench_triton_clients(
     grpc_url: str, model_name: str, *, calls: int = 1000, rounds: int = 4
 ) -> list[dict[str, float | int | str]]:
@@ -357,8 +357,8 @@ def bench_triton_clients(
     its threads: gRPC's poller included)."""
     import tritonclient.grpc.aio as tritonclient
 
-    from bff.triton import TritonPredictor
     from mlops_common.features import FEATURE_NAMES, MODEL_INPUT, MODEL_OUTPUT
+    from mlops_common.triton_client import TritonPredictor
 
     async def measure() -> list[dict[str, float | int | str]]:
         reference = tritonclient.InferenceServerClient(grpc_url)
@@ -374,7 +374,7 @@ def bench_triton_clients(
         async def through_stub(features: np.ndarray) -> None:
             await stub.predict(features)
 
-        clients = {"tritonclient.grpc.aio": through_tritonclient, "generated stub (bff.triton)": through_stub}
+        clients = {"tritonclient.grpc.aio": through_tritonclient, "generated stub (mlops_common.triton_client)": through_stub}
         rows = []
         try:
             for batch in (1, 256):

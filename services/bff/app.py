@@ -31,7 +31,7 @@ from bff.docs import (
     error_responses,
     prediction_operation,
 )
-from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
+from bff.errors import EntityNotFoundError
 from bff.health import DependencyProbe
 from bff.inference_log import InferenceLogPublisher, encode_records
 from bff.limits import BodyLimitMiddleware
@@ -53,13 +53,14 @@ from bff.schemas import (
     ValidationErrorBody,
 )
 from bff.settings import Settings
-from bff.triton import TritonPredictor
 from bff.workers import retire_worker_metrics
+from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY
 from mlops_common.ground_truth import write_labels
 from mlops_common.logging import configure_logging
 from mlops_common.rollout import Role
+from mlops_common.triton_client import TritonPredictor
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = {"Retry-After": "1"}

@@ -12,7 +12,7 @@ import contextlib
 from bff.metrics import DEPENDENCY_UP
 from bff.online_features import OnlineFeatures
 from bff.schemas import Readiness
-from bff.triton import TritonPredictor
+from mlops_common.triton_client import TritonPredictor
 
 
 class DependencyProbe:

@@ -24,7 +24,8 @@ from feast.protos.feast.types.Value_pb2 import Value
 from redis.exceptions import RedisError
 
 from bff.bodies import Rows, feature_names_where
-from bff.errors import DependencyUnavailableError, EntityNotFoundError
+from bff.errors import EntityNotFoundError
+from mlops_common.errors import DependencyUnavailableError
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES, FEATURE_SERVICE
 
 log = logging.getLogger(__name__)

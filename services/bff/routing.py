@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bff.errors import DependencyUnavailableError, InferenceError
 from bff.metrics import SHADOW_SKIPPED, observe_call, observe_shadow, track_routing
-from bff.triton import TritonPredictor
+from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.rollout import SHADOW_ID_SUFFIX, Role, RolloutMode, Routing, routing_key
+from mlops_common.triton_client import TritonPredictor
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import pytest
 from pydantic import BaseModel
 
 from bff.app import Platform, create_app
-from bff.errors import DependencyUnavailableError, EntityNotFoundError
+from bff.errors import EntityNotFoundError
 from bff.health import DependencyProbe
 from bff.routing import Router
 from bff.schemas import (
@@ -36,6 +36,7 @@ from bff.schemas import (
     ValidationErrorBody,
 )
 from bff.settings import Settings
+from mlops_common.errors import DependencyUnavailableError
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
 
 BASE_URL = "http://bff"

@@ -10,10 +10,10 @@ import logging
 import pytest
 from test_api_docs import Fakes
 
-from bff.errors import DependencyUnavailableError
 from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
 from mlops_common import logging as platform_logging
+from mlops_common.errors import DependencyUnavailableError
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from bff.app import Platform, create_app
-from bff.errors import DependencyUnavailableError
 from bff.metrics import REGISTRY
 from bff.routing import Router
 from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
+from mlops_common.errors import DependencyUnavailableError
 from mlops_common.inference_log import InferenceLogRecord
 from mlops_common.rollout import RolloutMode, RolloutPolicy, Routing, routing_key
 

@@ -17,15 +17,16 @@ from platform_fixtures import QUICK_MODEL
 from serving_fixtures import wait_for
 from tcp_proxy import TcpProxy
 
-from bff.errors import DependencyUnavailableError, EntityNotFoundError, InferenceError
+from bff.errors import EntityNotFoundError
 from bff.online_features import OnlineFeatures
 from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
-from bff.triton import TritonPredictor
 from devstack.processes import free_port
+from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import FEATURE_NAMES, FEATURE_SERVICE
 from mlops_common.inference_log import InferenceLogRecord, split_message
+from mlops_common.triton_client import TritonPredictor
 from trainer.model import onnx_probabilities
 from trainer.settings import Settings as TrainerSettings
 from trainer.train import TrainingRequest, train

@@ -1,5 +1,5 @@
-"""The BFF's Triton client: one gRPC channel for the process, one ModelInfer call per version per request
-or batch, and the routing model sync wrote into the model's config.
+"""The platform's Triton client (the BFF, the batch-scoring job): one gRPC channel for the process, one
+ModelInfer call per version per request or batch, and the routing model sync wrote into the model's config.
 
 It calls Triton's generated gRPC stub (KServe v2 protocol) directly with the features as raw bytes:
 tritonclient's client wraps the same stub in per-call InferInput/InferResult objects, which cost more
@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from bff.errors import DependencyUnavailableError, InferenceError
+from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.features import MODEL_INPUT, MODEL_OUTPUT
 from mlops_common.rollout import Routing
 
