@@ -374,7 +374,10 @@ def bench_triton_clients(
         async def through_stub(features: np.ndarray) -> None:
             await stub.predict(features)
 
-        clients = {"tritonclient.grpc.aio": through_tritonclient, "generated stub (mlops_common.triton_client)": through_stub}
+        clients = {
+            "tritonclient.grpc.aio": through_tritonclient,
+            "generated stub (mlops_common.triton_client)": through_stub,
+        }
         rows = []
         try:
             for batch in (1, 256):

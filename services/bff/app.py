@@ -54,6 +54,7 @@ from bff.schemas import (
 )
 from bff.settings import Settings
 from bff.workers import retire_worker_metrics
+from mlops_common.decisions import decide
 from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY
@@ -114,7 +115,7 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
     ROWS.inc(n)
     threshold = platform.settings.decision_threshold
     probabilities = scored.probabilities.tolist()
-    decisions = _decisions(scored.probabilities, threshold)
+    decisions = decide(scored.probabilities, threshold).tolist()
     missing = feature_names_where(np.isnan(rows.matrix))
     model_name = platform.triton.model_name
     answers = [
@@ -153,7 +154,7 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
                 rows,
                 request_ids=shadow.request_ids,
                 probabilities=shadow.probabilities.tolist(),
-                decisions=_decisions(shadow.probabilities, threshold),
+                decisions=decide(shadow.probabilities, threshold).tolist(),
                 versions=[shadow.version] * n,
                 roles=[Role.SHADOW] * n,
                 model_name=model_name,
@@ -162,10 +163,6 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
 
     platform.router.shadow(rows.matrix, scored.probabilities, row_ids, request_id, threshold, log_shadow)
     return Response(orjson.dumps({"predictions": answers} if batch else answers[0]), media_type="application/json")
-
-
-def _decisions(probabilities: np.ndarray, threshold: float) -> list[str]:
-    return np.where(probabilities >= threshold, "reject", "approve").tolist()
 
 
 def _log_inferences(

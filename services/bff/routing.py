@@ -19,7 +19,7 @@ import numpy as np
 from bff.metrics import SHADOW_SKIPPED, observe_call, observe_shadow, track_routing
 from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.rollout import SHADOW_ID_SUFFIX, Role, RolloutMode, Routing, routing_key
-from mlops_common.triton_client import TritonPredictor
+from mlops_common.triton_client import TritonPredictor, check_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,6 @@ class ShadowScored:
     probabilities: np.ndarray
     version: str
     request_ids: list[str]
-
-
-def _check(probabilities: np.ndarray, triton: TritonPredictor, version: str, rows: int) -> np.ndarray:
-    invalid = ~((probabilities >= 0) & (probabilities <= 1))  # NaN compares False: invalid too
-    if invalid.any():
-        raise InferenceError(
-            f"model {triton.model_name} version {version} returned {int(invalid.sum())} probabilities "
-            f"outside [0, 1] (e.g. {probabilities[invalid][0]!r}) for {rows} rows"
-        )
-    return probabilities
 
 
 class Router:
@@ -100,7 +90,7 @@ class Router:
         started = time.perf_counter()
         try:
             probabilities, answered_by = await self.triton.predict(matrix, version=version, request_id=request_id)
-            _check(probabilities, self.triton, answered_by, len(matrix))
+            check_probabilities(probabilities, self.triton.model_name, answered_by)
         except (DependencyUnavailableError, InferenceError):
             observe_call(version or "unknown", role, time.perf_counter() - started, None)
             raise

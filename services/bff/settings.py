@@ -4,10 +4,10 @@ from pydantic import Field, model_validator
 
 from bff.workers import usable_cpus
 from mlops_common.ground_truth import GroundTruthStoreSettings
-from mlops_common.settings import FeastSettings, RabbitSettings, TritonSettings
+from mlops_common.settings import DecisionSettings, FeastSettings, RabbitSettings, TritonSettings
 
 
-class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSettings):
+class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSettings, DecisionSettings):
     """Settings of the prediction BFF (backend for frontend); the S3 fields and LOGS_BUCKET /
     GROUND_TRUTH_PREFIX locate the ground-truth table that ``POST /labels`` writes."""
 
@@ -32,8 +32,6 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # the inference-log publisher has log_drain_timeout_s to flush its buffer and drain the spool to
     # RabbitMQ. A pod's terminationGracePeriodSeconds must cover both (the chart adds them up).
     bff_graceful_shutdown_s: int = Field(10, ge=1)
-    # Probability at or above which the decision is "reject".
-    decision_threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_batch_size: int = Field(256, ge=1)
     # Request bodies over this are refused with 413 before they are parsed (a 256-row batch is ~150 KB,
     # 10,000 labels ~800 KB).

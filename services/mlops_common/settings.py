@@ -7,7 +7,7 @@ Field names map to upper-case environment variables (``s3_endpoint_url`` <- ``S3
 import os
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlops_common.logging import LogFormat
@@ -82,6 +82,11 @@ class TritonSettings(PlatformSettings):
     triton_grpc_url: str = "127.0.0.1:8001"
     triton_http_url: str = "127.0.0.1:8000"
     triton_model_name: str = triton_model_name_for(MlflowSettings.model_fields["registered_model_name"].default)
+
+
+class DecisionSettings(PlatformSettings):
+    # Probability at or above which the decision is "reject": the API's and the batch-scoring job's.
+    decision_threshold: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class RabbitSettings(PlatformSettings):

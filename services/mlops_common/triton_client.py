@@ -106,6 +106,16 @@ class TritonPredictor:
         await self._channel.close()
 
 
+def check_probabilities(probabilities: np.ndarray, model_name: str, version: str) -> None:
+    """A probability outside [0, 1] (NaN too) is an InferenceError: a broken model version, never an answer."""
+    invalid = ~((probabilities >= 0) & (probabilities <= 1))  # NaN compares False: invalid too
+    if invalid.any():
+        raise InferenceError(
+            f"model {model_name} version {version} returned {int(invalid.sum())} probabilities "
+            f"outside [0, 1] (e.g. {probabilities[invalid][0]!r}) for {len(probabilities)} rows"
+        )
+
+
 def _error(err: grpc.aio.AioRpcError) -> Exception:
     if err.code() in TRANSIENT_STATUSES:
         return DependencyUnavailableError(f"triton: {err.details()}")
