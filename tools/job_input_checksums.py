@@ -27,10 +27,12 @@ INPUTS: dict[str, tuple[str, ...]] = {
         "services/mlops_common/features.py",
         "services/mlops_common/raw_tables.py",
     ),
-    # The training code: the model, its dataset split, the quality gate and what is registered.
+    # The training code: the model, its dataset split, the quality gate and what is registered, and how a
+    # training profile becomes hyperparameters (the selected profile itself is an input in the chart).
     "trainer": (
         "services/trainer/*.py",
         "services/mlops_common/reference_profile.py",
+        "services/mlops_common/training_profiles.py",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""python -m trainer [--config FILE] [--param name=value ...]"""
+"""python -m trainer [--profile NAME] [--config FILE] [--param name=value ...] | --list-profiles"""
 
 import argparse
 import json
@@ -11,10 +11,21 @@ import yaml
 
 from mlops_common.logging import configure_logging
 from mlops_common.raw_tables import RawDataError
+from mlops_common.training_profiles import (
+    DEFAULT_PROFILE,
+    TrainingProfile,
+    TrainingProfileError,
+    load_training_profiles,
+    training_profile,
+)
 from trainer.dataset import TrainingDataError
 from trainer.model import ParityError
 from trainer.settings import Settings
 from trainer.train import TrainingRequest, train
+
+PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
+# Tag of the MLflow run and the registered version: the profile the model was trained from.
+PROFILE_TAG = "training_profile"
 
 
 def _parse_value(text: str) -> Any:
@@ -25,11 +36,14 @@ def _parse_value(text: str) -> Any:
 
 
 def _request(args: argparse.Namespace) -> TrainingRequest:
-    config: dict[str, Any] = {}
+    """The profile's recipe, with what the command line sets explicitly on top of it."""
+    profile = training_profile(PROFILES_FILE, args.profile)
+    config = profile.hyperparameters.as_dict()
     if args.config:
-        config = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(config, dict):
-            raise SystemExit(f"{args.config}: expected a mapping of hyperparameters, got {type(config).__name__}")
+        overrides = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(overrides, dict):
+            raise SystemExit(f"{args.config}: expected a mapping of hyperparameters, got {type(overrides).__name__}")
+        config.update(overrides)
     for item in args.param:
         name, sep, value = item.partition("=")
         if not sep or not name:
@@ -41,22 +55,49 @@ def _request(args: argparse.Namespace) -> TrainingRequest:
         if not sep or not key:
             raise SystemExit(f"--tag {item!r}: expected key=value")
         tags[key] = value
+    # A fact of the run, not a label to choose: --tag cannot override it.
+    tags[PROFILE_TAG] = args.profile
     return TrainingRequest(
         hyperparameters=config,
-        holdout_fraction=args.holdout_fraction,
-        seed=args.seed,
+        holdout_fraction=profile.holdout_fraction if args.holdout_fraction is None else args.holdout_fraction,
+        seed=profile.seed if args.seed is None else args.seed,
         label_time=args.label_time,
         promote=not args.no_promote,
         tags=tags,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _resources(profile: TrainingProfile) -> str:
+    requests, limits = profile.resources.requests, profile.resources.limits
+    text = f"cpu {requests.cpu}-{limits.cpu}, memory {requests.memory}-{limits.memory}"
+    if profile.gpu:
+        text += f", {profile.gpu.count} GPU"
+    if profile.node_selector:
+        text += ", nodes " + ",".join(f"{key}={value}" for key, value in profile.node_selector.items())
+    return text
+
+
+def _list_profiles() -> str:
+    profiles = load_training_profiles(PROFILES_FILE)
+    width = max(map(len, profiles))
+    return "\n".join(
+        f"{name:<{width}}  {profile.description}\n{'':<{width}}  {_resources(profile)}"
+        for name, profile in profiles.items()
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Train, export and register the model.")
+    parser.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help=f"training profile of {PROFILES_FILE.name} (default: %(default)s); the options below override it",
+    )
+    parser.add_argument("--list-profiles", action="store_true", help="print the training profiles and exit")
     parser.add_argument("--config", type=Path, help="YAML/JSON file of HistGradientBoosting hyperparameters")
     parser.add_argument("--param", action="append", default=[], help="hyperparameter override, name=value")
-    parser.add_argument("--holdout-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--holdout-fraction", type=float, help="default: the profile's")
+    parser.add_argument("--seed", type=int, help="default: the profile's")
     parser.add_argument("--label-time", type=datetime.fromisoformat, help="ISO time the labels were known")
     parser.add_argument(
         "--no-promote", action="store_true", help="register as challenger only; champion stays where it is"
@@ -64,11 +105,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tag", action="append", default=[], help="key=value recorded on the run and the version (e.g. why it ran)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.list_profiles:
+            print(_list_profiles())
+            return 0
+        request = _request(args)
+    except TrainingProfileError as err:
+        print(f"trainer: {err}", file=sys.stderr)
+        return 2
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
-        result = train(settings, _request(args))
+        result = train(settings, request)
     except (RawDataError, TrainingDataError, ParityError, ValueError) as err:
         print(f"trainer: {err}", file=sys.stderr)
         return 2

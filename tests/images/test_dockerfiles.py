@@ -192,3 +192,9 @@ def test_image_holds_what_the_service_imports(service: str) -> None:
         if not candidates & installed:
             missing[name] = sorted(candidates) or "no distribution in .venv provides it"
     assert missing == {}, f"services/{service}/requirements.txt lacks what the code imports"
+
+
+def test_trainer_image_carries_its_training_profiles() -> None:
+    """`python -m trainer --profile NAME` reads services/trainer/profiles.yaml inside the image."""
+    copied = [p for p in _copied_paths(SHARED, "trainer") if p.is_dir()]
+    assert _in_image(REPO / "services" / "trainer" / "profiles.yaml", copied)
