@@ -1,9 +1,12 @@
 """S3 helpers: one way to build clients, create buckets and publish objects atomically."""
 
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
+import pyarrow.fs as pafs
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -41,6 +44,18 @@ def storage_options(settings: S3Settings) -> dict[str, Any]:
     return options
 
 
+def arrow_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+    """The same S3 for pyarrow's readers and writers (Parquet, CSV), which stream from it in chunks."""
+    endpoint = urlsplit(settings.s3_endpoint_url) if settings.s3_endpoint_url else None
+    return pafs.S3FileSystem(
+        access_key=settings.aws_access_key_id,
+        secret_key=settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None,
+        region=settings.aws_default_region,
+        endpoint_override=endpoint.netloc if endpoint else None,
+        scheme=endpoint.scheme if endpoint else "https",
+    )
+
+
 def ensure_bucket(client: Any, bucket: str) -> None:
     try:
         client.head_bucket(Bucket=bucket)
@@ -68,5 +83,15 @@ def publish_atomically(client: Any, bucket: str, key: str, body: bytes) -> None:
     client.put_object(Bucket=bucket, Key=staging_key, Body=body)
     try:
         client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": staging_key})
+    finally:
+        client.delete_object(Bucket=bucket, Key=staging_key)
+
+
+def publish_file_atomically(client: Any, bucket: str, key: str, path: Path) -> None:
+    """``publish_atomically`` for a local file of any size (multipart upload and copy, both managed by boto3)."""
+    staging_key = f"{STAGING_PREFIX}/{uuid.uuid4().hex}/{key}"
+    client.upload_file(str(path), bucket, staging_key)
+    try:
+        client.copy({"Bucket": bucket, "Key": staging_key}, bucket, key)
     finally:
         client.delete_object(Bucket=bucket, Key=staging_key)

@@ -85,9 +85,16 @@ class TritonPredictor:
 
     async def routing(self) -> Routing | None:
         """The routing in the loaded model's config (None: a config without one, e.g. an older model sync)."""
+        config = await self._config()
+        return Routing.from_parameters({k: v.string_value for k, v in config.parameters.items()})
+
+    async def max_batch_size(self) -> int:
+        """The most rows one call may carry (the config's max_batch_size)."""
+        return (await self._config()).max_batch_size
+
+    async def _config(self):
         request = service_pb2.ModelConfigRequest(name=self.model_name)
-        response = await self._stub.ModelConfig(request, timeout=self.timeout_s)
-        return Routing.from_parameters({k: v.string_value for k, v in response.config.parameters.items()})
+        return (await self._stub.ModelConfig(request, timeout=self.timeout_s)).config
 
     async def version_ready(self, version: str) -> bool:
         return await self._ready(version)
