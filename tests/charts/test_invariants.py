@@ -401,6 +401,9 @@ def test_broken_template_is_reported(tmp_path: Path) -> None:
     charts = tmp_path / "charts"
     shutil.copytree(REPO / "charts", charts, symlinks=True, ignore=shutil.ignore_patterns("*.tgz", "Chart.lock"))
     shutil.copytree(REPO / "observability", tmp_path / "observability")
+    # The targets of the chart's other symlink (files/training-profiles.yaml).
+    (tmp_path / "services/trainer").mkdir(parents=True)
+    shutil.copy2(REPO / "services/trainer/profiles.yaml", tmp_path / "services/trainer/profiles.yaml")
     template = charts / "mlops/templates/bff/deployment.yaml"
     template.write_text(
         template.read_text().replace("{path: /health/ready, port: http}", "{path: /health/ready, port: web}")

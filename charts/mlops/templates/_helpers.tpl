@@ -93,9 +93,27 @@ tools/job_input_checksums.py from the repository) or a new training profile runs
 {{- toJson (dict
       "features" (include "mlops.featurePipeline.inputs" . | sha256sum)
       "code" (.Files.Get "files/job-inputs/trainer.sha256" | trim | required "files/job-inputs/trainer.sha256 is missing from the chart (tools/job_input_checksums.py)")
+      "profile" (dict "name" .Values.trainer.profile "recipe" (pick (include "mlops.trainer.profile" . | fromYaml) "hyperparameters" "holdout_fraction" "seed"))
       "args" .Values.trainer.args
       "settings" .Values.trainer.settings
       "model" .Values.platform.registeredModelName) }}
+{{- end }}
+
+{{/*
+The training profile `trainer.profile` of files/training-profiles.yaml (a symlink to the trainer's own
+services/trainer/profiles.yaml, which the trainer reads for `--profile`), as YAML: fails with the
+profiles' names when there is none of that name. Its recipe (hyperparameters, holdout, seed) is an input
+of the trainer Job; its resources, GPU and nodeSelector are the trainer pods' (values set in
+trainer.resources / trainer.nodeSelector win, key by key).
+*/}}
+{{- define "mlops.trainer.profile" -}}
+{{- $file := .Files.Get "files/training-profiles.yaml" | required "files/training-profiles.yaml is missing from the chart (a symlink to services/trainer/profiles.yaml)" }}
+{{- $profiles := get (fromYaml $file) "profiles" | default dict }}
+{{- $name := .Values.trainer.profile }}
+{{- if not (hasKey $profiles $name) }}
+{{- fail (printf "trainer.profile: no training profile %q in services/trainer/profiles.yaml; profiles: %s" $name (keys $profiles | sortAlpha | join ", ")) }}
+{{- end }}
+{{- toYaml (get $profiles $name) }}
 {{- end }}
 
 {{/* Id of the feature pipeline run of these inputs: the Job records it, the trainer Job waits for it. */}}

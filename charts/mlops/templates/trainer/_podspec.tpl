@@ -1,7 +1,20 @@
 {{/* Pod spec of the trainer, shared by the Job and the retraining CronJob: (dict "ctx" $ ["waitForRun" <run id>]). */}}
 {{- define "mlops.trainer.podSpec" -}}
 {{- $values := .ctx.Values.trainer }}
-{{- include "mlops.podDefaults" (dict "ctx" .ctx "values" $values) }}
+{{- range $values.args }}
+{{- if hasPrefix "--profile" . }}
+{{- fail (printf "trainer.args: %q; set trainer.profile instead (it also gives the pod the profile's resources)" .) }}
+{{- end }}
+{{- end }}
+{{- /* The profile's resources, GPU and nodeSelector, with whatever trainer.resources / trainer.nodeSelector set on top. */}}
+{{- $profile := include "mlops.trainer.profile" .ctx | fromYaml }}
+{{- $resources := deepCopy $profile.resources }}
+{{- with $profile.gpu }}
+{{- $_ := set $resources.limits "nvidia.com/gpu" .count }}
+{{- end }}
+{{- $resources = mustMergeOverwrite $resources (deepCopy $values.resources) }}
+{{- $nodeSelector := mustMergeOverwrite (deepCopy ($profile.nodeSelector | default dict)) (deepCopy $values.nodeSelector) }}
+{{- include "mlops.podDefaults" (dict "ctx" .ctx "values" (merge (dict "nodeSelector" $nodeSelector) $values)) }}
 restartPolicy: Never
 {{- with .waitForRun }}
 {{- $pipeline := $.ctx.Values.featurePipeline }}
@@ -28,14 +41,15 @@ containers:
     image: {{ include "mlops.image" (dict "image" $values.image "ctx" .ctx "path" "trainer.image") }}
     imagePullPolicy: {{ $values.image.pullPolicy }}
     command: [python, -m, trainer]
-    {{- with $values.args }}
     args:
+      - --profile={{ $values.profile }}
+      {{- with $values.args }}
       {{- toYaml . | nindent 6 }}
-    {{- end }}
+      {{- end }}
     env:
       {{- include "mlops.env" (dict "ctx" .ctx "blocks" (list "platform" "s3" "data" "feast" "mlflow") "settings" $values.settings) | nindent 6 }}
     resources:
-      {{- toYaml $values.resources | nindent 6 }}
+      {{- toYaml $resources | nindent 6 }}
     securityContext:
       {{- toYaml .ctx.Values.platform.containerSecurityContext | nindent 6 }}
     volumeMounts:
