@@ -51,7 +51,7 @@ Quantity = Annotated[
 ]
 
 
-def quantity_value(quantity: str) -> float:
+def _quantity_value(quantity: str) -> float:
     """A quantity as a plain number (cores, bytes), to compare a request with its limit."""
     number, unit = _QUANTITY.fullmatch(quantity).groups()
     return float(number) * _UNITS.get(unit or "", 1)
@@ -102,7 +102,7 @@ class Resources(_Strict):
         # Kubernetes rejects such a pod only when the Job is applied; say so while the file is read.
         for name in ("cpu", "memory"):
             request, limit = getattr(self.requests, name), getattr(self.limits, name)
-            if quantity_value(request) > quantity_value(limit):
+            if _quantity_value(request) > _quantity_value(limit):
                 raise ValueError(f"requests.{name} {request} exceeds limits.{name} {limit}")
         return self
 

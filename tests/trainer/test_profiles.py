@@ -194,3 +194,10 @@ def test_a_broken_profiles_file_exits_2_naming_the_field(
         err = capsys.readouterr().err
         assert err.count("\n") == 1
         assert "profile 'default': hyperparameters.lr: unknown hyperparameter" in err
+
+
+def test_an_unquoted_number_is_a_quantity(tmp_path: Path) -> None:
+    """YAML reads `cpu: 8` as a number; Kubernetes and the loader take it as "8"."""
+    path = _write(tmp_path, _with("large", **{"resources.limits.cpu": 8, "resources.requests.cpu": 0.5}))
+    resources = load_training_profiles(path)["large"].resources
+    assert (resources.requests.cpu, resources.limits.cpu) == ("0.5", "8")

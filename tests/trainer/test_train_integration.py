@@ -115,6 +115,9 @@ def test_gate_replaces_a_champion_whose_artifacts_are_gone(
     assert champion.tags["gate.decision"] == "promoted"
     assert champion.tags["gate.champion_version"] == first.version
     assert "cannot be loaded" in champion.tags["gate.reason"]
+    # The CLI's profile (none given: `default`) is recorded on the version and its run.
+    assert champion.tags["training_profile"] == "default"
+    assert client.get_run(champion.run_id).data.tags["training_profile"] == "default"
 
 
 def test_no_promote_keeps_the_champion_and_the_registry_explains_itself(trained_platform, unique_name):
