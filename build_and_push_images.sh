@@ -22,6 +22,7 @@ IMAGES=(
   "mlops-bff|services/Dockerfile|.|SERVICE=bff"
   "mlops-log-worker|services/Dockerfile|.|SERVICE=log_worker"
   "mlops-monitor|services/Dockerfile|.|SERVICE=monitor"
+  "mlops-batch-scoring|services/Dockerfile|.|SERVICE=batch_scoring"
   "mlops-mlflow-server|charts/mlflow/docker/Dockerfile|charts/mlflow/docker|"
 )
 

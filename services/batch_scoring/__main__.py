@@ -4,7 +4,7 @@ import argparse
 import asyncio
 import sys
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from tqdm import tqdm
 
@@ -21,6 +21,8 @@ EXIT_MODEL_ERROR = 4
 
 
 def _as_of(text: str) -> datetime:
+    if text == "now":  # a scheduled run (the chart's CronJob): the portfolio as the store knows it now
+        return datetime.now(UTC)
     try:
         return datetime.fromisoformat(text)
     except ValueError as err:
@@ -43,8 +45,8 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--as-of",
         type=_as_of,
-        help="features from the offline store as of this time (point in time); without --input, "
-        "every applicant the store knows at that time",
+        help="features from the offline store as of this ISO time, or `now` (point in time); without "
+        "--input, every applicant the store knows at that time",
     )
     cli.add_argument("--output", required=True, help="s3://bucket/prefix or a local folder")
     cli.add_argument("--job-id", help="names the output; a rerun with the same id replaces it (default: a new id)")

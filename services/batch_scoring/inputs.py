@@ -37,6 +37,7 @@ FORMATS = (".parquet", ".csv")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # CSV blocks read at a time (~40,000 rows of the ten features).
 CSV_BLOCK_BYTES = 4 << 20
+PARQUET_BUFFER_BYTES = 1 << 20
 
 
 class InputError(ValueError):
@@ -125,7 +126,10 @@ def _open_table(location: Location, chunk_rows: int, *, required: tuple[str, ...
     columns = (*required, ENTITY_KEY) if ENTITY_KEY not in required else required
     try:
         if suffix == ".parquet":
-            parquet = pq.ParquetFile(location.filesystem.open_input_file(location.path))
+            # Buffered column reads: a file written as one big row group streams page by page.
+            parquet = pq.ParquetFile(
+                location.filesystem.open_input_file(location.path), buffer_size=PARQUET_BUFFER_BYTES
+            )
             schema = parquet.schema_arrow
             _check_columns(schema, uri, required)
             present = [c for c in columns if c in schema.names]

@@ -189,9 +189,10 @@ async def _score_into(
     scored = without_features = 0
     chunks = iter(source.chunks)
 
-    def write(table: pa.Table, skipped: int) -> None:
+    async def write(table: pa.Table, skipped: int) -> None:
         nonlocal scored, without_features
-        writer.write_table(table)
+        # Encoding and compressing a chunk takes tens of ms: off the event loop, which keeps Triton busy.
+        await asyncio.to_thread(writer.write_table, table)
         scored += table.num_rows
         without_features += skipped
         progress(table.num_rows + skipped)
@@ -204,9 +205,9 @@ async def _score_into(
                 asyncio.create_task(_score_chunk(chunk, triton, version, batch_rows, in_flight, spec, settings))
             )
             if len(pending) >= CHUNKS_IN_FLIGHT:
-                write(*await pending.popleft())
+                await write(*await pending.popleft())
         while pending:
-            write(*await pending.popleft())
+            await write(*await pending.popleft())
     finally:
         for task in pending:
             task.cancel()

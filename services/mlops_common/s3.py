@@ -88,10 +88,8 @@ def publish_atomically(client: Any, bucket: str, key: str, body: bytes) -> None:
 
 
 def publish_file_atomically(client: Any, bucket: str, key: str, path: Path) -> None:
-    """``publish_atomically`` for a local file of any size (multipart upload and copy, both managed by boto3)."""
-    staging_key = f"{STAGING_PREFIX}/{uuid.uuid4().hex}/{key}"
-    client.upload_file(str(path), bucket, staging_key)
-    try:
-        client.copy({"Bucket": bucket, "Key": staging_key}, bucket, key)
-    finally:
-        client.delete_object(Bucket=bucket, Key=staging_key)
+    """A local file of any size onto ``key``, visible whole or not at all without a staging copy: S3 shows
+    a single PUT once its whole body has arrived and a multipart upload (boto3's above 8 MiB) only at its
+    completion; boto3 aborts the upload on an error, and a killed process leaves an incomplete upload
+    that no reader sees (a bucket lifecycle rule deletes those)."""
+    client.upload_file(str(path), bucket, key)
