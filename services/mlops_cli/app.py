@@ -178,15 +178,20 @@ def train(
     no_promote: Annotated[
         bool, typer.Option("--no-promote", help="register as challenger only; the champion stays where it is")
     ] = False,
-    seed: Annotated[int, typer.Option(help="split and model seed")] = 7,
-    holdout_fraction: Annotated[float, typer.Option(min=0.01, max=0.9)] = 0.2,
+    profile: Annotated[
+        str,
+        typer.Option(help="training profile of services/trainer/profiles.yaml (`python -m trainer --list-profiles`)"),
+    ] = "default",
+    seed: Annotated[int | None, typer.Option(help="split and model seed (default: the profile's)")] = None,
+    holdout_fraction: Annotated[float | None, typer.Option(min=0.01, max=0.9, help="(default: the profile's)")] = None,
 ) -> None:
     """Train, export to ONNX, register in MLflow and gate the champion alias."""
     from trainer.__main__ import main as trainer
 
-    argv = [f"--param={p}" for p in param or []]
+    argv = ["--profile", profile, *(f"--param={p}" for p in param or [])]
     argv += [*(["--config", str(config)] if config else []), *(["--no-promote"] if no_promote else [])]
-    argv += ["--seed", str(seed), "--holdout-fraction", str(holdout_fraction)]
+    argv += [*(["--seed", str(seed)] if seed is not None else [])]
+    argv += [*(["--holdout-fraction", str(holdout_fraction)] if holdout_fraction is not None else [])]
     Settings.export_local_stack_env()
     _delegate(trainer, argv)
 
@@ -427,6 +432,42 @@ def predict(
     if response.status_code >= 400:
         raise CliError(f"prediction API answered {response.status_code}: {response.text[:500]}")
     typer.echo(json.dumps(response.json(), indent=2))
+
+
+@app.command("score")
+def score(
+    output: Annotated[str, typer.Option(help="s3://bucket/prefix or a local folder: <output>/<job id>.parquet")],
+    input_: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            help="s3://bucket/key or a local .parquet/.csv: feature rows; with --as-of, the applicants' ids",
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="features from the offline store as of this ISO time or `now`; alone: every applicant"),
+    ] = None,
+    job_id: Annotated[str | None, typer.Option(help="names the output; a rerun with the same id replaces it")] = None,
+    model_version: Annotated[
+        str | None, typer.Option(help="a version loaded in Triton (default: the champion)")
+    ] = None,
+    in_flight: Annotated[int | None, typer.Option(min=1, help="Triton calls under way at once")] = None,
+) -> None:
+    """Score a whole table through the served model into one Parquet file (`python -m batch_scoring`)."""
+    from batch_scoring.__main__ import main as batch_scoring
+
+    argv = ["--output", output]
+    for flag, value in (
+        ("--input", input_),
+        ("--as-of", as_of),
+        ("--job-id", job_id),
+        ("--model-version", model_version),
+        ("--in-flight", in_flight),
+    ):
+        argv += [flag, str(value)] if value is not None else []
+    Settings.export_local_stack_env()
+    _delegate(batch_scoring, argv)
 
 
 # -- logs ------------------------------------------------------------------------------------------

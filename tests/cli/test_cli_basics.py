@@ -33,6 +33,7 @@ COMMANDS = [
     ["model", "rollback"],
     ["model", "history"],
     ["predict"],
+    ["score"],
     ["logs"],
     ["logs", "query"],
     ["dashboards"],
@@ -54,9 +55,9 @@ def test_bench_names_its_benchmarks_and_refuses_others():
     assert "logging" in result.output
 
 
-def test_train_help_offers_params_config_and_no_promote():
+def test_train_help_offers_params_config_no_promote_and_profiles():
     result = runner.invoke(app, ["train", "--help"])
-    assert all(option in result.output for option in ("--param", "--config", "--no-promote"))
+    assert all(option in result.output for option in ("--param", "--config", "--no-promote", "--profile"))
 
 
 @pytest.fixture
