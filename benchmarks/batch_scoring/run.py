@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -89,6 +90,43 @@ def run_job(env: dict[str, str], source: str, output: str, in_flight: int, job_i
     }
 
 
+def measure(
+    env: dict[str, str],
+    triton: TritonTarget,
+    rows: int,
+    in_flights: list[int],
+    work: Path,
+    *,
+    pa_concurrency: tuple[int, ...] = PA_CONCURRENCY,
+    measurement_ms: int = 3000,
+) -> dict:
+    """perf_analyzer (batch 256) before and after the job at each ``in_flights`` setting, on ``rows`` rows
+    written to a bucket of the run's own in the platform's S3."""
+    s3 = s3_client(settings_from(S3Settings, env))
+    bucket = f"batch-scoring-{secrets.token_hex(4)}"
+    s3.create_bucket(Bucket=bucket)
+    body = io.BytesIO()
+    synthetic_rows(rows).to_parquet(body, index=False)
+    s3.put_object(Bucket=bucket, Key="input/rows.parquet", Body=body.getvalue())
+    source, output = f"s3://{bucket}/input/rows.parquet", f"s3://{bucket}/scores"
+
+    def perf_analyzer(when: str) -> list[dict]:
+        return [
+            {**bench_perf_analyzer(triton, 256, c, work, measurement_ms=measurement_ms), "when": when}
+            for c in pa_concurrency
+        ]
+
+    before = perf_analyzer("before")
+    job_env = {**os.environ, **env, "LOG_LEVEL": "WARNING"}
+    jobs = [run_job(job_env, source, output, n, f"bench-{n}") for n in in_flights]
+    return {
+        "rows": rows,
+        "input_mib": body.tell() / 2**20,
+        "jobs": jobs,
+        "perf_analyzer": before + perf_analyzer("after"),
+    }
+
+
 def report(run: dict) -> str:
     machine = machine_summary()
     best = max(run["perf_analyzer"], key=lambda r: r["rows_per_s"])
@@ -156,7 +194,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch_scoring.md")
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--in-flight", type=int, nargs="+", default=[4, 8], help="job settings to measure")
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[4, 8, 16], help="job settings to measure")
     parser.add_argument("--keep-work", action="store_true", help="keep logs and state under benchmarks/results/tmp")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -164,20 +202,9 @@ def main() -> int:
     started = time.monotonic()
     run: dict = {"command": command_line("benchmarks/batch_scoring/run.py"), "load_at_start": load_average()}
     with work_dir("batch-scoring-", keep=args.keep_work) as work, BenchPlatform.up(work) as platform:
-        run |= {"model_name": platform.model_name, "model_version": platform.model_version, "rows": args.rows}
-        s3 = s3_client(settings_from(S3Settings, platform.env))
-        bucket = "batch-scoring-bench"
-        s3.create_bucket(Bucket=bucket)
-        body = io.BytesIO()
-        synthetic_rows(args.rows).to_parquet(body, index=False)
-        run["input_mib"] = body.tell() / 2**20
-        s3.put_object(Bucket=bucket, Key="input/rows.parquet", Body=body.getvalue())
-        source, output = f"s3://{bucket}/input/rows.parquet", f"s3://{bucket}/scores"
+        run |= {"model_name": platform.model_name, "model_version": platform.model_version}
         triton = TritonTarget(platform.model_name, platform.triton.grpc_url, platform.triton_home.env())
-        run["perf_analyzer"] = [{**bench_perf_analyzer(triton, 256, c, work), "when": "before"} for c in PA_CONCURRENCY]
-        env = {**os.environ, **platform.env, "LOG_LEVEL": "WARNING"}
-        run["jobs"] = [run_job(env, source, output, n, f"bench-{n}") for n in args.in_flight]
-        run["perf_analyzer"] += [{**bench_perf_analyzer(triton, 256, c, work), "when": "after"} for c in PA_CONCURRENCY]
+        run |= measure(platform.env, triton, args.rows, args.in_flight, work)
         run["took_s"] = time.monotonic() - started
         text = report(run)
     write_report(args.out, text)

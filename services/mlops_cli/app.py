@@ -646,14 +646,22 @@ def dashboards(
 class Benchmark(StrEnum):
     serving = "serving"
     logging = "logging"
+    scoring = "scoring"
 
 
-BENCHMARK_SCRIPTS = {Benchmark.serving: "serving/run.py", Benchmark.logging: "inference_logging/run.py"}
+BENCHMARK_SCRIPTS = {
+    Benchmark.serving: "serving/run.py",
+    Benchmark.logging: "inference_logging/run.py",
+    Benchmark.scoring: "batch_scoring/run.py",
+}
 
 
 @app.command("bench")
 def bench(
-    which: Annotated[Benchmark, typer.Argument(help="serving: in-process vs Triton vs the API; logging: its cost")],
+    which: Annotated[
+        Benchmark,
+        typer.Argument(help="serving: in-process vs Triton vs the API; logging: its cost; scoring: the batch job"),
+    ],
     out: Annotated[Path | None, typer.Option(help="write the report here (e.g. benchmarks/results/serving.md)")] = None,
 ) -> None:
     """Run a benchmark of benchmarks/ on its own private stack (minutes; see benchmarks/README.md)."""

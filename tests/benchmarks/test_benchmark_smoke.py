@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.batch_scoring import run as batch_scoring
 from benchmarks.inference_logging import run as logging_cost
 from benchmarks.inference_logging import table
 from benchmarks.serving import run as bench
@@ -94,3 +95,21 @@ def test_table_write_throughput_merges_compacts_and_reads_back(serving, s3_serve
     assert [stretch.table_rows for stretch in result.stretches][-1] == 4 * 50
     section = "\n".join(table.write_section(result, batch_rows=50))
     assert "## 1. Table write throughput" in section
+
+
+def test_batch_scoring_benchmark_measures_the_job_and_perf_analyzer_and_reports(
+    serving, infra_dir, stack_settings, tmp_path
+):
+    env = serving.env
+    home = ensure_triton_home(infra_dir / "triton-home", stack_settings.triton_venv)
+    triton = bench.TritonTarget(env["TRITON_MODEL_NAME"], env["TRITON_GRPC_URL"], home.env())
+    run = {"command": "smoke", "load_at_start": "", "took_s": 0.0, "model_name": "m", "model_version": 1}
+    run |= batch_scoring.measure(env, triton, 3_000, [2], tmp_path, pa_concurrency=(1,), measurement_ms=300)
+    [job] = run["jobs"]
+    assert job["rows"] == 3_000
+    assert job["rows_per_s"] > 0
+    assert job["peak_rss_mib"] > 0
+    assert [r["when"] for r in run["perf_analyzer"]] == ["before", "after"]
+    text = batch_scoring.report(run)
+    assert "| 2 | 3,000 |" in text
+    assert "job rows/s >= 0.8 x perf_analyzer" in text
