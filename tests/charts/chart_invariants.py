@@ -267,10 +267,23 @@ def _feast_placeholders(config_file: str) -> set[str]:
     return {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)} - {None}
 
 
+def argument_only_env(container: Doc) -> set[str]:
+    """Variables from the downward API (fieldRef) that the container's command or args name as `$(NAME)`:
+    Kubernetes expands them into the arguments (the batch-scoring job's `--job-id=$(K8S_JOB_NAME)`), no
+    settings class reads them."""
+    argv = " ".join(str(a) for a in container.get("command", []) + container.get("args", []))
+    return {
+        e["name"]
+        for e in container.get("env", [])
+        if "fieldRef" in e.get("valueFrom", {}) and f"$({e['name']})" in argv
+    }
+
+
 def env_problems(docs: list[Doc]) -> list[str]:
-    """Every variable the chart sets is a field of the service's Settings class, parses as that field,
-    and every field a cluster needs is set: required ones, those whose default points at a
-    developer's machine, and the Feast placeholders of the cluster's feature_store.yaml."""
+    """Every variable the chart sets is a field of the service's Settings class (or a downward-API value
+    expanded into its arguments), parses as that field, and every field a cluster needs is set: required
+    ones, those whose default points at a developer's machine, and the Feast placeholders of the
+    cluster's feature_store.yaml."""
     problems = []
     for owner, template in pod_templates(docs):
         for container in containers(template):
@@ -282,7 +295,8 @@ def env_problems(docs: list[Doc]) -> list[str]:
                 problems.append(f"{where}: runs {service!r}, which has no services/{service}/settings.py")
                 continue
             settings = settings_class(service)
-            env = container.get("env", [])
+            arguments_only = argument_only_env(container)
+            env = [e for e in container.get("env", []) if e["name"] not in arguments_only]
             counts = Counter(e["name"] for e in env)
             problems += [f"{where}: {name} is set {n} times" for name, n in counts.items() if n > 1]
             field_of = {

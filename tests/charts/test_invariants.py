@@ -58,6 +58,7 @@ def test_platform_workloads_run_the_services_and_triton(rendered: dict[str, list
         ("Deployment", "log_worker", ()),
         ("CronJob", "log_worker.maintenance", ()),
         ("Deployment", "monitor", ()),
+        ("CronJob", "batch_scoring", ()),
     }
 
 
@@ -246,6 +247,12 @@ BREAKAGES = {
     "env var no settings class reads": (
         inv.env_problems,
         lambda d: _container(d, "Deployment", "mlops-bff", "bff")["env"].append({"name": "BFF_PROT", "value": "8080"}),
+    ),
+    "downward-API variable the arguments do not use": (
+        inv.env_problems,
+        lambda d: _get(d, "CronJob", "mlops-batch-scoring")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+            "containers"
+        ][0].update(args=["--as-of=now", "--output=s3://mlops-inference-logs/batch-scores"]),
     ),
     "env var of the wrong type": (
         inv.env_problems,

@@ -28,6 +28,8 @@
 {{- define "mlops.bff.fullname" -}}{{ printf "%s-bff" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
 {{- define "mlops.logWorker.fullname" -}}{{ printf "%s-log-worker" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
 {{- define "mlops.monitor.fullname" -}}{{ printf "%s-monitor" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+{{- /* 52 characters at most: a CronJob's, whose controller appends 11 to name its Jobs. */}}
+{{- define "mlops.batchScoring.fullname" -}}{{ printf "%s-batch-scoring" (include "mlops.fullname" .) | trunc 52 | trimSuffix "-" }}{{- end }}
 
 {{/*
 The trainer's retraining CronJob (52 characters at most: the CronJob controller appends 11 to name
@@ -377,6 +379,26 @@ TRITON_MODEL_NAME: {value: {{ .Values.platform.tritonModelName | quote }}}
 {{- end }}
 
 {{/*
+The decision rule's threshold (DECISION_THRESHOLD): one value, platform.decisionThreshold, for the BFF and the
+batch-scoring job, so a batch decides as the API does. Their `settings` may not set it (mlops.refuseDerivedSettings).
+*/}}
+{{- define "mlops.env.decision" -}}
+DECISION_THRESHOLD: {value: {{ include "mlops.number" .Values.platform.decisionThreshold | quote }}}
+{{- end }}
+
+{{/*
+Settings a component's `settings` may not set because the chart derives them from other values:
+(dict "settings" .Values.bff.settings "path" "bff.settings" "derived" (dict "DECISION_THRESHOLD" "platform.decisionThreshold")).
+*/}}
+{{- define "mlops.refuseDerivedSettings" -}}
+{{- range $name, $value := .derived }}
+{{- if hasKey $.settings $name }}
+{{- fail (printf "%s.%s: set %s instead (the chart derives %s from it)" $.path $name $value $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 A container's env: (dict "ctx" $ "blocks" (list "platform" "s3") "own" (dict "BFF_PORT" "8080") "settings" .Values.bff.settings).
 Later sources win: blocks, then the component's own values, then the user's `settings`.
 */}}
@@ -444,17 +466,33 @@ spec:
 {{- end }}
 
 {{/*
-The BFF's gRPC target of Triton (TRITON_GRPC_URL). `clusterIP`: the Service, one connection, so each BFF pod
-talks to one Triton pod. `headless`: every ready Triton pod's address through the headless Service, which
-the BFF's channel round-robins over (services/bff/triton.py).
+A client's gRPC target of Triton (TRITON_GRPC_URL): (dict "ctx" $ "service" .Values.bff.tritonService "path" "bff.tritonService").
+`clusterIP`: the Service, one connection, so the client talks to one Triton pod. `headless`: every ready Triton
+pod's address through the headless Service, which the client's channel round-robins over
+(services/mlops_common/triton_client.py).
 */}}
-{{- define "mlops.bff.tritonGrpcTarget" -}}
-{{- if eq .Values.bff.tritonService "headless" }}
-{{- if not .Values.triton.headlessService.enabled }}
-{{- fail "bff.tritonService headless needs triton.headlessService.enabled" }}
+{{- define "mlops.triton.grpcTarget" -}}
+{{- if eq .service "headless" }}
+{{- if not .ctx.Values.triton.headlessService.enabled }}
+{{- fail (printf "%s headless needs triton.headlessService.enabled" .path) }}
 {{- end }}
-{{- printf "dns:///%s-headless:%v" (include "mlops.triton.fullname" .) .Values.triton.ports.grpc }}
+{{- printf "dns:///%s-headless:%v" (include "mlops.triton.fullname" .ctx) .ctx.Values.triton.ports.grpc }}
 {{- else }}
-{{- printf "%s:%v" (include "mlops.triton.fullname" .) .Values.triton.ports.grpc }}
+{{- printf "%s:%v" (include "mlops.triton.fullname" .ctx) .ctx.Values.triton.ports.grpc }}
 {{- end }}
+{{- end }}
+
+{{/* Triton's HTTP endpoint through its Service (TRITON_HTTP_URL). */}}
+{{- define "mlops.triton.httpUrl" -}}
+{{- printf "%s:%v" (include "mlops.triton.fullname" .) .Values.triton.ports.http }}
+{{- end }}
+
+{{/* Where the batch-scoring job writes (its --output): s3://<batchScoring.output.bucket, else the inference-log bucket>/<prefix>. */}}
+{{- define "mlops.batchScoring.output" -}}
+{{- printf "s3://%s/%s" (.Values.batchScoring.output.bucket | default .Values.platform.buckets.inferenceLogs) .Values.batchScoring.output.prefix }}
+{{- end }}
+
+{{/* The BFF's gRPC target of Triton (bff.tritonService). */}}
+{{- define "mlops.bff.tritonGrpcTarget" -}}
+{{- include "mlops.triton.grpcTarget" (dict "ctx" . "service" .Values.bff.tritonService "path" "bff.tritonService") }}
 {{- end }}

@@ -4,6 +4,7 @@ Building blocks of the NetworkPolicies. The policies allow exactly the data flow
   BFF -> Triton, Redis, RabbitMQ, S3 (Feast registry)                    log worker -> RabbitMQ, S3
   MLflow -> PostgreSQL, S3               clients -> BFF                  Prometheus -> metrics ports
   monitor -> S3, MLflow, and the Kubernetes API server when it starts retraining (networkPolicy.kubernetesApiTo)
+  batch scoring -> S3, Triton (gRPC)
 plus DNS for every client. A backing service replaced by an external endpoint has no pods to select:
 its clients may then reach its port anywhere (the endpoint's address is outside the cluster's view).
 */}}
