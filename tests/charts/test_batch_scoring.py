@@ -76,6 +76,22 @@ def test_cronjob_scores_the_portfolio_as_of_now_and_is_suspended_by_default(rend
     assert (spec_.job_id, spec_.output) == (NAME + SCHEDULED_SUFFIX, "s3://mlops-inference-logs/batch-scores")
 
 
+def test_only_a_dependency_outage_is_retried(render: Callable[..., list[Doc]]) -> None:
+    """The job's exit codes (batch_scoring.__main__): 2 bad request and 4 model error end the Job at once."""
+    from batch_scoring.__main__ import EXIT_BAD_REQUEST, EXIT_DEPENDENCY_UNAVAILABLE, EXIT_MODEL_ERROR
+
+    job = _get(render(), "CronJob", NAME)["spec"]["jobTemplate"]["spec"]
+    [rule] = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"] == {
+        "containerName": NAME.removeprefix("mlops-"),
+        "operator": "In",
+        "values": [EXIT_BAD_REQUEST, EXIT_MODEL_ERROR],
+    }
+    assert EXIT_DEPENDENCY_UNAVAILABLE not in rule["onExitCodes"]["values"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # what podFailurePolicy requires
+
+
 def test_values_reach_the_cronjob(render: Callable[..., list[Doc]]) -> None:
     docs = render(
         {
@@ -265,6 +281,17 @@ def test_network_policies_let_it_reach_triton_grpc_and_s3_only(render: Callable[
     )
     # The checker has teeth: another component is not admitted by Triton on gRPC.
     assert not _reaches(docs, _labels(docs, "Deployment", "mlops-log-worker"), triton, 8001)
+
+
+def test_every_job_writing_to_s3_reaches_minio(render: Callable[..., list[Doc]]) -> None:
+    """Egress alone is not enough: MinIO's own policy must admit each of them (the table maintenance was
+    once missing there, so the nightly compaction could not reach in-cluster MinIO)."""
+    docs = render()
+    minio = _labels(docs, "StatefulSet", "mlops-minio")
+    cronjobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CronJob"}
+    for name in ("mlops-log-worker-maintenance", "mlops-trainer-retrain", "mlops-feature-pipeline-materialize", NAME):
+        labels = cronjobs[name]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        assert _reaches(docs, labels, minio, 9000), name
 
 
 def test_disabled_renders_nothing_of_it(render: Callable[..., list[Doc]]) -> None:
