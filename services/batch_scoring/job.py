@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections import deque
@@ -293,5 +294,5 @@ def _publish(local: Path, target: str, settings: Settings) -> None:
     else:
         Path(location.path).parent.mkdir(parents=True, exist_ok=True)
         staged = Path(location.path).with_suffix(f".{os.getpid()}.tmp")
-        staged.write_bytes(local.read_bytes())
+        shutil.copyfile(local, staged)  # then one rename: readers see the old file or the new one
         staged.replace(location.path)

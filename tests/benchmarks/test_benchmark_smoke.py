@@ -68,7 +68,9 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     assert all(r["rows_per_s"] > 0 for r in run["ort"] + run["perf_analyzer"])
     assert size["trees"] > 0
     assert {(r["client"], r["batch"]) for r in run["triton_clients"] if r["calls"] == 40} == {
-        (client, batch) for client in ("tritonclient.grpc.aio", "generated stub (bff.triton)") for batch in (1, 256)
+        (client, batch)
+        for client in ("tritonclient.grpc.aio", "generated stub (mlops_common.triton_client)")
+        for batch in (1, 256)
     }
     assert all(m.cpu_s["server"] > 0 for results in run["versus"].values() for m in results)
     text = bench.report(run)
