@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ def locate(uri: str, settings: S3Settings) -> Location:
         if "/" not in path.strip("/"):
             raise InputError(f"{uri}: expected s3://<bucket>/<key>")
         return Location(uri, arrow_filesystem(settings), path)
-    return Location(uri, pafs.LocalFileSystem(), str(pafs.LocalFileSystem().normalize_path(uri)))
+    return Location(uri, pafs.LocalFileSystem(), str(Path(uri).resolve()))
 
 
 @dataclass(frozen=True)
