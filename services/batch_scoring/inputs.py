@@ -169,7 +169,8 @@ def _check_columns(schema: pa.Schema, uri: str, required: tuple[str, ...]) -> No
             f"{uri}: missing column(s) {', '.join(missing)} (has {', '.join(schema.names) or 'none'}); "
             "every feature column is required, an empty value is a missing one"
         )
-    for name in (*FEATURE_NAMES, ENTITY_KEY):
+    # Only the columns this input is read for: an ids table may carry anything else.
+    for name in dict.fromkeys((*required, ENTITY_KEY)):
         if name not in schema.names:
             continue
         kind = schema.field(name).type

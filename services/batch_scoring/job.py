@@ -276,14 +276,13 @@ async def _predict(
     for attempt in range(1, attempts + 1):
         try:
             probabilities, answered_by = await triton.predict(features, version=version, request_id=request_id)
+            break
         except DependencyUnavailableError as err:
             if attempt == attempts:
                 raise DependencyUnavailableError(f"{err} (after {attempts} attempts)") from err
             await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempt - 1)))
-            continue
-        check_probabilities(probabilities, triton.model_name, answered_by)
-        return probabilities
-    raise AssertionError("unreachable")
+    check_probabilities(probabilities, triton.model_name, answered_by)
+    return probabilities
 
 
 def _publish(local: Path, target: str, settings: Settings) -> None:
