@@ -96,10 +96,11 @@ features: data ## Raw CSVs -> S3 -> Parquet offline store -> feast apply -> Redi
 train: ## Train, export to ONNX, register in MLflow, gate the champion alias
 	$(STACK_ENV) $(PY) -m trainer
 
-serve: ## Model sync (champion -> Triton), log worker, monitor and BFF as managed daemons
+serve: ## Model sync (champion -> Triton), log worker, monitor, job worker and BFF as managed daemons
 	$(PY) -m devstack start-app model_sync -- $(PY) -m model_sync
 	$(PY) -m devstack start-app log_worker -- $(PY) -m log_worker
 	$(PY) -m devstack start-app monitor -- $(PY) -m monitor
+	$(PY) -m devstack start-app job_worker -- $(PY) -m job_worker
 	$(PY) -m devstack start-app bff --health $(BFF_URL)/health/ready -- $(PY) -m bff
 
 predict: ## The README's three curl calls against the BFF, then the inference-log table in S3

@@ -206,6 +206,7 @@ def platform_env_factory(
     triton_server: TritonServer,
     redis_url: str,
     rabbitmq_url: str,
+    postgres_dsn_factory: Callable[..., str],
     unique_name: Callable[..., str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[[], dict[str, str]]:
@@ -213,6 +214,8 @@ def platform_env_factory(
     servers, with fresh buckets, a unique Feast project and registry, unique queue, experiment and
     model names, and free ports for the services' own listeners."""
     redis_host_port = redis_url.removeprefix("redis://").split("/", 1)[0]
+    # One jobs database for the session (job ids are unique); each environment has a job queue of its own.
+    jobs_database_url = postgres_dsn_factory()
 
     def make() -> dict[str, str]:
         work = tmp_path_factory.mktemp("platform")
@@ -236,6 +239,9 @@ def platform_env_factory(
             "RABBITMQ_URL": rabbitmq_url,
             "INFERENCE_LOG_EXCHANGE": unique_name("inference-logs"),
             "INFERENCE_LOG_QUEUE": unique_name("inference-logs"),
+            "JOBS_DATABASE_URL": jobs_database_url,
+            "JOBS_QUEUE": unique_name("jobs"),
+            "JOB_LOG_DIR": str(work / "jobs"),
             "BFF_HOST": "127.0.0.1",
             "BFF_PORT": str(free_port()),
             "BFF_METRICS_PORT": str(free_port()),
@@ -246,6 +252,7 @@ def platform_env_factory(
             "MODEL_SYNC_METRICS_PORT": str(free_port()),
             "LOG_WORKER_METRICS_PORT": str(free_port()),
             "MONITOR_METRICS_PORT": str(free_port()),
+            "JOB_WORKER_METRICS_PORT": str(free_port()),
         }
 
     return make

@@ -12,6 +12,7 @@ from batch_scoring.inputs import InputError
 from batch_scoring.job import JobSpec, output_uri, run_job
 from batch_scoring.settings import Settings
 from mlops_common.errors import DependencyUnavailableError, InferenceError
+from mlops_common.jobs import JobReporter
 from mlops_common.logging import configure_logging
 
 # Exit codes a caller (a shell, the jobs worker) acts on: fix the request, retry later, or report a bug.
@@ -70,11 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_REQUEST
     configure_logging(settings.log_level, settings.log_format)
     job_id = args.job_id or uuid.uuid4().hex[:12]
+    reporter = JobReporter(settings)
     try:
         spec = JobSpec(job_id, args.output, args.input, args.as_of, args.model_version)
         # A bar on a terminal, nothing in a pod's log (tqdm turns itself off without a TTY).
         with tqdm(unit="rows", unit_scale=True, disable=None, desc=job_id) as bar:
-            result = asyncio.run(run_job(spec, settings, progress=bar.update))
+
+            scored = 0  # bar.n stays 0 where tqdm is off
+
+            def progress(rows: int) -> None:
+                nonlocal scored
+                scored += rows
+                bar.update(rows)
+                reporter.progress(rows_scored=scored)
+
+            result = asyncio.run(run_job(spec, settings, progress=progress))
     except InputError as err:
         print(f"batch_scoring: {err}", file=sys.stderr)
         return EXIT_BAD_REQUEST
@@ -84,6 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     except InferenceError as err:
         print(f"batch_scoring: {err}; nothing was written", file=sys.stderr)
         return EXIT_MODEL_ERROR
+    try:
+        reporter.result(
+            output=result.output,
+            rows_scored=result.rows_scored,
+            rows_without_features=result.rows_without_features,
+            model_name=result.model_name,
+            model_version=result.model_version,
+            seconds=round(result.seconds, 3),
+        )
+    except DependencyUnavailableError as err:  # a rerun writes the same file again, and reports it
+        print(f"batch_scoring: {result.output} is written, but {err}", file=sys.stderr)
+        return EXIT_DEPENDENCY_UNAVAILABLE
     rate = result.rows_scored / result.seconds if result.seconds else 0.0
     print(
         f"job {result.job_id}: scored {result.rows_scored:,} rows with {result.model_name} version "

@@ -1,10 +1,12 @@
 from pydantic import Field
 
+from mlops_common.jobs import JobsSettings
 from mlops_common.settings import DecisionSettings, FeastSettings, TritonSettings
 
 
-class Settings(FeastSettings, TritonSettings, DecisionSettings):
-    """Settings of the batch-scoring job; what it scores and where it writes come from its command line."""
+class Settings(FeastSettings, TritonSettings, DecisionSettings, JobsSettings):
+    """Settings of the batch-scoring job; what it scores and where it writes come from its command line
+    (run by the job worker, it reports into its job's row: ``JOBS_DATABASE_URL``, ``MLOPS_JOB_ID``)."""
 
     # Rows read, scored and written at a time: the job holds a few chunks, whatever the input's size.
     batch_scoring_chunk_rows: int = Field(65_536, ge=1)

@@ -34,6 +34,7 @@ from bff.docs import (
 from bff.errors import EntityNotFoundError
 from bff.health import DependencyProbe
 from bff.inference_log import InferenceLogPublisher, encode_records
+from bff.jobs import Jobs, jobs_router
 from bff.limits import BodyLimitMiddleware
 from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
@@ -231,8 +232,9 @@ def worker_app() -> FastAPI:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    # Prediction and labels routes: the caller is admitted (API key, rate limit) before the body is read.
-    api = APIRouter(route_class=key_checked_route(KeyGate(settings)))
+    # Prediction, labels and jobs routes: the caller is admitted (API key, rate limit) before the body is read.
+    key_checked = key_checked_route(KeyGate(settings))
+    api = APIRouter(route_class=key_checked)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -249,6 +251,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies = DependencyProbe(triton, online, interval_s=settings.dependency_probe_interval_s)
         await dependencies.start()
         app.state.platform = Platform(settings, triton, router, online, logs, dependencies)
+        app.state.jobs = Jobs(settings) if settings.jobs_database_url else None
         # What start-up allocated lives as long as the process: out of the collector's sight, so that
         # collections while serving walk only what requests allocate.
         gc.collect()
@@ -256,6 +259,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if app.state.jobs is not None:
+                await app.state.jobs.close()
             await dependencies.close()
             await router.close()
             if logs is not None:
@@ -424,6 +429,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(state.model_dump(), status_code=200 if state.ready else 503)
 
     app.include_router(api)
+    if settings.jobs_database_url:
+        app.include_router(jobs_router(key_checked, settings.training_profiles_file))
     if settings.api_docs_enabled:
         document_request_models(app)
         if not settings.api_keys_required:

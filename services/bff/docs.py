@@ -125,6 +125,7 @@ def add_offline_docs(app: FastAPI) -> None:
 OPENAPI_TAGS = [
     {"name": "prediction", "description": "Probability of default and approve/reject decision"},
     {"name": "ground truth", "description": "Observed outcomes, joined to the predictions by the quality monitor"},
+    {"name": "jobs", "description": "Batch scoring and training runs on request (where jobs are configured)"},
     {"name": "health", "description": "Kubernetes probes"},
 ]
 

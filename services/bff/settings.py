@@ -1,13 +1,15 @@
 import re
+from pathlib import Path
 
 from pydantic import Field, model_validator
 
 from bff.workers import usable_cpus
 from mlops_common.ground_truth import GroundTruthStoreSettings
-from mlops_common.settings import DecisionSettings, FeastSettings, RabbitSettings, TritonSettings
+from mlops_common.jobs import JobsSettings
+from mlops_common.settings import REPO_ROOT, DecisionSettings, FeastSettings, RabbitSettings, TritonSettings
 
 
-class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSettings, DecisionSettings):
+class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSettings, DecisionSettings, JobsSettings):
     """Settings of the prediction BFF (backend for frontend); the S3 fields and LOGS_BUCKET /
     GROUND_TRUTH_PREFIX locate the ground-truth table that ``POST /labels`` writes."""
 
@@ -20,6 +22,9 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # may come at once after a quiet spell; past them 429 + Retry-After.
     api_key_rate_limit_per_s: float = Field(0.0, ge=0)
     api_key_rate_burst: int = Field(50, ge=1)
+    # The jobs API (bff.jobs) is mounted when JOBS_DATABASE_URL is set; its training profiles are read from
+    # this file (the trainer's own, which the chart mounts from a ConfigMap).
+    training_profiles_file: Path = REPO_ROOT / "services" / "trainer" / "profiles.yaml"
     # /docs, /redoc and /openapi.json (off in the chart's prod values).
     api_docs_enabled: bool = True
     bff_port: int = 8080

@@ -103,7 +103,8 @@ def _status_report(stack: LocalStack) -> tuple[str, bool]:
     instance = StackInstance.load(stack.base_settings.stack_dir)
     identity = (
         f"stack {instance.id} in {stack.base_settings.stack_dir}: MLflow database {instance.mlflow_db_name}, "
-        f"Feast project {instance.feast_project}, RabbitMQ vhost {instance.rabbitmq_vhost}"
+        f"Feast project {instance.feast_project}, RabbitMQ vhost {instance.rabbitmq_vhost}, "
+        f"jobs database {instance.jobs_db_name}"
         if instance
         else f"no stack in {stack.base_settings.stack_dir} yet (make stack-up creates it)"
     )

@@ -3,7 +3,7 @@
 PostgreSQL, Redis and RabbitMQ are the machine's, and outlive any clone and any ``.stack/``. So the
 stack names what it keeps there after an id of its own, chosen once and recorded with those names in
 ``<stack_dir>/stack.json``: a new ``.stack/`` is a new, empty platform (its own MLflow database, Feast
-project and RabbitMQ vhost), and ``reset`` knows exactly what to delete. The record wins over later
+project, RabbitMQ vhost and jobs database), and ``reset`` knows exactly what to delete. The record wins over later
 settings, so a stale ``FEAST_PROJECT`` exported in a shell cannot point a stack at another's state.
 """
 
@@ -31,6 +31,7 @@ class StackInstance:
     mlflow_db_name: str
     feast_project: str
     rabbitmq_vhost: str
+    jobs_db_name: str
 
     @staticmethod
     def path(stack_dir: Path) -> Path:
@@ -42,6 +43,8 @@ class StackInstance:
         path = cls.path(stack_dir)
         try:
             record = json.loads(path.read_text())
+            # A stack recorded before jobs existed gets the jobs database its id would have named.
+            record.setdefault("jobs_db_name", f"jobs_{record['id']}")
             return cls(**{name: str(record[name]) for name in cls.__dataclass_fields__})
         except FileNotFoundError:
             return None
@@ -63,6 +66,7 @@ class StackInstance:
             mlflow_db_name=settings.mlflow_db_name or f"mlflow_{stack_id}",
             feast_project=settings.feast_project or f"credit_default_{stack_id}",
             rabbitmq_vhost=settings.rabbitmq_vhost or f"mlops-{stack_id}",
+            jobs_db_name=settings.jobs_db_name or f"jobs_{stack_id}",
         )
         record = {**asdict(instance), "stack_dir": str(settings.stack_dir.resolve()), "created": time.time()}
         settings.stack_dir.mkdir(parents=True, exist_ok=True)
@@ -79,5 +83,6 @@ class StackInstance:
                 "mlflow_db_name": self.mlflow_db_name,
                 "feast_project": self.feast_project,
                 "rabbitmq_vhost": self.rabbitmq_vhost,
+                "jobs_db_name": self.jobs_db_name,
             }
         )

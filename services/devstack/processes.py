@@ -10,7 +10,6 @@ with the tail of the log.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -26,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlops_common.processes import die_with_parent
+
 HealthCheck = Callable[[], bool]
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 PROCESS_LOCAL_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 
 
-_PR_SET_PDEATHSIG = 1
 # Written to the log before each start, so an error shows only the latest attempt's output.
 START_MARKER = "--- devstack"
 # Ports handed out by free_port in this process: the OS may offer a just-closed port again.
@@ -157,13 +157,6 @@ def process_start_time(pid: int) -> int | None:
 
 def pid_alive(pid: int) -> bool:
     return process_start_time(pid) is not None
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: SIGTERM it when the process that started it dies, so a
-    # test session killed with SIGKILL leaves no servers behind.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -295,7 +288,7 @@ class Daemon:
                     env=env,
                     cwd=self.cwd,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if self.die_with_parent else None,
+                    preexec_fn=die_with_parent if self.die_with_parent else None,
                 )
             except OSError as err:
                 raise DaemonStartError(f"{self.name}: cannot run {self.argv[0]}: {err}") from err

@@ -49,6 +49,7 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     model_sync_metrics_port: int = 9102
     log_worker_metrics_port: int = 9103
     monitor_metrics_port: int = 9104
+    job_worker_metrics_port: int = 9105
     # The monitor's window here (the chart's default is an hour) and its retraining: a local process.
     monitor_window_s: float = Field(default=300.0, ge=10)
 
@@ -71,6 +72,7 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     mlflow_db_name: str | None = None
     feast_project: str | None = None
     rabbitmq_vhost: str | None = None
+    jobs_db_name: str | None = None
 
     # uvicorn workers: one is plenty locally and each costs a few hundred MB.
     mlflow_workers: int = Field(default=1, ge=1)
@@ -128,6 +130,7 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
             "model-sync": f"127.0.0.1:{self.model_sync_metrics_port}",
             "log-worker": f"127.0.0.1:{self.log_worker_metrics_port}",
             "monitor": f"127.0.0.1:{self.monitor_metrics_port}",
+            "job-worker": f"127.0.0.1:{self.job_worker_metrics_port}",
             "rabbitmq": f"{self.rabbitmq_host_port[0]}:{self.rabbitmq_prometheus_port}",
         }
 
@@ -160,6 +163,15 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
         return (
             f"postgresql+psycopg2://{self.mlflow_db_user}{password}@"
             f"{self.postgres_host}:{self.postgres_port}/{quote(self._named('mlflow_db_name'))}"
+        )
+
+    @property
+    def jobs_database_url(self) -> str:
+        """The jobs' database (the jobs API and worker), owned by the same role as MLflow's."""
+        password = f":{quote(self.mlflow_db_password.get_secret_value())}" if self.mlflow_db_password else ""
+        return (
+            f"postgresql://{self.mlflow_db_user}{password}@"
+            f"{self.postgres_host}:{self.postgres_port}/{quote(self._named('jobs_db_name'))}"
         )
 
     @property
@@ -199,6 +211,8 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
             "TRITON_GRPC_URL": self.triton_grpc_url,
             "TRITON_HTTP_URL": self.triton_http_url,
             "RABBITMQ_URL": self.platform_rabbitmq_url,
+            "JOBS_DATABASE_URL": self.jobs_database_url,
+            "JOB_LOG_DIR": str(self.logs_dir / "jobs"),
             "LOG_SPOOL_DIR": str(self.log_spool_dir),
             "MODEL_REPOSITORY": str(self.model_repository),
             "PROMETHEUS_URL": self.prometheus_url,

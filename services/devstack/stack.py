@@ -167,6 +167,7 @@ class LocalStack:
             ("model_sync", s.model_sync_metrics_port, "MODEL_SYNC_METRICS_PORT"),
             ("log_worker", s.log_worker_metrics_port, "LOG_WORKER_METRICS_PORT"),
             ("monitor", s.monitor_metrics_port, "MONITOR_METRICS_PORT"),
+            ("job_worker", s.job_worker_metrics_port, "JOB_WORKER_METRICS_PORT"),
         ]
         return [PortClaim(name, port, setting, ours=name in running) for name, port, setting in claims]
 
@@ -207,6 +208,7 @@ class LocalStack:
         password = s.mlflow_db_password.get_secret_value() if s.mlflow_db_password else None
         sys_svc.ensure_role(admin_dsn, s.mlflow_db_user, password)
         sys_svc.create_database(admin_dsn, s.mlflow_db_name, owner=s.mlflow_db_user, exist_ok=True)
+        sys_svc.create_database(admin_dsn, s.jobs_db_name, owner=s.mlflow_db_user, exist_ok=True)
 
     def _up_rabbitmq(self) -> None:
         s = self.settings
@@ -286,9 +288,10 @@ class LocalStack:
         deleted = []
         if instance is not None:
             admin_dsn = sys_svc.ensure_postgres_for(s)
-            if sys_svc.database_exists(admin_dsn, instance.mlflow_db_name):
-                sys_svc.drop_database(admin_dsn, instance.mlflow_db_name)
-                deleted.append(f"PostgreSQL database {instance.mlflow_db_name}")
+            for database in (instance.mlflow_db_name, instance.jobs_db_name):
+                if sys_svc.database_exists(admin_dsn, database):
+                    sys_svc.drop_database(admin_dsn, database)
+                    deleted.append(f"PostgreSQL database {database}")
             sys_svc.ensure_rabbitmq(*s.rabbitmq_host_port, install=s.install_missing)
             if instance.rabbitmq_vhost in sys_svc.list_vhosts():
                 sys_svc.delete_vhost(instance.rabbitmq_vhost)

@@ -4,11 +4,14 @@ agree (RabbitMQ refuses a redeclaration with different arguments).
 
     exchange (direct) --routing key = queue--> queue (quorum)
         rejected / over the delivery limit --> <exchange>.dlx (direct) --> <queue>.dlq (quorum)
+
+and the jobs' work queue (``JOBS_QUEUE``, quorum, default exchange), declared by the BFF and the job worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 
 import aio_pika
@@ -21,6 +24,9 @@ from mlops_common.settings import RabbitSettings
 # forever. Generous, because RabbitMQ 3.x also counts a requeue after a failed S3 write (the worker
 # waits for S3 to answer before it retries, so an outage costs a message one delivery, not many).
 DELIVERY_LIMIT = 50
+# Deliveries after which the broker drops a job message by itself: only a guard against a message that
+# kills every worker before it can claim it; the row's attempts (JOB_MAX_ATTEMPTS) bound the retries.
+JOB_QUEUE_DELIVERY_LIMIT = 20
 
 
 @dataclass(frozen=True)
@@ -82,3 +88,19 @@ async def declare_topology(
     )
     await queue.bind(exchange, routing_key=topology.routing_key)
     return exchange, queue, dlx
+
+
+async def declare_job_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    """The work queue (quorum: survives a broker restart, counts deliveries); declared by both sides."""
+    return await channel.declare_queue(
+        name, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": JOB_QUEUE_DELIVERY_LIMIT}
+    )
+
+
+def job_message(job_id: str) -> aio_pika.Message:
+    return aio_pika.Message(
+        json.dumps({"job_id": job_id}).encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=job_id,
+    )

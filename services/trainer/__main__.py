@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from mlops_common.errors import DependencyUnavailableError
+from mlops_common.jobs import JobReporter
 from mlops_common.logging import configure_logging
 from mlops_common.raw_tables import RawDataError
 from mlops_common.training_profiles import (
@@ -126,6 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trainer: {err}", file=sys.stderr)
         return 2
     decision = result.decision
+    try:
+        JobReporter(settings).result(
+            registered_model=settings.registered_model_name,
+            version=result.version,
+            run_id=result.run_id,
+            promoted=decision.promoted,
+            gate=decision.reason,
+            holdout_roc_auc=round(result.metrics["holdout_roc_auc"], 6),
+        )
+    except DependencyUnavailableError as err:  # retried: the next attempt registers a version of its own
+        print(f"trainer: version {result.version} is registered, but {err}", file=sys.stderr)
+        return 3
     print(
         f"registered {settings.registered_model_name} version {result.version} (run {result.run_id})\n"
         f"  holdout ROC AUC {result.metrics['holdout_roc_auc']:.4f}, "

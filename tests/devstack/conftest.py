@@ -14,6 +14,8 @@ SETTINGS_MODULES = (
     "model_sync.settings",
     "monitor.settings",
     "trainer.settings",
+    "job_worker.settings",
+    "batch_scoring.settings",
     "devstack.settings",
     "dashboards.settings",
 )
