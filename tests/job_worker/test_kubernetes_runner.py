@@ -10,7 +10,6 @@ import inspect
 import json
 
 import pytest
-
 from job_worker import kubernetes_runner as kr
 from job_worker.kubernetes_runner import (
     EXIT_DISRUPTED,
@@ -178,7 +177,7 @@ def test_a_long_cronjob_name_is_shortened_to_fit_63_characters() -> None:
 
 @pytest.mark.parametrize(("job_id", "attempt"), [("0123456789AB", 1), ("0123", 1), ("../etc/passw", 1), (JOB_ID, 0)])
 def test_a_malformed_job_id_or_attempt_is_refused(job_id: str, attempt: int) -> None:
-    with pytest.raises(ValueError, match="job id|attempt"):
+    with pytest.raises(ValueError, match=r"job id|attempt"):
         job_name("mlops-batch-scoring", job_id, attempt)
 
 
@@ -282,7 +281,9 @@ def test_a_template_without_the_jobs_module_is_refused() -> None:
         job_from_cronjob(SCORING, _train("--profile", "default"))
 
 
-@pytest.mark.parametrize("args", [["--profile", "large"], ["--profile=large"], ["--profile", "default", "--profile=large"]])
+@pytest.mark.parametrize(
+    "args", [["--profile", "large"], ["--profile=large"], ["--profile", "default", "--profile=large"]]
+)
 def test_a_training_job_gets_its_profiles_pod_shape(args: list[str]) -> None:
     job = job_from_cronjob(TRAINING, _train(*args, "--param", "max_iter=500"))
     assert _container(job)["resources"] == SHAPES["large"]["resources"]
@@ -399,9 +400,7 @@ def test_a_job_past_its_deadline_is_not_retried() -> None:
 def test_an_evicted_pod_counts_as_killed_and_an_unknown_end_as_a_failure() -> None:
     evicted = _pod("2026-11-28T12:00:00Z", status={"reason": "Evicted", "message": "The node was low on memory."})
     assert outcome(_job(("Failed", "BackoffLimitExceeded")), [evicted], "batch-scoring") == EXIT_DISRUPTED == 137
-    preempted = _pod(
-        "2026-11-28T12:00:00Z", status={"conditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    )
+    preempted = _pod("2026-11-28T12:00:00Z", status={"conditions": [{"type": "DisruptionTarget", "status": "True"}]})
     assert outcome(_job(("Failed", "BackoffLimitExceeded")), [preempted], "batch-scoring") == 137
     # No pod left, or a pod that says nothing: failed, not retried.
     assert outcome(_job(("Failed", "BackoffLimitExceeded")), [], "batch-scoring") == 1
@@ -449,8 +448,8 @@ def _client_calls() -> set[str]:
 
 def test_every_api_call_is_listed_with_the_right_it_needs() -> None:
     assert _client_calls() == set(kr.CLIENT_CALLS)
-    assert kr.API_RIGHTS == {
+    assert {
         ("batch", "cronjobs"): {"get"},
         ("batch", "jobs"): {"create", "get", "delete"},
         ("", "pods"): {"list"},
-    }
+    } == kr.API_RIGHTS
