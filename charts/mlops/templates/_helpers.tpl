@@ -28,6 +28,7 @@
 {{- define "mlops.bff.fullname" -}}{{ printf "%s-bff" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
 {{- define "mlops.logWorker.fullname" -}}{{ printf "%s-log-worker" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
 {{- define "mlops.monitor.fullname" -}}{{ printf "%s-monitor" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
+{{- define "mlops.jobWorker.fullname" -}}{{ printf "%s-job-worker" (include "mlops.fullname" .) | trunc 63 | trimSuffix "-" }}{{- end }}
 {{- /* 52 characters at most: a CronJob's, whose controller appends 11 to name its Jobs. */}}
 {{- define "mlops.batchScoring.fullname" -}}{{ printf "%s-batch-scoring" (include "mlops.fullname" .) | trunc 52 | trimSuffix "-" }}{{- end }}
 
@@ -37,6 +38,13 @@ its Jobs). One definition for the CronJob itself, the monitor's RETRAIN_CRONJOB 
 Role's resourceNames, so the three cannot drift apart.
 */}}
 {{- define "mlops.trainer.retrainCronJobName" -}}{{ printf "%s-retrain" (include "mlops.trainer.fullname" .) | trunc 52 | trimSuffix "-" }}{{- end }}
+
+{{/*
+The trainer's on-demand CronJob, the template of the training jobs the job worker runs (52 characters at
+most, like every CronJob's name). One definition for the CronJob, the worker's JOB_TEMPLATE_TRAIN and its
+Role's resourceNames.
+*/}}
+{{- define "mlops.trainer.onDemandCronJobName" -}}{{ printf "%s-on-demand" (include "mlops.trainer.fullname" .) | trunc 52 | trimSuffix "-" }}{{- end }}
 
 {{/* Selector labels of a component: (dict "ctx" $ "component" "bff"). Selectors use only these three. */}}
 {{- define "mlops.selectorLabels" -}}

@@ -5,6 +5,8 @@ Building blocks of the NetworkPolicies. The policies allow exactly the data flow
   MLflow -> PostgreSQL, S3               clients -> BFF                  Prometheus -> metrics ports
   monitor -> S3, MLflow, and the Kubernetes API server when it starts retraining (networkPolicy.kubernetesApiTo)
   batch scoring -> S3, Triton (gRPC)
+  with jobs on demand (jobs.enabled): BFF -> jobs database; job worker -> RabbitMQ, jobs database, the
+  Kubernetes API server; the jobs' pods (label mlops.platform/job-reporter) -> jobs database
 plus DNS for every client. A backing service replaced by an external endpoint has no pods to select:
 its clients may then reach its port anywhere (the endpoint's address is outside the cluster's view).
 */}}
@@ -45,6 +47,9 @@ podSelector:
 {{- else if eq .name "postgresql" }}
 {{- if $v.postgresql.enabled }}{chart: postgresql, component: database, port: {{ $v.postgresql.service.port }}}
 {{- else }}{port: {{ $v.mlflow.backendStore.port }}}{{ end }}
+{{- else if eq .name "jobs-database" }}
+{{- if $v.postgresql.enabled }}{chart: postgresql, component: database, port: {{ $v.postgresql.service.port }}}
+{{- else }}{port: {{ $v.jobs.database.port }}}{{ end }}
 {{- else }}
 {{- fail (printf "unknown backing service %q" .name) }}
 {{- end }}

@@ -1,4 +1,24 @@
-{{/* Pod spec of the trainer, shared by the Job and the retraining CronJob: (dict "ctx" $ ["waitForRun" <run id>]). */}}
+{{/*
+What a trainer pod of a training profile gets, as YAML {resources, nodeSelector}: the profile's resources, GPU
+and nodeSelector, with whatever trainer.resources / trainer.nodeSelector set on top. (dict "ctx" $ "profile"
+<the profile's map>). The Job and the CronJobs use it for trainer.profile; the on-demand CronJob also carries
+it for every profile (annotation mlops.platform/training-profiles, read by the job worker).
+*/}}
+{{- define "mlops.trainer.podShape" -}}
+{{- $values := .ctx.Values.trainer }}
+{{- $resources := deepCopy .profile.resources }}
+{{- with .profile.gpu }}
+{{- $_ := set $resources.limits "nvidia.com/gpu" .count }}
+{{- end }}
+{{- $resources = mustMergeOverwrite $resources (deepCopy $values.resources) }}
+{{- $nodeSelector := mustMergeOverwrite (deepCopy (.profile.nodeSelector | default dict)) (deepCopy $values.nodeSelector) }}
+{{- toYaml (dict "resources" $resources "nodeSelector" $nodeSelector) }}
+{{- end }}
+
+{{/*
+Pod spec of the trainer, shared by the Job, the retraining CronJob and the on-demand CronJob:
+(dict "ctx" $ ["waitForRun" <run id>] ["envBlocks" <more mlops.env blocks>]).
+*/}}
 {{- define "mlops.trainer.podSpec" -}}
 {{- $values := .ctx.Values.trainer }}
 {{- range $values.args }}
@@ -6,15 +26,9 @@
 {{- fail (printf "trainer.args: %q; set trainer.profile instead (it also gives the pod the profile's resources)" .) }}
 {{- end }}
 {{- end }}
-{{- /* The profile's resources, GPU and nodeSelector, with whatever trainer.resources / trainer.nodeSelector set on top. */}}
-{{- $profile := include "mlops.trainer.profile" .ctx | fromYaml }}
-{{- $resources := deepCopy $profile.resources }}
-{{- with $profile.gpu }}
-{{- $_ := set $resources.limits "nvidia.com/gpu" .count }}
-{{- end }}
-{{- $resources = mustMergeOverwrite $resources (deepCopy $values.resources) }}
-{{- $nodeSelector := mustMergeOverwrite (deepCopy ($profile.nodeSelector | default dict)) (deepCopy $values.nodeSelector) }}
-{{- include "mlops.podDefaults" (dict "ctx" .ctx "values" (merge (dict "nodeSelector" $nodeSelector) $values)) }}
+{{- $shape := include "mlops.trainer.podShape" (dict "ctx" .ctx "profile" (include "mlops.trainer.profile" .ctx | fromYaml)) | fromYaml }}
+{{- $resources := $shape.resources }}
+{{- include "mlops.podDefaults" (dict "ctx" .ctx "values" (merge (dict "nodeSelector" $shape.nodeSelector) $values)) }}
 restartPolicy: Never
 {{- with .waitForRun }}
 {{- $pipeline := $.ctx.Values.featurePipeline }}
@@ -47,7 +61,7 @@ containers:
       {{- toYaml . | nindent 6 }}
       {{- end }}
     env:
-      {{- include "mlops.env" (dict "ctx" .ctx "blocks" (list "platform" "s3" "data" "feast" "mlflow") "settings" $values.settings) | nindent 6 }}
+      {{- include "mlops.env" (dict "ctx" .ctx "blocks" (concat (list "platform" "s3" "data" "feast" "mlflow") (.envBlocks | default list)) "settings" $values.settings) | nindent 6 }}
     resources:
       {{- toYaml $resources | nindent 6 }}
     securityContext:
