@@ -23,6 +23,7 @@ IMAGES=(
   "mlops-log-worker|services/Dockerfile|.|SERVICE=log_worker"
   "mlops-monitor|services/Dockerfile|.|SERVICE=monitor"
   "mlops-batch-scoring|services/Dockerfile|.|SERVICE=batch_scoring"
+  "mlops-job-worker|services/Dockerfile|.|SERVICE=job_worker"
   "mlops-mlflow-server|charts/mlflow/docker/Dockerfile|charts/mlflow/docker|"
 )
 
