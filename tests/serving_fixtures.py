@@ -106,9 +106,15 @@ def start_serving(env: dict[str, str], logs: Path) -> Serving:
 
 
 @pytest.fixture(scope="module")
-def serving(trained_platform, tmp_path_factory) -> Iterator[Serving]:
-    """Model sync (Python-backend runtime, 1 s interval) + BFF serving the session's champion."""
-    env = {**trained_platform.env, "TRITON_RUNTIME": "python", "SYNC_INTERVAL_S": "1"}
+def serving(trained_platform, unique_name, tmp_path_factory) -> Iterator[Serving]:
+    """Model sync (Python-backend runtime, 1 s interval) + BFF serving the session's champion; a job queue of
+    the module's own (jobs another module queued, and never ran, stay out of its way)."""
+    env = {
+        **trained_platform.env,
+        "TRITON_RUNTIME": "python",
+        "SYNC_INTERVAL_S": "1",
+        "JOBS_QUEUE": unique_name("jobs"),
+    }
     serving = start_serving(env, tmp_path_factory.mktemp("serving-logs"))
     try:
         yield serving

@@ -235,6 +235,7 @@ def jobs_router(route_class: type[APIRoute], profiles_file: Path) -> APIRouter:
         "/profiles",
         response_model=ProfileList,
         response_model_by_alias=True,
+        response_model_exclude_unset=True,  # what the file sets, as it sets it
         summary="The training profiles",
         description="Named training presets (services/trainer/profiles.yaml): hyperparameters, holdout, resources.",
         responses={401: _UNAUTHORIZED, 429: _TOO_MANY},

@@ -32,6 +32,8 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     logs_bucket: str = "mlops-inference-logs"
     mlflow_bucket: str = "mlops-mlflow"
     mlflow_artifacts_prefix: str = "artifacts"
+    # Where the README's scoring jobs write (any bucket the job can reach will do).
+    scores_bucket: str = "mlops-scores"
 
     stack_dir: Path = REPO_ROOT / ".stack"
     # Shared with model_sync (MODEL_REPOSITORY): the directory Triton serves.
@@ -144,7 +146,7 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
 
     @property
     def buckets(self) -> list[str]:
-        return [self.raw_bucket, self.offline_bucket, self.mlflow_bucket, self.logs_bucket]
+        return [self.raw_bucket, self.offline_bucket, self.mlflow_bucket, self.logs_bucket, self.scores_bucket]
 
     @property
     def secret_key(self) -> str:

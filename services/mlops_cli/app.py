@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -66,11 +67,13 @@ model_app = _typer("Model lifecycle: champion/challenger in MLflow, what Triton 
 logs_app = _typer("Inference logs (the Delta table in S3).")
 labels_app = _typer("Ground truth: observed outcomes of applicants (the Delta table beside the logs).")
 rollout_app = _typer("Progressive delivery of the challenger: shadow, canary, the analysis' figures, promote or abort.")
+jobs_app = _typer("Jobs queued through the API (POST /jobs/score, POST /jobs/train): list, show, wait for one.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(model_app, name="model")
 app.add_typer(logs_app, name="logs")
 app.add_typer(labels_app, name="labels")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(jobs_app, name="jobs")
 
 
 @app.callback()
@@ -432,6 +435,62 @@ def predict(
     if response.status_code >= 400:
         raise CliError(f"prediction API answered {response.status_code}: {response.text[:500]}")
     typer.echo(json.dumps(response.json(), indent=2))
+
+
+def _jobs_api(path: str, params: dict | None = None) -> dict:
+    settings = _settings()
+    url = settings.prediction_api_url + path
+    key = settings.mlops_api_key
+    headers = {"X-API-Key": key.get_secret_value()} if key else {}
+    try:
+        response = httpx.get(url, params=params, headers=headers, timeout=settings.http_timeout_s)
+    except httpx.HTTPError as err:
+        raise CliError(f"cannot reach the jobs API at {url}: {type(err).__name__}; is the BFF up?") from None
+    if response.status_code == 404 and path == "/jobs":
+        raise CliError(f"{url}: no jobs API (the BFF mounts it only where JOBS_DATABASE_URL is set)")
+    if response.status_code >= 400:
+        raise CliError(f"jobs API answered {response.status_code}: {response.text[:500]}")
+    return response.json()
+
+
+def _job_line(job: dict) -> str:
+    outcome = job["error"] if job["state"] == "failed" else json.dumps(job["result"] or job["progress"] or {})
+    when = job["created_at"]
+    return f"{job['id']}  {job['kind']:<5}  {job['state']:<9}  attempts {job['attempts']}  {when}  {outcome}"
+
+
+@jobs_app.command("list")
+def jobs_list(
+    kind: Annotated[str | None, typer.Option(help="score or train")] = None,
+    state: Annotated[str | None, typer.Option(help="queued, running, succeeded or failed")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+) -> None:
+    """Recent jobs, newest first."""
+    params = {"limit": limit, **({"kind": kind} if kind else {}), **({"state": state} if state else {})}
+    for job in _jobs_api("/jobs", params)["jobs"]:
+        typer.echo(_job_line(job))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument(help="as POST /jobs/... answered it")]) -> None:
+    """One job, as JSON."""
+    typer.echo(json.dumps(_jobs_api(f"/jobs/{job_id}"), indent=2))
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job_id: Annotated[str, typer.Argument(help="as POST /jobs/... answered it")],
+    timeout: Annotated[float, typer.Option(help="seconds")] = 600.0,
+) -> None:
+    """Wait until the job has succeeded (exit 0) or failed (exit 1, its reason printed)."""
+    deadline = time.monotonic() + timeout
+    while (job := _jobs_api(f"/jobs/{job_id}"))["state"] not in ("succeeded", "failed"):
+        if time.monotonic() > deadline:
+            raise CliError(f"job {job_id} is still {job['state']} after {timeout:g} s")
+        time.sleep(1)
+    typer.echo(_job_line(job))
+    if job["state"] == "failed":
+        raise typer.Exit(1)
 
 
 @app.command("score")

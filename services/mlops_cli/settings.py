@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from mlops_common.ground_truth import GroundTruthStoreSettings
@@ -47,6 +47,8 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, GroundTruthStoreSe
     # The prediction API (the BFF); unset: http://127.0.0.1:<BFF_PORT>.
     bff_url: str | None = None
     bff_port: int = 8080
+    # The API key `mlops jobs` sends where the deployment requires keys (python -m bff.api_keys new NAME).
+    mlops_api_key: SecretStr | None = None
     http_timeout_s: float = Field(10.0, gt=0)
     # Model sync's interval: `--wait` allows a few of them (plus Triton's load) by default.
     sync_interval_s: float = Field(15.0, gt=0)

@@ -10,16 +10,35 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from serving_fixtures import Serving
+
+from devstack.components import app_daemon
+from devstack.processes import free_port
+from devstack.settings import Settings as DevstackSettings
 
 pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 RUNNABLE = re.compile(r"^<!-- runnable:[^>]*-->\n```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
 LOCAL_BFF = "http://127.0.0.1:8080"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def job_worker(serving: Serving, s3_server, tmp_path_factory) -> Iterator[None]:
+    """What `make demo` runs besides the BFF for the jobs blocks: the job worker, and the bucket they write to."""
+    bucket = DevstackSettings.model_fields["scores_bucket"].default
+    s3_server.client().create_bucket(Bucket=bucket)
+    logs = tmp_path_factory.mktemp("readme-job-worker")
+    env = {**serving.env, "JOB_WORKER_METRICS_PORT": str(free_port()), "JOB_LOG_DIR": str(logs / "jobs")}
+    worker = app_daemon("job_worker", "job_worker", logs / "job_worker.log", env=env, die_with_parent=True).start()
+    try:
+        yield
+    finally:
+        worker.stop()
 
 
 def runnable_blocks() -> list[str]:
