@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         spec = JobSpec(job_id, args.output, args.input, args.as_of, args.model_version)
         # A bar on a terminal, nothing in a pod's log (tqdm turns itself off without a TTY).
         with tqdm(unit="rows", unit_scale=True, disable=None, desc=job_id) as bar:
-
             scored = 0  # bar.n stays 0 where tqdm is off
 
             def progress(rows: int) -> None:
