@@ -4,7 +4,8 @@ jobTemplate of one of the chart's suspended CronJobs (``JOB_TEMPLATE_SCORE``: th
 security context, resources and NetworkPolicy the chart gave that CronJob's pods.
 
     start:  read the CronJob -> job_from_cronjob() -> create the Job ``<cronjob>-<job id>-<attempt>``
-            (it exists already: the same attempt was started before, so it is followed, not created again)
+            (it exists already: the same attempt was started before, so it is followed, not created again);
+            a Job of an earlier attempt still running (its worker was killed) is deleted first
     wait:   read the Job every few seconds until it is Complete or Failed -> outcome(): the exit code of
             the job's container (0 when Complete), its reason from failure_message()
     cancel: delete the Job (propagation Background: its pod goes too)
@@ -39,6 +40,7 @@ CLIENT_CALLS = {
     "create_namespaced_job": ("batch", "jobs", "create"),
     "read_namespaced_job": ("batch", "jobs", "get"),
     "delete_namespaced_job": ("batch", "jobs", "delete"),
+    "list_namespaced_job": ("batch", "jobs", "list"),
     "list_namespaced_pod": ("", "pods", "list"),
 }
 # (API group, resource) -> verbs: what the chart's Role for the worker grants (cronjobs by resourceNames).
@@ -293,6 +295,12 @@ def failure_message(job: dict[str, Any], pods: list[dict[str, Any]], container: 
     return "\n".join(parts)[-MESSAGE_MAX_CHARS:]
 
 
+def earlier_attempts(jobs: list[dict[str, Any]], name: str) -> list[str]:
+    """The Jobs of the same job (listed by its job-id label) that still run and are not this attempt's ``name``:
+    a worker killed mid-job leaves its Job running; the next attempt stops it, so one attempt writes at a time."""
+    return sorted(job["metadata"]["name"] for job in jobs if job["metadata"]["name"] != name and finished(job) is None)
+
+
 def attempt_fate(status: int | None) -> int:
     """The exit code an API error stands for: retried (3) when a later call may succeed, else failed (1)."""
     return EXIT_DEPENDENCY_UNAVAILABLE if status is None or status in TRANSIENT_STATUSES else EXIT_FAILED
@@ -441,6 +449,7 @@ class KubernetesRunner:
             return FinishedRun(EXIT_BAD_REQUEST, str(err))
         except TemplateError as err:
             return FinishedRun(EXIT_FAILED, f"CronJob {self.namespace}/{template}: {err}")
+        await self._stop_earlier_attempts(launch, name)
         try:
             await self.call(self.batch.create_namespaced_job, self.namespace, body)
             log.info("job %s attempt %d: created Job %s", launch.job_id, launch.attempt, name)
@@ -455,3 +464,17 @@ class KubernetesRunner:
             # This very attempt was started before (the worker restarted): follow that Job.
             log.info("job %s attempt %d: Job %s exists already; following it", launch.job_id, launch.attempt, name)
         return KubernetesRun(self, name, container)
+
+    async def _stop_earlier_attempts(self, launch: JobLaunch, name: str) -> None:
+        try:
+            jobs = await self.call(
+                self.batch.list_namespaced_job, self.namespace, label_selector=f"{JOB_ID_LABEL}={launch.job_id}"
+            )
+        except self.api_errors as err:
+            log.warning("job %s: could not list its earlier Jobs (%s)", launch.job_id, _short(err))
+            return
+        for other in earlier_attempts(jobs.get("items") or [], name):
+            log.warning(
+                "job %s attempt %d: deleting Job %s of an earlier attempt", launch.job_id, launch.attempt, other
+            )
+            await KubernetesRun(self, other, "").cancel()

@@ -265,7 +265,7 @@ def test_the_role_grants_exactly_what_the_runner_calls(docs: list[Doc]) -> None:
             "resourceNames": [SCORE_TEMPLATE, TRAIN_TEMPLATE],
             "verbs": ["get"],
         },
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "delete", "get"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "delete", "get", "list"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     ]
     # The same rights as the runner's calls need: no more (no watch, update, logs, secrets), no fewer.

@@ -424,6 +424,24 @@ def test_the_failure_message_says_why_with_the_end_of_the_jobs_output() -> None:
     assert message.endswith("the end")
 
 
+def test_a_next_attempt_stops_the_running_jobs_of_earlier_ones() -> None:
+    """A worker killed mid-job leaves its Job running; the next attempt deletes it (and only unfinished ones)."""
+    current = f"mlops-batch-scoring-{JOB_ID}-3"
+
+    def named(name: str, *conditions: tuple[str, str]) -> dict:
+        job = _job(*conditions)
+        job["metadata"]["name"] = name
+        return job
+
+    jobs = [
+        named(f"mlops-batch-scoring-{JOB_ID}-2"),
+        named(f"mlops-batch-scoring-{JOB_ID}-1", ("Failed", "BackoffLimitExceeded")),
+        named(current),
+    ]
+    assert kr.earlier_attempts(jobs, current) == [f"mlops-batch-scoring-{JOB_ID}-2"]
+    assert kr.earlier_attempts([named(current)], current) == []
+
+
 @pytest.mark.parametrize(
     ("status", "code"), [(None, 3), (0, 3), (429, 3), (500, 3), (503, 3), (403, 1), (404, 1), (422, 1)]
 )
@@ -450,6 +468,6 @@ def test_every_api_call_is_listed_with_the_right_it_needs() -> None:
     assert _client_calls() == set(kr.CLIENT_CALLS)
     assert {
         ("batch", "cronjobs"): {"get"},
-        ("batch", "jobs"): {"create", "get", "delete"},
+        ("batch", "jobs"): {"create", "get", "delete", "list"},
         ("", "pods"): {"list"},
     } == kr.API_RIGHTS
