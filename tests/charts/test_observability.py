@@ -34,7 +34,7 @@ RABBITMQ_METRICS = {
 }  # fmt: skip
 # The kubelet's cAdvisor, per container.
 CADVISOR_METRICS = {"container_cpu_usage_seconds_total", "container_memory_working_set_bytes"}
-PLATFORM_METRIC = re.compile(r"\b(?:bff|log_worker|model_sync|monitor|nv|rabbitmq|container)_[a-z0-9_]+\b")
+PLATFORM_METRIC = re.compile(r"\b(?:bff|log_worker|model_sync|monitor|job_worker|nv|rabbitmq|container)_[a-z0-9_]+\b")
 SERIES_SUFFIXES = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count"),
                    "Summary": ("_sum", "_count", "")}  # fmt: skip
 
@@ -52,7 +52,7 @@ def exposed_series() -> set[str]:
     return series | TRITON_METRICS | RABBITMQ_METRICS | CADVISOR_METRICS
 
 
-def test_the_five_dashboards_exist() -> None:
+def test_the_dashboards_exist() -> None:
     assert {p.stem for p in DASHBOARDS} == {
         "platform-overview",
         "bff",
@@ -60,6 +60,7 @@ def test_the_five_dashboards_exist() -> None:
         "log-pipeline",
         "model-quality",
         "model-rollout",
+        "jobs",
     }
 
 

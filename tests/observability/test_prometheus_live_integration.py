@@ -20,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 from observability_files import CLUSTER_ONLY_EXPRESSIONS, GPU_ONLY_EXPRESSIONS, OBSERVABILITY
 from platform_fixtures import QUICK_MODEL, settings_from
+from scoring_tables import feature_table, put_table
 from serving_fixtures import Serving, faults_env, register_onnx, start_serving, wait_for
 
 from bff.api_keys import hash_key, new_key
@@ -50,6 +51,7 @@ class LivePlatform:
     serving: Serving
     log_worker: Daemon
     monitor: Daemon
+    job_worker: Daemon
     prometheus_url: str
 
     def query(self, expr: str) -> list[dict]:
@@ -160,6 +162,10 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         ROLLOUT_ANALYSIS_INTERVAL_S="2",
         ROLLOUT_MIN_CALLS=str(10**9),
         ROUTING_REFRESH_S="0.2",
+        JOBS_QUEUE=unique_name("jobs"),
+        JOB_WORKER_METRICS_PORT=str(free_port()),
+        JOB_LOG_DIR=str(work / "logs" / "jobs"),
+        JOB_STATS_INTERVAL_S=str(SCRAPE_INTERVAL_S),
     )
     trained = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
         trained_platform.env["REGISTERED_MODEL_NAME"], "champion"
@@ -177,6 +183,7 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         "model-sync": f"127.0.0.1:{env['MODEL_SYNC_METRICS_PORT']}",
         "log-worker": f"127.0.0.1:{env['LOG_WORKER_METRICS_PORT']}",
         "monitor": f"127.0.0.1:{env['MONITOR_METRICS_PORT']}",
+        "job-worker": f"127.0.0.1:{env['JOB_WORKER_METRICS_PORT']}",
         "rabbitmq": f"{stack.rabbitmq_host_port[0]}:{stack.rabbitmq_prometheus_port}",
     }
     config = work / "prometheus" / "prometheus.yml"
@@ -184,16 +191,20 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
     prometheus = prometheus_daemon(
         config, work / "prometheus" / "data", prometheus_port, work / "logs" / "prometheus.log", die_with_parent=True
     ).start()
-    serving = log_worker = monitor = None
+    serving = log_worker = monitor = job_worker = None
     try:
         serving = start_serving(env, work / "logs")
         log_worker = app_daemon(
             "log_worker", "log_worker", work / "logs" / "log_worker.log", env=env, die_with_parent=True
         ).start()
         monitor = app_daemon("monitor", "monitor", work / "logs" / "monitor.log", env=env, die_with_parent=True).start()
-        yield LivePlatform(env, triton, serving, log_worker, monitor, prometheus.address)
+        job_worker = app_daemon(
+            "job_worker", "job_worker", work / "logs" / "job_worker.log", env=env, die_with_parent=True
+        ).start()
+        yield LivePlatform(env, triton, serving, log_worker, monitor, job_worker, prometheus.address)
     finally:
         for daemon in (
+            job_worker,
             monitor,
             log_worker,
             serving and serving.bff,
@@ -205,7 +216,19 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
                 daemon.stop()
 
 
-def test_every_dashboard_query_returns_data(live: LivePlatform) -> None:
+def score_job(live: LivePlatform, s3_server) -> None:
+    """One scoring job through the API, for the jobs dashboard (rows scored, an attempt's duration)."""
+    bucket = s3_server.new_bucket("scores")
+    source = put_table(s3_server, bucket, "in/rows.parquet", feature_table(500))
+    with httpx.Client(base_url=live.serving.bff_url, timeout=15, headers=KEYED) as client:
+        answer = client.post("/jobs/score", json={"input": source, "output": f"s3://{bucket}/out"})
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        wait_for(lambda: client.get(f"/jobs/{job_id}").json()["state"] == "succeeded", 120, f"job {job_id} succeeded")
+
+
+def test_every_dashboard_query_returns_data(live: LivePlatform, s3_server) -> None:
+    score_job(live, s3_server)
     traffic(live.serving.bff_url, rounds=5)
     with steady_traffic(live.serving.bff_url):
         # The monitor's figures need the logs in the table (log worker) and a window over them.
@@ -240,6 +263,7 @@ def test_every_dashboard_query_returns_data(live: LivePlatform) -> None:
         ("mlops-triton", "sync-metrics"),
         ("mlops-log-worker", "metrics"),
         ("mlops-monitor", "metrics"),
+        ("mlops-job-worker", "metrics"),
         ("mlops-rabbitmq", "prometheus"),
     }
 

@@ -13,6 +13,7 @@ def registries() -> dict[str, CollectorRegistry]:
     # bff.inference_log registers the publisher's metrics in the BFF's registry.
     from bff.inference_log import REGISTRY as BFF
     from bff.metrics import API_KEY_RATE_LIMITED, API_KEY_REQUESTS, track_routing
+    from job_worker.worker import REGISTRY as JOB_WORKER
     from log_worker.worker import REGISTRY as LOG_WORKER
     from mlops_common.rollout import RolloutMode, RolloutPolicy, Routing
     from model_sync.sync import REGISTRY as MODEL_SYNC
@@ -22,7 +23,7 @@ def registries() -> dict[str, CollectorRegistry]:
     # The per-key series exist once API keys are configured (create_app with API_KEYS).
     for counter in (API_KEY_REQUESTS, API_KEY_RATE_LIMITED):
         counter.labels("a-key")
-    return {"bff": BFF, "log_worker": LOG_WORKER, "model_sync": MODEL_SYNC}
+    return {"bff": BFF, "log_worker": LOG_WORKER, "model_sync": MODEL_SYNC, "job_worker": JOB_WORKER}
 
 
 def service_label_names(registries: dict[str, CollectorRegistry]) -> dict[str, set[str]]:
