@@ -19,7 +19,9 @@ def runner_for(settings: Settings) -> Runner:
         from job_worker.kubernetes_runner import KubernetesRunner  # the cluster's client, only where it runs
 
         return KubernetesRunner(
-            settings.job_namespace, {"score": settings.job_template_score, "train": settings.job_template_train}
+            settings.job_namespace,
+            {"score": settings.job_template_score, "train": settings.job_template_train},
+            timeout_s=settings.job_timeout_s,
         )
     return LocalRunner(settings.job_log_dir)
 

@@ -24,7 +24,7 @@ class Settings(JobsSettings, RabbitSettings):
     # Kubernetes runner: the namespace and the CronJobs whose jobTemplate each kind of job is made from.
     job_namespace: str = "default"
     job_template_score: str = "mlops-batch-scoring"
-    job_template_train: str = "mlops-trainer"
+    job_template_train: str = "mlops-trainer-on-demand"
     job_worker_metrics_port: int = 9105
     # How often the queue depth and the jobs by state are read for the metrics.
     job_stats_interval_s: float = Field(15.0, gt=0)
