@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from batch_scoring.inputs import InputError
-from batch_scoring.job import METADATA_KEY, JobSpec, run_job
-from batch_scoring.settings import Settings
 from credit_features import offline_path
 from platform_fixtures import settings_from
 from scoring_tables import feature_table, output_keys, put_table, read_scores
 
+from batch_scoring.inputs import InputError
+from batch_scoring.job import METADATA_KEY, JobSpec, run_job
+from batch_scoring.settings import Settings
 from devstack.processes import free_port
 from feature_store.pipeline import apply
 from feature_store.settings import Settings as PipelineSettings

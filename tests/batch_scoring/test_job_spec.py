@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 import pytest
+
 from batch_scoring.__main__ import EXIT_BAD_REQUEST, main
 from batch_scoring.inputs import InputError
 from batch_scoring.job import JobSpec, output_uri

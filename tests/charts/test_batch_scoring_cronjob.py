@@ -9,10 +9,10 @@ from pathlib import Path
 import chart_invariants as inv
 import pytest
 import yaml
-from batch_scoring.__main__ import parser
-from batch_scoring.job import JOB_ID, JobSpec
 from chart_tools import REPO, Doc, HelmError, helm_template
 
+from batch_scoring.__main__ import parser
+from batch_scoring.job import JOB_ID, JobSpec
 from mlops_common.settings import DecisionSettings
 
 PROD = REPO / "argocd" / "environments" / "prod" / "values.yaml"

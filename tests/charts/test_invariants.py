@@ -394,10 +394,17 @@ def test_broken_render_is_reported(rendered: dict[str, list[Doc]], breakage: str
     assert check(_broken(rendered, mutate)), f"{check.__name__} did not notice: {breakage}"
 
 
-def test_every_service_with_settings_is_deployed(rendered: dict[str, list[Doc]]) -> None:
+def test_every_service_with_settings_is_deployed(rendered: dict[str, list[Doc]], render) -> None:
     """A new service package with a settings.py needs a workload in the chart (devstack, dashboards and
-    mlops_cli, the local stack, its pictures of the dashboards and the operator's CLI, are local only)."""
-    deployed = {python_service(c) for _, t in pod_templates(rendered["01-default"]) for c in inv.containers(t)}
+    mlops_cli, the local stack, its pictures of the dashboards and the operator's CLI, are local only);
+    the job worker where jobs are on."""
+    with_jobs = render({"jobs.enabled": True, "bff.apiKeys.required": True, "bff.apiKeys.existingSecret": "keys"})
+    deployed = {
+        python_service(c)
+        for docs in (rendered["01-default"], with_jobs)
+        for _, t in pod_templates(docs)
+        for c in inv.containers(t)
+    }
     local_only = {"mlops_common", "devstack", "dashboards", "mlops_cli"}
     services = {p.parent.name for p in (REPO / "services").glob("*/settings.py")} - local_only
     assert services <= deployed, services - deployed

@@ -37,10 +37,10 @@ from chart_tools import (
     validate_builtin_kinds,
     validate_custom_resources,
 )
-from job_worker import kubernetes_runner as kr
-from job_worker.runners import JobLaunch
 from test_security_scan import EXPLAINED
 
+from job_worker import kubernetes_runner as kr
+from job_worker.runners import JobLaunch
 from mlops_common.jobs import ScoreJobRequest, TrainJobRequest
 
 DEFAULT = CI_VALUES[0]

@@ -53,7 +53,13 @@ def test_settings_follow_platform_addresses() -> None:
     # psycopg2 explicitly (SQLAlchemy 2.1 would pick psycopg 3), password URL-quoted.
     assert settings.mlflow_backend_store_uri == "postgresql+psycopg2://mlflow:p%40ss%20word@127.0.0.1:5432/mlflow"
     assert settings.mlflow_artifacts_destination == "s3://mlops-mlflow/artifacts"
-    assert set(settings.buckets) == {"mlops-raw", "mlops-offline", "mlops-mlflow", "mlops-inference-logs", "mlops-scores"}
+    assert set(settings.buckets) == {
+        "mlops-raw",
+        "mlops-offline",
+        "mlops-mlflow",
+        "mlops-inference-logs",
+        "mlops-scores",
+    }
 
 
 def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:

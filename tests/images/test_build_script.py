@@ -14,7 +14,7 @@ CHART_VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 MLFLOW_VALUES = yaml.safe_load((REPO / "charts/mlflow/values.yaml").read_text())
 BUILT_IMAGES = {
     block: CHART_VALUES[block]["image"]["repository"]
-    for block in ("featurePipeline", "trainer", "modelSync", "bff", "logWorker", "monitor", "batchScoring")
+    for block in ("featurePipeline", "trainer", "modelSync", "bff", "logWorker", "monitor", "batchScoring", "jobWorker")
 }
 BUILT_IMAGES["mlflow"] = MLFLOW_VALUES["image"]["repository"]
 # The SERVICE build argument of services/Dockerfile -> the image repository the chart runs it from.
@@ -26,6 +26,7 @@ SERVICE_IMAGES = {
     "log_worker": BUILT_IMAGES["logWorker"],
     "monitor": BUILT_IMAGES["monitor"],
     "batch_scoring": BUILT_IMAGES["batchScoring"],
+    "job_worker": BUILT_IMAGES["jobWorker"],
 }
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from pydantic import SecretStr
+
 from job_worker.runners import JobLaunch, LocalRun
 from job_worker.settings import Settings
 from job_worker.worker import JobWorker
-from pydantic import SecretStr
-
 from mlops_common.jobs import Job, JobKind, JobState, JobStore, ScoreJobRequest
 from mlops_common.rabbit import declare_job_queue, job_message
 

@@ -10,6 +10,7 @@ import inspect
 import json
 
 import pytest
+
 from job_worker import kubernetes_runner as kr
 from job_worker.kubernetes_runner import (
     EXIT_DISRUPTED,
