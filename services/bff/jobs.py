@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 PUBLISH_TIMEOUT_S = 5.0
+# Per BFF worker process: job requests are few, and each holds a connection for milliseconds.
+DATABASE_CONNECTIONS = 4
 PROFILE_DOC = "a profile of GET /profiles"
 SCORE_EXAMPLE = {"as_of": "now", "output": "s3://mlops-scores/daily"}
 TRAIN_EXAMPLE = {"profile": "small", "hyperparameters": {"max_iter": 50}}
@@ -87,12 +89,14 @@ class Jobs:
     """The jobs' database and queue, created once in the lifespan."""
 
     def __init__(self, settings: Settings) -> None:
-        self.store = JobStore(settings.jobs_database_url.get_secret_value())
+        self.store = JobStore(settings.jobs_database_url.get_secret_value(), max_connections=DATABASE_CONNECTIONS)
         self.queue = JobQueue(settings)
         self._schema_ready = False
+        # A request waits for one of the pool's connections (the pool itself refuses past its size).
+        self._connections = asyncio.Semaphore(DATABASE_CONNECTIONS)
 
-    async def _call(self, function, *args):
-        """A store call in a thread; the database unreachable is a 503, not a 500."""
+    async def _in_thread(self, function, *args):
+        """A blocking store call in a thread, the schema created first; the database unreachable is a 503."""
         try:
             if not self._schema_ready:
                 await asyncio.to_thread(self.store.ensure_schema)
@@ -101,14 +105,19 @@ class Jobs:
         except psycopg2.OperationalError as err:
             raise DependencyUnavailableError(f"the jobs database: {str(err).strip()}") from err
 
+    async def _call(self, function, *args):
+        async with self._connections:
+            return await self._in_thread(function, *args)
+
     async def submit(self, kind: JobKind, request: ScoreJobRequest | TrainJobRequest, submitted_by: str | None) -> Job:
-        submission = await self._call(self.store.open_submission, kind, request, submitted_by)
-        try:
-            await self.queue.publish(submission.job.id)
-        except BaseException:
-            await asyncio.to_thread(submission.rollback)
-            raise
-        await self._call(submission.commit)
+        async with self._connections:  # one connection from the INSERT to the COMMIT
+            submission = await self._in_thread(self.store.open_submission, kind, request, submitted_by)
+            try:
+                await self.queue.publish(submission.job.id)
+            except BaseException:
+                await asyncio.to_thread(submission.rollback)
+                raise
+            await self._in_thread(submission.commit)
         log.info("job %s (%s) queued for %s", submission.job.id, kind, submitted_by or "anyone")
         return submission.job
 

@@ -201,3 +201,9 @@ async def test_job_routes_need_a_key_where_keys_are_required(settings):
 def test_without_a_jobs_database_there_are_no_job_routes():
     paths = create_app(Settings()).openapi()["paths"]
     assert not [path for path in paths if path.startswith(("/jobs", "/profiles"))]
+
+
+async def test_more_requests_at_once_than_database_connections_all_get_their_answer(client):
+    answers = await asyncio.gather(*(client.post("/jobs/score", json=SCORE) for _ in range(5)))
+    answers += await asyncio.gather(*(client.get("/jobs", params={"limit": 5}) for _ in range(20)))
+    assert [a.status_code for a in answers] == [202] * 5 + [200] * 20
