@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+import typing
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,11 @@ TABLE = "mlops_jobs"
 # Serialises the schema's creation between processes starting at once (CREATE ... IF NOT EXISTS races).
 _SCHEMA_LOCK_ID = 0x6D6C6F7073  # "mlops"
 # What an S3 location must look like: the job runs elsewhere, so a local path would name the wrong disk.
-S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$"
+# No whitespace or control characters in keys (PostgreSQL's JSON cannot even store a NUL).
+_BUCKET = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_KEY_CHARACTER = r"[^\s\x00-\x1f]"
+S3_URI = rf"^{_BUCKET}(/{_KEY_CHARACTER}*)?$"
+S3_TABLE = rf"^{_BUCKET}/{_KEY_CHARACTER}*\.(parquet|csv)$"
 
 
 class JobsSettings(PlatformSettings):
@@ -70,9 +75,19 @@ class ScoreJobRequest(_Request):
     """Score a table (``input``), or every applicant the offline store knows at ``as_of``, or the applicants
     ``input`` lists at ``as_of``; results go to ``<output>/<job id>.parquet``."""
 
+    # `input`, `as_of` or both, said in the OpenAPI document too (clients and fuzzers read it).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["input"], "properties": {"input": {"type": "string"}}},
+                {"required": ["as_of"], "properties": {"as_of": {"not": {"type": "null"}}}},
+            ]
+        }
+    )
+
     input: str | None = Field(
         None,
-        pattern=S3_URI,
+        pattern=S3_TABLE,
         description="s3://bucket/key of a .parquet or .csv table: feature rows, or with `as_of` an SK_ID_CURR column",
         examples=["s3://mlops-raw/portfolio/2026-11.parquet"],
     )
@@ -93,8 +108,6 @@ class ScoreJobRequest(_Request):
     def _something_to_score(self) -> ScoreJobRequest:
         if self.input is None and self.as_of is None:
             raise ValueError("give `input` (feature rows), `as_of` (every applicant in the offline store), or both")
-        if self.input is not None and not self.input.lower().endswith((".parquet", ".csv")):
-            raise ValueError(f"input {self.input!r}: a .parquet or .csv object")
         return self
 
     def resolved(self, submitted_at: datetime) -> ScoreJobRequest:
@@ -113,13 +126,39 @@ class ScoreJobRequest(_Request):
         return args
 
 
+_INTEGER_FIELDS = {
+    name
+    for name, field in Hyperparameters.model_fields.items()
+    if field.annotation is int or int in typing.get_args(field.annotation)
+}
+
+
+class HyperparameterOverrides(Hyperparameters):
+    """What a request may override: a profile's hyperparameters, except class weights by class (the profiles
+    file's YAML keys them by number, JSON cannot), and `scoring` one of scikit-learn's scorer names."""
+
+    class_weight: Literal["balanced"] | None = None
+    scoring: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers_are_integers(cls, data: Any) -> Any:
+        # JSON Schema's integer includes 50.0 (as JSON clients may write it); pydantic's strict int does not.
+        if not isinstance(data, dict):
+            return data
+        return {
+            name: int(value) if name in _INTEGER_FIELDS and isinstance(value, float) and value.is_integer() else value
+            for name, value in data.items()
+        }
+
+
 class TrainJobRequest(_Request):
     """Train with a named profile (``GET /profiles``), hyperparameters overridden; the champion gate decides
     whether the new version is promoted (``promote: false``: registered as a challenger only)."""
 
     profile: str = Field(DEFAULT_PROFILE, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-    hyperparameters: Hyperparameters = Field(
-        default_factory=Hyperparameters, description="overrides of the profile's hyperparameters"
+    hyperparameters: HyperparameterOverrides = Field(
+        default_factory=HyperparameterOverrides, description="overrides of the profile's hyperparameters"
     )
     promote: bool = True
 

@@ -114,7 +114,8 @@ async def test_a_train_job_keeps_what_was_asked_and_the_worker_gets_its_argument
     [
         ("/jobs/score", {"output": "s3://bucket/x"}, ["body"], "value_error"),
         ("/jobs/score", {**SCORE, "output": "/tmp/scores"}, ["body", "output"], "string_pattern_mismatch"),
-        ("/jobs/score", {**SCORE, "input": "s3://bucket/table.xlsx"}, ["body"], "value_error"),
+        ("/jobs/score", {**SCORE, "input": "s3://bucket/table.xlsx"}, ["body", "input"], "string_pattern_mismatch"),
+        ("/jobs/score", {**SCORE, "output": "s3://bucket/a\u0000b"}, ["body", "output"], "string_pattern_mismatch"),
         ("/jobs/score", {**SCORE, "as_of": "2026-11-01T00:00:00"}, ["body", "as_of", "datetime"], "timezone_aware"),
         ("/jobs/score", {**SCORE, "model_version": "latest"}, ["body", "model_version"], "string_pattern_mismatch"),
         ("/jobs/score", {**SCORE, "TARGET": 1}, ["body", "TARGET"], "extra_forbidden"),
@@ -125,6 +126,18 @@ async def test_a_train_job_keeps_what_was_asked_and_the_worker_gets_its_argument
             {"hyperparameters": {"learning_rate": 0}},
             ["body", "hyperparameters", "learning_rate"],
             "greater_than",
+        ),
+        (
+            "/jobs/train",
+            {"hyperparameters": {"class_weight": {"1": 3.0}}},
+            ["body", "hyperparameters", "class_weight"],
+            "literal_error",
+        ),
+        (
+            "/jobs/train",
+            {"hyperparameters": {"scoring": "roc_auc\u0000"}},
+            ["body", "hyperparameters", "scoring"],
+            "string_pattern_mismatch",
         ),
         (
             "/jobs/train",

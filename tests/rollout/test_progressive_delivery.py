@@ -154,7 +154,9 @@ def rollout(trained_platform, s3_server, triton_server, unique_name, tmp_path_fa
     prometheus = serving = log_worker = None
     try:
         config = work / "prometheus" / "prometheus.yml"
-        addresses = {name: f"127.0.0.1:{free_port()}" for name in ("triton", "log-worker", "monitor", "rabbitmq")}
+        addresses = {
+            name: f"127.0.0.1:{free_port()}" for name in ("triton", "log-worker", "monitor", "job-worker", "rabbitmq")
+        }
         addresses |= {
             "bff": f"127.0.0.1:{env['BFF_METRICS_PORT']}",
             "model-sync": f"127.0.0.1:{env['MODEL_SYNC_METRICS_PORT']}",
