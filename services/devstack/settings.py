@@ -161,19 +161,18 @@ class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
     @property
     def mlflow_backend_store_uri(self) -> str:
         # psycopg2 explicitly: with SQLAlchemy 2.1 a bare postgresql:// means psycopg 3 (not installed).
-        password = f":{quote(self.mlflow_db_password.get_secret_value())}" if self.mlflow_db_password else ""
-        return (
-            f"postgresql+psycopg2://{self.mlflow_db_user}{password}@"
-            f"{self.postgres_host}:{self.postgres_port}/{quote(self._named('mlflow_db_name'))}"
-        )
+        return self._postgres_url("postgresql+psycopg2", "mlflow_db_name")
 
     @property
     def jobs_database_url(self) -> str:
-        """The jobs' database (the jobs API and worker), owned by the same role as MLflow's."""
+        """The jobs' database (the jobs API and worker, libpq's URL), owned by the same role as MLflow's."""
+        return self._postgres_url("postgresql", "jobs_db_name")
+
+    def _postgres_url(self, scheme: str, database_field: str) -> str:
         password = f":{quote(self.mlflow_db_password.get_secret_value())}" if self.mlflow_db_password else ""
         return (
-            f"postgresql://{self.mlflow_db_user}{password}@"
-            f"{self.postgres_host}:{self.postgres_port}/{quote(self._named('jobs_db_name'))}"
+            f"{scheme}://{self.mlflow_db_user}{password}@"
+            f"{self.postgres_host}:{self.postgres_port}/{quote(self._named(database_field))}"
         )
 
     @property

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg2
 import psycopg2.extras
 import psycopg2.pool
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 from mlops_common.errors import DependencyUnavailableError
 from mlops_common.settings import PlatformSettings
@@ -37,9 +37,10 @@ TABLE = "mlops_jobs"
 # Serialises the schema's creation between processes starting at once (CREATE ... IF NOT EXISTS races).
 _SCHEMA_LOCK_ID = 0x6D6C6F7073  # "mlops"
 # What an S3 location must look like: the job runs elsewhere, so a local path would name the wrong disk.
-# No whitespace or control characters in keys (PostgreSQL's JSON cannot even store a NUL).
+# No ASCII space or control characters in keys (PostgreSQL's JSON cannot even store a NUL); spelled out rather
+# than \s, whose meaning differs between the regex dialects that read the pattern (pydantic's, clients').
 _BUCKET = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
-_KEY_CHARACTER = r"[^\s\x00-\x1f]"
+_KEY_CHARACTER = r"[^\x00-\x20\x7f]"
 S3_URI = rf"^{_BUCKET}(/{_KEY_CHARACTER}*)?$"
 S3_TABLE = rf"^{_BUCKET}/{_KEY_CHARACTER}*\.(parquet|csv)$"
 
@@ -67,6 +68,13 @@ class JobState(StrEnum):
 TERMINAL = {JobState.SUCCEEDED, JobState.FAILED}
 
 
+def _time_text(value: Any) -> Any:
+    # pydantic would read a number as a Unix time; the API takes ISO 8601 text (or `now`) only.
+    if value is not None and not isinstance(value, str | datetime):
+        raise ValueError("a date-time with a time zone (ISO 8601, e.g. 2026-11-01T00:00:00Z), or `now`")
+    return value
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,7 +99,7 @@ class ScoreJobRequest(_Request):
         description="s3://bucket/key of a .parquet or .csv table: feature rows, or with `as_of` an SK_ID_CURR column",
         examples=["s3://mlops-raw/portfolio/2026-11.parquet"],
     )
-    as_of: AwareDatetime | Literal["now"] | None = Field(
+    as_of: Annotated[AwareDatetime | Literal["now"] | None, BeforeValidator(_time_text)] = Field(
         None,
         description="features from the offline store as of this time (with a time zone), or `now` (the time the "
         "job is submitted, kept for its retries)",
@@ -160,7 +168,7 @@ class TrainJobRequest(_Request):
     hyperparameters: HyperparameterOverrides = Field(
         default_factory=HyperparameterOverrides, description="overrides of the profile's hyperparameters"
     )
-    promote: bool = True
+    promote: bool = Field(True, strict=True)
 
     def args(self, job_id: str) -> list[str]:
         """``python -m trainer`` arguments."""

@@ -117,6 +117,8 @@ async def test_a_train_job_keeps_what_was_asked_and_the_worker_gets_its_argument
         ("/jobs/score", {**SCORE, "input": "s3://bucket/table.xlsx"}, ["body", "input"], "string_pattern_mismatch"),
         ("/jobs/score", {**SCORE, "output": "s3://bucket/a\u0000b"}, ["body", "output"], "string_pattern_mismatch"),
         ("/jobs/score", {**SCORE, "as_of": "2026-11-01T00:00:00"}, ["body", "as_of", "datetime"], "timezone_aware"),
+        ("/jobs/score", {**SCORE, "as_of": 1764288000}, ["body", "as_of"], "value_error"),
+        ("/jobs/train", {"promote": "yes"}, ["body", "promote"], "bool_type"),
         ("/jobs/score", {**SCORE, "model_version": "latest"}, ["body", "model_version"], "string_pattern_mismatch"),
         ("/jobs/score", {**SCORE, "TARGET": 1}, ["body", "TARGET"], "extra_forbidden"),
         ("/jobs/train", {"profile": "huge"}, ["body", "profile"], "literal_error"),
