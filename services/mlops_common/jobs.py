@@ -65,8 +65,6 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
-TERMINAL = {JobState.SUCCEEDED, JobState.FAILED}
-
 
 def _time_text(value: Any) -> Any:
     # pydantic would read a number as a Unix time; the API takes ISO 8601 text (or `now`) only.
