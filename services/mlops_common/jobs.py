@@ -65,7 +65,6 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
-
 def _time_text(value: Any) -> Any:
     # pydantic would read a number as a Unix time; the API takes ISO 8601 text (or `now`) only.
     if value is not None and not isinstance(value, str | datetime):
