@@ -12,13 +12,8 @@ from batch_scoring.inputs import InputError
 from batch_scoring.job import JobSpec, output_uri, run_job
 from batch_scoring.settings import Settings
 from mlops_common.errors import DependencyUnavailableError, InferenceError
-from mlops_common.jobs import JobReporter
+from mlops_common.jobs import EXIT_BAD_REQUEST, EXIT_DEPENDENCY_UNAVAILABLE, EXIT_MODEL_ERROR, JobReporter
 from mlops_common.logging import configure_logging
-
-# Exit codes a caller (a shell, the jobs worker) acts on: fix the request, retry later, or report a bug.
-EXIT_BAD_REQUEST = 2
-EXIT_DEPENDENCY_UNAVAILABLE = 3
-EXIT_MODEL_ERROR = 4
 
 
 def _as_of(text: str) -> datetime:

@@ -24,13 +24,12 @@ from bff.auth import CallerDep
 from bff.schemas import ErrorBody, ValidationErrorBody
 from bff.settings import Settings
 from mlops_common.errors import DependencyUnavailableError
-from mlops_common.jobs import Job, JobKind, JobState, JobStore, ScoreJobRequest, TrainJobRequest
+from mlops_common.jobs import JOB_ID_PATTERN, Job, JobKind, JobState, JobStore, ScoreJobRequest, TrainJobRequest
 from mlops_common.rabbit import connect, declare_job_queue, job_message
 from mlops_common.training_profiles import TrainingProfile, load_training_profiles
 
 log = logging.getLogger(__name__)
 
-JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 PUBLISH_TIMEOUT_S = 5.0
 # Per BFF worker process: job requests are few, and each holds a connection for milliseconds.
 DATABASE_CONNECTIONS = 4

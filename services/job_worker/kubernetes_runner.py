@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from job_worker.runners import MODULES, JobLaunch
+from mlops_common.jobs import EXIT_BAD_REQUEST, EXIT_DEPENDENCY_UNAVAILABLE, JOB_ID_PATTERN
 from mlops_common.training_profiles import DEFAULT_PROFILE
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # gives a trainer pod of each training profile (the template itself is shaped for `trainer.profile`).
 PROFILES_ANNOTATION = "mlops.platform/training-profiles"
 
-JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+JOB_ID = re.compile(JOB_ID_PATTERN)
 MAX_NAME = 63  # a Job's name is a pod label value (job-name): 63 characters at most
 # A finished Job stays this long (its pod's logs with it: `kubectl logs job/<name>`), then Kubernetes deletes it.
 TTL_SECONDS_AFTER_FINISHED = 86_400
@@ -69,8 +70,6 @@ REQUEST_TIMEOUT_S = 30
 MESSAGE_MAX_CHARS = 2000
 
 EXIT_FAILED = 1  # a failure whose exit code is unknown, or the worker's own problem with the Job
-EXIT_BAD_REQUEST = 2
-EXIT_DEPENDENCY_UNAVAILABLE = 3
 # A pod that was taken away (evicted, preempted, its node lost) before its container ended: reported as a
 # process killed by SIGKILL, which the worker retries as it does a killed local process.
 EXIT_DISRUPTED = 137

@@ -22,16 +22,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from job_worker.runners import JobLaunch, Runner
 from job_worker.settings import Settings
-from mlops_common.jobs import Job, JobKind, JobState, JobStore
+from mlops_common.jobs import EXIT_DEPENDENCY_UNAVAILABLE, JOB_ID_PATTERN, Job, JobKind, JobState, JobStore
 from mlops_common.metrics import service_registry
 from mlops_common.rabbit import connect, declare_job_queue
 
 log = logging.getLogger(__name__)
 
-# batch_scoring's and the trainer's exit codes: a dependency was down (retried); a bad request and a model
-# error fail the job at once. A process killed by a signal (negative here, > 128 in a pod) is retried too.
-EXIT_DEPENDENCY_UNAVAILABLE = 3
-JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+JOB_ID = re.compile(JOB_ID_PATTERN)
 # How long a message may wait for its row: the API publishes before it commits (milliseconds apart).
 UNCOMMITTED_WAIT_S = 5.0
 OUTCOMES = ("succeeded", "failed", "retried")
@@ -65,6 +62,7 @@ for _kind in JobKind:
 
 
 def retryable(exit_code: int) -> bool:
+    """A dependency was down, or the process was killed by a signal (negative here, > 128 in a pod)."""
     return exit_code == EXIT_DEPENDENCY_UNAVAILABLE or exit_code < 0 or exit_code > 128
 
 

@@ -34,6 +34,13 @@ from mlops_common.training_profiles import DEFAULT_PROFILE, Hyperparameters
 log = logging.getLogger(__name__)
 
 TABLE = "mlops_jobs"
+# A job's id: new_job_id's form, checked by the API (path parameter), the worker and the Kubernetes runner.
+JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
+# Exit codes of a job's process (batch scoring, the trainer), which the job worker acts on: a bad request and a
+# model error fail the job at once, a dependency that was unavailable is retried.
+EXIT_BAD_REQUEST = 2
+EXIT_DEPENDENCY_UNAVAILABLE = 3
+EXIT_MODEL_ERROR = 4
 # Serialises the schema's creation between processes starting at once (CREATE ... IF NOT EXISTS races).
 _SCHEMA_LOCK_ID = 0x6D6C6F7073  # "mlops"
 # What an S3 location must look like: the job runs elsewhere, so a local path would name the wrong disk.

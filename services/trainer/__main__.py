@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from mlops_common.errors import DependencyUnavailableError
-from mlops_common.jobs import JobReporter
+from mlops_common.jobs import EXIT_BAD_REQUEST, EXIT_DEPENDENCY_UNAVAILABLE, JobReporter
 from mlops_common.logging import configure_logging
 from mlops_common.raw_tables import RawDataError
 from mlops_common.training_profiles import (
@@ -119,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         request = _request(args)
     except TrainingProfileError as err:
         print(f"trainer: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_REQUEST
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
         result = train(settings, request)
     except (RawDataError, TrainingDataError, ParityError, ValueError) as err:
         print(f"trainer: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_REQUEST
     decision = result.decision
     try:
         JobReporter(settings).result(
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except DependencyUnavailableError as err:  # retried: the next attempt registers a version of its own
         print(f"trainer: version {result.version} is registered, but {err}", file=sys.stderr)
-        return 3
+        return EXIT_DEPENDENCY_UNAVAILABLE
     print(
         f"registered {settings.registered_model_name} version {result.version} (run {result.run_id})\n"
         f"  holdout ROC AUC {result.metrics['holdout_roc_auc']:.4f}, "
