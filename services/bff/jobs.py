@@ -30,7 +30,6 @@ from mlops_common.training_profiles import TrainingProfile, load_training_profil
 
 log = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT_S = 5.0
 # Per BFF worker process: job requests are few, and each holds a connection for milliseconds.
 DATABASE_CONNECTIONS = 4
 PROFILE_DOC = "a profile of GET /profiles"
@@ -53,7 +52,7 @@ class JobQueue:
     def __init__(self, settings: Settings) -> None:
         self.url = settings.rabbitmq_url.get_secret_value()
         self.queue = settings.jobs_queue
-        self.connect_timeout_s = settings.log_connect_timeout_s
+        self.timeout_s = settings.jobs_broker_timeout_s
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -65,7 +64,7 @@ class JobQueue:
                     await self._open()
                 await asyncio.wait_for(
                     self._channel.default_exchange.publish(job_message(job_id), routing_key=self.queue, mandatory=True),
-                    PUBLISH_TIMEOUT_S,
+                    self.timeout_s,
                 )
             except (aio_pika.exceptions.AMQPException, AMQPError, OSError, TimeoutError) as err:
                 await self.close()
@@ -73,7 +72,7 @@ class JobQueue:
 
     async def _open(self) -> None:
         await self.close()
-        self._connection = await connect(self.url, connect_timeout_s=self.connect_timeout_s, name="bff jobs")
+        self._connection = await connect(self.url, connect_timeout_s=self.timeout_s, name="bff jobs")
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_job_queue(self._channel, self.queue)
 

@@ -56,6 +56,8 @@ class JobsSettings(PlatformSettings):
     # libpq URL of the jobs' database (postgresql://user:password@host:port/name); unset: jobs are off.
     jobs_database_url: SecretStr | None = None
     jobs_queue: str = "mlops.jobs"
+    # The API's connect to RabbitMQ, and then its wait for the broker's confirm of a job (503 past either).
+    jobs_broker_timeout_s: float = Field(5.0, gt=0)
     # Set by the job worker for the job's own process: the row its progress and result go to.
     mlops_job_id: str | None = None
 

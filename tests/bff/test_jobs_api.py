@@ -37,7 +37,7 @@ def settings(jobs_database, rabbitmq_url, unique_name) -> Settings:
         jobs_database_url=SecretStr(jobs_database),
         jobs_queue=unique_name("jobs"),
         rabbitmq_url=SecretStr(rabbitmq_url),
-        log_connect_timeout_s=2.0,
+        jobs_broker_timeout_s=2.0,
     )
 
 
