@@ -43,6 +43,7 @@ from benchmarks.stack import (
 from mlops_common.features import ENTITY_KEY, FEATURE_NAMES
 from mlops_common.s3 import s3_client
 from mlops_common.settings import S3Settings
+from mlops_common.triton_config import TritonModelSpec
 
 log = logging.getLogger("benchmarks.batch_scoring")
 TARGET = 0.8
@@ -142,6 +143,10 @@ def report(run: dict) -> str:
         f"`{run['model_name']}` version {run['model_version']} (Triton's Python-backend runtime, as in the tests). "
         "Triton, the job and perf_analyzer share the machine's CPUs; this machine is shared and noisy: "
         "compare ratios within this run, not across runs.",
+        "",
+        f"Model configuration: `TritonModelSpec`'s `max_batch_size` {TritonModelSpec().max_batch_size:,}: the job's "
+        "calls carry that many rows; perf_analyzer's batch-256 requests in flight at once may be merged by the "
+        "dynamic batcher up to it too.",
         "",
         f"Input: {run['rows']:,} synthetic feature rows (one value in ten missing) in one Parquet file in S3 "
         f"({run['input_mib']:.1f} MiB, row groups of {INPUT_ROW_GROUP:,} rows); output: one Parquet file per "

@@ -126,7 +126,12 @@ def bench_perf_analyzer(
         result = subprocess.run(argv, env=triton.env, capture_output=True, text=True, timeout=240)
         if result.returncode != 0:
             log.warning(
-                "perf_analyzer b%d c%d exited %d: %s", batch, concurrency, result.returncode, result.stdout[-800:]
+                "perf_analyzer b%d c%d exited %d: %s%s",
+                batch,
+                concurrency,
+                result.returncode,
+                result.stdout[-800:],
+                result.stderr[-800:],
             )
         if out.exists():
             break

@@ -32,7 +32,10 @@ class TritonModelSpec:
     cluster config from them."""
 
     name: str = "credit_default"
-    max_batch_size: int = 256
+    # Rows one call may carry: sized for batch scoring's calls (fewer, larger calls cost Triton and the job
+    # less per row: benchmarks/results/batch_scoring.md); the API sends at most its MAX_BATCH_SIZE (256), and
+    # batch-1 requests leave the dynamic batcher at its preferred sizes long before this.
+    max_batch_size: int = 4096
     preferred_batch_sizes: tuple[int, ...] = (32, 128)
     max_queue_delay_us: int = 200
     instance_count: int = 1
