@@ -45,6 +45,23 @@ SESSION_PREFIX = "pytest_"
 SESSION_TAG = f"{SESSION_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
 
 
+# Servers a session starts once and its tests share: the tests that use any of them run on one worker.
+SHARED_SERVERS = frozenset({"s3_server", "mlflow_server", "triton_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): the tests on the
+    session's servers stay on one worker, in their order, so the servers start once; the chart tests, which
+    package the chart's dependencies in place (``chart_dependencies``), on one; everything else (unit and
+    self-contained tests) runs on whichever worker is free. Without xdist the marks change nothing."""
+    charts = Path(__file__).parent / "charts"
+    for item in items:
+        if set(getattr(item, "fixturenames", ())) & SHARED_SERVERS:
+            item.add_marker(pytest.mark.xdist_group("shared-servers"))
+        elif item.path.is_relative_to(charts):
+            item.add_marker(pytest.mark.xdist_group("charts"))
+
+
 def _owner_gone(name: str) -> bool:
     """True for ``pytest_<pid>_…`` resources whose creating session is no longer running."""
     parts = name.removeprefix(SESSION_PREFIX).split("_", 1)

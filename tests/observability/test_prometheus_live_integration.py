@@ -316,7 +316,11 @@ def test_model_quality_alerts_fire_on_the_real_conditions(live: LivePlatform) ->
         )
         for alert in ("MlopsModelDriftHigh", "MlopsLiveAucBelowFloor", "MlopsNoRecentLabels"):
             live.wait_for_alert(alert)
-    assert "MlopsMonitorStale" not in live.alert_states()
+    # Quiet while the monitor completes its windows; a window late under load (the condition is 3 x 5 s here)
+    # may make it pending for a moment, so it must be quiet again, not quiet at one instant.
+    wait_for(
+        lambda: "MlopsMonitorStale" not in live.alert_states(), 60, "MlopsMonitorStale quiet while the monitor runs"
+    )
     live.monitor.stop()
     live.wait_for_alert("MlopsMonitorStale", timeout_s=90)
 
