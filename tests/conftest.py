@@ -51,15 +51,16 @@ SHARED_SERVERS = frozenset({"s3_server", "mlflow_server", "triton_server"})
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): the tests on the
-    session's servers stay on one worker, in their order, so the servers start once; the chart tests, which
-    package the chart's dependencies in place (``chart_dependencies``), on one; everything else (unit and
-    self-contained tests) runs on whichever worker is free. Without xdist the marks change nothing."""
-    charts = Path(__file__).parent / "charts"
+    session's servers stay on one worker, in their order, so the servers start once; the tests that package
+    the chart's dependencies in place (``helm dependency build charts/mlops``: the chart and Argo CD tests) on
+    one, so no render reads a package another worker is writing; everything else (unit and self-contained
+    tests) runs on whichever worker is free. Without xdist the marks change nothing."""
+    chart_folders = [Path(__file__).parent / name for name in ("charts", "argocd")]
     for item in items:
         if set(getattr(item, "fixturenames", ())) & SHARED_SERVERS:
             item.add_marker(pytest.mark.xdist_group("shared-servers"))
-        elif item.path.is_relative_to(charts):
-            item.add_marker(pytest.mark.xdist_group("charts"))
+        elif any(item.path.is_relative_to(folder) for folder in chart_folders):
+            item.add_marker(pytest.mark.xdist_group("chart"))
 
 
 def _owner_gone(name: str) -> bool:
