@@ -7,6 +7,7 @@ Triton), its state folder is deleted by hand, and a new stack with the same sett
 import shutil
 from pathlib import Path
 
+import mlflow
 import pytest
 import redis
 from mlflow import MlflowClient
@@ -63,6 +64,7 @@ def test_a_new_state_folder_is_a_new_platform(
     first_stack = LocalStack(settings)
     orphan_record = tmp_path / "orphan" / "stack.json"
     second_stack = None
+    tracking_uri = mlflow.get_tracking_uri()
     try:
         first = run_platform(first_stack, tmp_path / "data1", monkeypatch)
         first_instance = first_stack.instance
@@ -89,6 +91,8 @@ def test_a_new_state_folder_is_a_new_platform(
         assert not settings.stack_dir.exists()
         assert StackInstance.load(settings.stack_dir) is None
     finally:
+        # train() sets the process-wide tracking URI to this stack's MLflow, which is gone after the test.
+        mlflow.set_tracking_uri(tracking_uri)
         if second_stack is not None:
             second_stack.reset()
         first_stack.down()

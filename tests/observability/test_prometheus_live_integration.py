@@ -170,6 +170,7 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
     trained = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
         trained_platform.env["REGISTERED_MODEL_NAME"], "champion"
     )
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])  # models:/ URIs go to the process-wide tracking URI
     model = mlflow.onnx.load_model(f"models:/{trained.name}/{trained.version}")
     registry = MlflowClient(env["MLFLOW_TRACKING_URI"])
     for alias in ("champion", "challenger"):
