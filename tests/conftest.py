@@ -50,17 +50,22 @@ SHARED_SERVERS = frozenset({"s3_server", "mlflow_server", "triton_server"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): the tests on the
-    session's servers stay on one worker, in their order, so the servers start once; the tests that package
-    the chart's dependencies in place (``helm dependency build charts/mlops``: the chart and Argo CD tests) on
-    one, so no render reads a package another worker is writing; everything else (unit and self-contained
-    tests) runs on whichever worker is free. Without xdist the marks change nothing."""
+    """Three groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers), each run whole on
+    one worker in collection order: the tests on the session's servers (so the servers start once, and no
+    other test runs between them in that process), the chart and Argo CD tests (they package the chart's
+    dependencies in place: ``helm dependency build charts/mlops``), and the rest (unit and self-contained
+    tests). With ``--no-loadscope-reorder`` the groups go out in collection order: the chart tests (tests/argocd
+    comes first) and the shared servers' tests start at once, the rest follows the chart tests on their worker.
+    Without xdist the marks change nothing."""
     chart_folders = [Path(__file__).parent / name for name in ("charts", "argocd")]
     for item in items:
         if set(getattr(item, "fixturenames", ())) & SHARED_SERVERS:
-            item.add_marker(pytest.mark.xdist_group("shared-servers"))
+            group = "shared-servers"
         elif any(item.path.is_relative_to(folder) for folder in chart_folders):
-            item.add_marker(pytest.mark.xdist_group("chart"))
+            group = "chart"
+        else:
+            group = "self-contained"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _owner_gone(name: str) -> bool:
