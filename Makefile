@@ -84,7 +84,7 @@ stack-status: $(VENV)/.installed ## Health of every stack component
 	$(PY) -m devstack status
 
 test: setup lint k8s-tools prometheus-tools bench-tools ## Set up and run every test (unit, integration on the real stack, chart)
-	$(VENV)/bin/pytest --numprocesses 2 --dist loadgroup --no-loadscope-reorder
+	$(VENV)/bin/pytest
 
 data: $(VENV)/.installed ## Synthetic Home Credit CSVs in data/ (kept if present: real Kaggle files win)
 	$(PY) data/synthetic_home_credit.py --applicants $(DEMO_APPLICANTS)

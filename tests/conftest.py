@@ -45,29 +45,6 @@ SESSION_PREFIX = "pytest_"
 SESSION_TAG = f"{SESSION_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
 
 
-# Servers a session starts once and its tests share: the tests that use any of them run on one worker.
-SHARED_SERVERS = frozenset({"s3_server", "mlflow_server", "triton_server"})
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Three groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers), each run whole on
-    one worker in collection order: the tests on the session's servers (so the servers start once, and no
-    other test runs between them in that process), the chart and Argo CD tests (they package the chart's
-    dependencies in place: ``helm dependency build charts/mlops``), and the rest (unit and self-contained
-    tests). With ``--no-loadscope-reorder`` the groups go out in collection order: the chart tests (tests/argocd
-    comes first) and the shared servers' tests start at once, the rest follows the chart tests on their worker.
-    Without xdist the marks change nothing."""
-    chart_folders = [Path(__file__).parent / name for name in ("charts", "argocd")]
-    for item in items:
-        if set(getattr(item, "fixturenames", ())) & SHARED_SERVERS:
-            group = "shared-servers"
-        elif any(item.path.is_relative_to(folder) for folder in chart_folders):
-            group = "chart"
-        else:
-            group = "self-contained"
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def _owner_gone(name: str) -> bool:
     """True for ``pytest_<pid>_…`` resources whose creating session is no longer running."""
     parts = name.removeprefix(SESSION_PREFIX).split("_", 1)
