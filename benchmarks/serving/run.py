@@ -126,7 +126,7 @@ def bench_perf_analyzer(
         result = subprocess.run(argv, env=triton.env, capture_output=True, text=True, timeout=240)
         if result.returncode != 0:
             log.warning(
-                "perf_analyzer b%d c%d exited %d: %s%s",
+                "perf_analyzer b%d c%d exited %d: %s\nstderr: %s",
                 batch,
                 concurrency,
                 result.returncode,

@@ -1,5 +1,6 @@
 from tritonclient.grpc import model_config_pb2 as mc
 
+from bff.settings import Settings as BffSettings
 from mlops_common.features import MODEL_INPUT, MODEL_OUTPUT, N_FEATURES
 from mlops_common.triton_config import TritonModelSpec, TritonRuntime, parse_config, render_config
 
@@ -28,3 +29,8 @@ def test_pinned_versions_replace_latest_policy_and_parameters_are_added():
     assert not config.version_policy.HasField("latest")
     assert config.parameters["rollout_mode"].string_value == "canary"
     assert config.parameters["intra_op_thread_count"].string_value == "1"
+
+
+def test_the_served_model_takes_the_apis_largest_batch_in_one_call():
+    # The BFF sends a whole /predict/batch as one Triton call: a model max below the API's limit would refuse it.
+    assert TritonModelSpec().max_batch_size >= BffSettings.model_fields["max_batch_size"].default
