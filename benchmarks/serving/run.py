@@ -353,35 +353,59 @@ def baseline_server(onnx_path: Path, work: Path) -> Iterator[tuple[str, dict[str
         daemon.stop()
 
 
-# -- (e) the Triton client: tritonclient's aio client vs the generated stub (mlops_common.triton_client) --------------
+# -- (e) the Triton client: the platform's HTTP client beside gRPC and tritonclient's clients ----------
 def bench_triton_clients(
-    grpc_url: str, model_name: str, *, calls: int = 1000, rounds: int = 4
+    http_url: str, grpc_url: str, model_name: str, *, calls: int = 1000, rounds: int = 4
 ) -> list[dict[str, float | int | str]]:
     """Sequential calls (concurrency 1) of batch 1 and 256 through each client, alternating in rounds so
     that drift on the shared machine hits both: p50 latency, and the client process' CPU per call (all
     its threads: gRPC's poller included)."""
-    import tritonclient.grpc.aio as tritonclient
+    import grpc
+    import tritonclient.grpc.aio as tritonclient_grpc
+    import tritonclient.http.aio as tritonclient_http
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     from mlops_common.features import FEATURE_NAMES, MODEL_INPUT, MODEL_OUTPUT
     from mlops_common.triton_client import TritonPredictor
 
     async def measure() -> list[dict[str, float | int | str]]:
-        reference = tritonclient.InferenceServerClient(grpc_url)
-        stub = TritonPredictor(grpc_url, model_name, timeout_s=10.0)
-        outputs = [tritonclient.InferRequestedOutput(MODEL_OUTPUT)]
+        over_grpc = tritonclient_grpc.InferenceServerClient(grpc_url)
+        over_http = tritonclient_http.InferenceServerClient(http_url)
+        channel = grpc.aio.insecure_channel(grpc_url)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        platform_client = TritonPredictor(http_url, model_name, timeout_s=10.0)
 
-        async def through_tritonclient(features: np.ndarray) -> None:
-            infer_input = tritonclient.InferInput(MODEL_INPUT, list(features.shape), "FP32")
+        async def through_tritonclient_grpc(features: np.ndarray) -> None:
+            infer_input = tritonclient_grpc.InferInput(MODEL_INPUT, list(features.shape), "FP32")
             infer_input.set_data_from_numpy(features)
-            result = await reference.infer(model_name, [infer_input], outputs=outputs)
+            outputs = [tritonclient_grpc.InferRequestedOutput(MODEL_OUTPUT)]
+            result = await over_grpc.infer(model_name, [infer_input], outputs=outputs)
             result.as_numpy(MODEL_OUTPUT)[:, 1]
 
-        async def through_stub(features: np.ndarray) -> None:
-            await stub.predict(features)
+        async def through_tritonclient_http(features: np.ndarray) -> None:
+            infer_input = tritonclient_http.InferInput(MODEL_INPUT, list(features.shape), "FP32")
+            infer_input.set_data_from_numpy(features, binary_data=True)
+            outputs = [tritonclient_http.InferRequestedOutput(MODEL_OUTPUT, binary_data=True)]
+            result = await over_http.infer(model_name, [infer_input], outputs=outputs)
+            result.as_numpy(MODEL_OUTPUT)[:, 1]
+
+        async def through_grpc_stub(features: np.ndarray) -> None:
+            # What the platform's client did before: grpcio's aio stub with the tensor as raw bytes.
+            request = service_pb2.ModelInferRequest(model_name=model_name)
+            request.inputs.add(name=MODEL_INPUT, datatype="FP32", shape=features.shape)
+            request.outputs.add(name=MODEL_OUTPUT)
+            request.raw_input_contents.append(features.tobytes())
+            response = await stub.ModelInfer(request, timeout=10.0)
+            np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(-1, 2)[:, 1]
+
+        async def through_platform_client(features: np.ndarray) -> None:
+            await platform_client.predict(features)
 
         clients = {
-            "tritonclient.grpc.aio": through_tritonclient,
-            "generated stub (mlops_common.triton_client)": through_stub,
+            "tritonclient.grpc.aio": through_tritonclient_grpc,
+            "tritonclient.http.aio (aiohttp, binary tensors)": through_tritonclient_http,
+            "grpcio aio stub, raw bytes (the client before)": through_grpc_stub,
+            "platform client (mlops_common.triton_client: HTTP, binary tensors)": through_platform_client,
         }
         rows = []
         try:
@@ -412,8 +436,10 @@ def bench_triton_clients(
                         }
                     )
         finally:
-            await reference.close()
-            await stub.close()
+            await over_grpc.close()
+            await over_http.close()
+            await channel.close()
+            await platform_client.close()
         return rows
 
     return asyncio.run(measure())
@@ -606,9 +632,9 @@ def report(run: dict) -> str:
         "|---|---:|",
         *(f"| {name} | {ms:.2f} |" for name, ms in run["pieces"]),
         "",
-        "## (e) The Triton client: tritonclient's aio client vs the generated gRPC stub the BFF calls",
+        "## (e) The Triton client: the platform's HTTP client beside gRPC and tritonclient's clients",
         "",
-        "In-process, sequential calls at concurrency 1 on the same Triton, the two clients alternating in rounds; "
+        "In-process, sequential calls at concurrency 1 on the same Triton, the clients alternating in rounds; "
         "CPU is the calling process' (all threads) per call.",
         "",
         "| client | batch | calls | p50 ms | p99 ms | client CPU µs/call |",
@@ -674,7 +700,9 @@ def main() -> int:
         triton = TritonTarget(platform.model_name, platform.triton.grpc_url, platform.triton_home.env())
         run["perf_analyzer"] = [bench_perf_analyzer(triton, b, c, work) for b, c in ((1, 1), (1, 2), (256, 1))]
         run["pieces"] = bench_request_path(PIECES_ROWS)
-        run["triton_clients"] = bench_triton_clients(platform.triton.grpc_url, platform.model_name)
+        run["triton_clients"] = bench_triton_clients(
+            platform.triton.http_url, platform.triton.grpc_url, platform.model_name
+        )
         bff = platform.start_bff("bff", inference_logging=False)
         run["bff"] = bff_loads(bff.url, args.duration)
         bff.daemon.stop()

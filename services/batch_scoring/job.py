@@ -103,7 +103,7 @@ async def run_job(spec: JobSpec, settings: Settings, progress: Callable[[int], N
     started = time.perf_counter()
     source = _chunks(spec, settings)
     target = output_uri(spec.output, spec.job_id)
-    triton = TritonPredictor(settings.triton_grpc_url, settings.triton_model_name, settings.triton_timeout_s)
+    triton = TritonPredictor(settings.triton_http_url, settings.triton_model_name, settings.triton_timeout_s)
     try:
         version, batch_rows = await _served_version(triton, spec.model_version)
         with tempfile.TemporaryDirectory(prefix="batch-scoring-") as work:

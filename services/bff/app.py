@@ -240,7 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Only the registry is used: OnlineFeatures reads Redis itself (Feast's online client stays closed).
         store = open_feature_store(settings)
-        triton = TritonPredictor(settings.triton_grpc_url, settings.triton_model_name, settings.triton_timeout_s)
+        triton = TritonPredictor(settings.triton_http_url, settings.triton_model_name, settings.triton_timeout_s)
         router = Router(triton, refresh_s=settings.routing_refresh_s, shadow_max_pending=settings.shadow_max_pending)
         await router.start()
         logs = InferenceLogPublisher(settings) if settings.inference_logging_enabled else None

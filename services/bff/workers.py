@@ -1,6 +1,6 @@
 """Several uvicorn worker processes behind one port, and one /metrics that adds their metrics up.
 
-Each worker is a process of its own (event loop, Triton channel, Redis and RabbitMQ connections, spool
+Each worker is a process of its own (event loop, Triton, Redis and RabbitMQ connections, spool
 slot); prometheus-client's multiprocess mode has every process write its metric values to files in one
 directory, which the supervisor's metrics server reads and aggregates on each scrape. prometheus-client
 is imported inside the functions: it picks file-backed values only if the directory is set when it is

@@ -10,7 +10,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 
-from mlops_common.settings import REPO_ROOT, FeastSettings, MlflowSettings, RabbitSettings, TritonSettings
+from mlops_common.settings import REPO_ROOT, FeastSettings, MlflowSettings, RabbitSettings, TritonControlSettings
 
 
 def host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -21,7 +21,7 @@ def host_port(address: str, default_port: int) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
-class Settings(FeastSettings, MlflowSettings, TritonSettings, RabbitSettings):
+class Settings(FeastSettings, MlflowSettings, TritonControlSettings, RabbitSettings):
     """Local stack settings; every field can be set by its upper-case environment variable."""
 
     # Local SeaweedFS: credentials in its environment switch its authentication on.

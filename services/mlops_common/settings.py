@@ -79,9 +79,14 @@ def triton_model_name_for(registered_model_name: str) -> str:
 
 
 class TritonSettings(PlatformSettings):
-    triton_grpc_url: str = "127.0.0.1:8001"
+    # Triton's HTTP API (host:port, or several comma-separated): inference, readiness, the model's config.
     triton_http_url: str = "127.0.0.1:8000"
     triton_model_name: str = triton_model_name_for(MlflowSettings.model_fields["registered_model_name"].default)
+
+
+class TritonControlSettings(TritonSettings):
+    # Model sync loads and unloads models through tritonclient's gRPC repository API.
+    triton_grpc_url: str = "127.0.0.1:8001"
 
 
 class DecisionSettings(PlatformSettings):

@@ -4,11 +4,11 @@ from typing import Literal
 from pydantic import Field
 
 from mlops_common.rollout import RolloutSettings
-from mlops_common.settings import REPO_ROOT, MlflowSettings, TritonSettings
+from mlops_common.settings import REPO_ROOT, MlflowSettings, TritonControlSettings
 from mlops_common.triton_config import TritonRuntime
 
 
-class Settings(MlflowSettings, TritonSettings, RolloutSettings):
+class Settings(MlflowSettings, TritonControlSettings, RolloutSettings):
     """Settings of the model sync loop that keeps Triton on the current champion (and challenger)."""
 
     model_repository: Path = REPO_ROOT / ".stack" / "model_repository"

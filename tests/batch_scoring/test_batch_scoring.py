@@ -128,7 +128,7 @@ async def test_a_missing_input_and_a_dead_triton_fail_with_their_reason(s3_serve
     with pytest.raises(InputError, match="no such file"):
         await run_job(JobSpec("absent", f"s3://{bucket}/out", input=f"s3://{bucket}/nothing.parquet"), settings)
     source = put_table(s3_server, bucket, "in/rows.parquet", feature_table(10))
-    nowhere = settings.model_copy(update={"triton_grpc_url": f"127.0.0.1:{free_port()}", "triton_timeout_s": 2.0})
+    nowhere = settings.model_copy(update={"triton_http_url": f"127.0.0.1:{free_port()}", "triton_timeout_s": 2.0})
     with pytest.raises(DependencyUnavailableError, match="triton"):
         await run_job(JobSpec("no-triton", f"s3://{bucket}/out", input=source), nowhere)
     assert output_keys(s3_server, bucket) == ["in/rows.parquet"]

@@ -35,7 +35,7 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     ]
     run["pieces"] = bench.bench_request_path(rows=16, repeat=2)
     run["triton_clients"] = bench.bench_triton_clients(
-        env["TRITON_GRPC_URL"], env["TRITON_MODEL_NAME"], calls=40, rounds=2
+        env["TRITON_HTTP_URL"], env["TRITON_GRPC_URL"], env["TRITON_MODEL_NAME"], calls=40, rounds=2
     )
     # The platform's applicants start at FIRST_ID; the first 100 are in the online store.
     run["bff"] = bench.bff_loads(serving.bff_url, SECONDS, warmup_s=0, applicants=100)
@@ -67,10 +67,11 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     assert not failed, failed
     assert all(r["rows_per_s"] > 0 for r in run["ort"] + run["perf_analyzer"])
     assert size["trees"] > 0
+    clients = {r["client"] for r in run["triton_clients"]}
+    assert len(clients) == 4
+    assert any(c.startswith("platform client") for c in clients)
     assert {(r["client"], r["batch"]) for r in run["triton_clients"] if r["calls"] == 40} == {
-        (client, batch)
-        for client in ("tritonclient.grpc.aio", "generated stub (mlops_common.triton_client)")
-        for batch in (1, 256)
+        (client, batch) for client in clients for batch in (1, 256)
     }
     assert all(m.cpu_s["server"] > 0 for results in run["versus"].values() for m in results)
     text = bench.report(run)

@@ -255,30 +255,31 @@ def test_promoted_champion_is_served_without_a_failed_request(serving, trained_p
 
 async def test_triton_errors_are_told_apart_retryable_or_not(serving):
     model = serving.env["TRITON_MODEL_NAME"]
-    predictor = TritonPredictor(serving.env["TRITON_GRPC_URL"], model, 10.0)
+    predictor = TritonPredictor(serving.env["TRITON_HTTP_URL"], model, 10.0)
     try:
         # Nine columns where the model takes ten: the BFF's bug, which no retry fixes.
-        with pytest.raises(InferenceError, match="INVALID_ARGUMENT"):
+        with pytest.raises(InferenceError, match=r"HTTP 400\): .*unexpected shape"):
             await predictor.predict(np.zeros((1, len(FEATURE_NAMES) - 1), np.float32))
         # A model Triton does not hold (as while model sync loads one): retry later.
-        absent = TritonPredictor(serving.env["TRITON_GRPC_URL"], "no_such_model", 10.0)
-        with pytest.raises(DependencyUnavailableError):
+        absent = TritonPredictor(serving.env["TRITON_HTTP_URL"], "no_such_model", 10.0)
+        with pytest.raises(DependencyUnavailableError, match="HTTP 404"):
             await absent.predict(np.zeros((1, len(FEATURE_NAMES)), np.float32))
         await absent.close()
     finally:
         await predictor.close()
     nobody = TritonPredictor(f"127.0.0.1:{free_port()}", model, 2.0)
-    with pytest.raises(DependencyUnavailableError):
+    with pytest.raises(DependencyUnavailableError, match=r"triton: cannot connect to 127\.0\.0\.1:"):
         await nobody.predict(np.zeros((1, len(FEATURE_NAMES)), np.float32))
+    assert not await nobody.model_ready()
     await nobody.close()
 
 
 async def test_calls_are_spread_over_every_address_of_the_triton_target(serving):
     # Two addresses in front of the same Triton, as a headless Service's name resolves to one address per
     # pod: round robin holds a connection to each, uses both, and keeps serving when one goes away.
-    host, port = serving.env["TRITON_GRPC_URL"].rsplit(":", 1)
+    host, port = serving.env["TRITON_HTTP_URL"].rsplit(":", 1)
     proxies = [TcpProxy(host, int(port)).start() for _ in range(2)]
-    target = "ipv4:" + ",".join(f"127.0.0.1:{proxy.port}" for proxy in proxies)
+    target = ",".join(f"127.0.0.1:{proxy.port}" for proxy in proxies)
     predictor = TritonPredictor(target, serving.env["TRITON_MODEL_NAME"], 10.0)
     rows = np.zeros((1, len(FEATURE_NAMES)), np.float32)
 
@@ -311,6 +312,32 @@ async def test_calls_are_spread_over_every_address_of_the_triton_target(serving)
         await predictor.close()
         for proxy in proxies:
             proxy.close()
+
+
+async def test_a_call_out_of_time_or_on_a_dropped_connection_never_gets_another_calls_answer(serving):
+    # A stalled Triton: the call ends at its deadline as a 503-kind error, and its connection is dropped,
+    # so the answer that arrives later is never read as the next call's. Connections the server closed
+    # while idle (a Triton restart) are replaced without failing a call.
+    host, port = serving.env["TRITON_HTTP_URL"].rsplit(":", 1)
+    proxy = TcpProxy(host, int(port)).start()
+    predictor = TritonPredictor(f"127.0.0.1:{proxy.port}", serving.env["TRITON_MODEL_NAME"], 1.0)
+    zeros = np.zeros((1, len(FEATURE_NAMES)), np.float32)
+    ones = np.ones((3, len(FEATURE_NAMES)), np.float32)
+    try:
+        expected, _ = await predictor.predict(ones)
+        proxy.stall()
+        with pytest.raises(DependencyUnavailableError, match=r"no answer within 1\.0 s"):
+            await predictor.predict(zeros)
+        proxy.up()
+        answer, _ = await predictor.predict(ones)
+        assert answer.tolist() == expected.tolist()
+        proxy.down()  # resets the kept-alive connections
+        proxy.up()
+        answer, _ = await predictor.predict(ones)
+        assert answer.tolist() == expected.tolist()
+    finally:
+        await predictor.close()
+        proxy.close()
 
 
 async def test_the_request_id_reaches_the_inference_log_record(serving):

@@ -1,6 +1,6 @@
 """Scaling signals (issue #16): `autoscaling.engine: keda` replaces the CPU-only HPAs by KEDA ScaledObjects
 (Triton on queue time and requests in flight, the log worker on its queue's length, CPU as fallback), and a
-headless Service lets gRPC clients balance over the Triton pods."""
+headless Service lets the Triton client balance its calls over the Triton pods."""
 
 import copy
 from collections.abc import Callable
@@ -105,20 +105,20 @@ def test_keda_invariant_has_teeth(rendered: dict[str, list[Doc]], breakage: str)
     assert inv.keda_problems(docs), breakage
 
 
-def test_headless_triton_service_lists_the_ready_triton_pods_for_grpc(render: Callable[..., list[Doc]]) -> None:
+def test_headless_triton_service_lists_the_ready_triton_pods(render: Callable[..., list[Doc]]) -> None:
     docs = render()
     headless = _get(docs, "Service", "mlops-triton-headless")["spec"]
     assert headless["clusterIP"] == "None"
     assert headless["publishNotReadyAddresses"] is False
-    assert headless["ports"] == [{"name": "grpc", "port": 8001, "targetPort": "grpc", "appProtocol": "grpc"}]
+    assert headless["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "appProtocol": "http"}]
     triton = _get(docs, "Deployment", "mlops-triton")["spec"]["template"]["metadata"]["labels"]
     assert all(triton.get(k) == v for k, v in headless["selector"].items())
     # By default the BFF calls the ClusterIP Service; `bff.tritonService: headless` (prod) names every ready pod.
     bff = _get(docs, "Deployment", "mlops-bff")["spec"]["template"]["spec"]["containers"][0]
-    assert inv.env_value(bff, "TRITON_GRPC_URL") == "mlops-triton:8001"
+    assert inv.env_value(bff, "TRITON_HTTP_URL") == "mlops-triton:8000"
     switched = render({"bff.tritonService": "headless"})
     bff = _get(switched, "Deployment", "mlops-bff")["spec"]["template"]["spec"]["containers"][0]
-    assert inv.env_value(bff, "TRITON_GRPC_URL") == "dns:///mlops-triton-headless:8001"
+    assert inv.env_value(bff, "TRITON_HTTP_URL") == "mlops-triton-headless:8000"
     assert "mlops-triton-headless" not in {
         d["metadata"]["name"] for d in render({"triton.headlessService.enabled": False})
     }
@@ -129,5 +129,5 @@ def test_headless_triton_service_lists_the_ready_triton_pods_for_grpc(render: Ca
 def test_prod_bff_balances_over_the_triton_pods(chart_dependencies: Path) -> None:
     docs = helm_template(value_files=[PROD], set_values={"global.platformImageTag": "0123abc"})
     bff = _get(docs, "Deployment", "mlops-bff")["spec"]["template"]["spec"]["containers"][0]
-    assert inv.env_value(bff, "TRITON_GRPC_URL") == "dns:///mlops-triton-headless:8001"
+    assert inv.env_value(bff, "TRITON_HTTP_URL") == "mlops-triton-headless:8000"
     assert _get(docs, "Service", "mlops-triton-headless")["spec"]["clusterIP"] == "None"

@@ -164,11 +164,11 @@ def test_env_is_exactly_the_settings_the_job_reads(render: Callable[..., list[Do
     assert set(env) - inv.argument_only_env(container) <= names
     assert inv.argument_only_env(container) == {"K8S_JOB_NAME"}
     assert inv.env_problems([_get(docs, "CronJob", NAME)]) == []
-    # Triton: the Service's gRPC port, the model model sync serves.
+    # Triton: the Service's HTTP port, the model model sync serves.
     triton = _get(docs, "Service", "mlops-triton")["spec"]["ports"]
     assert (
-        inv.env_value(container, "TRITON_GRPC_URL")
-        == f"mlops-triton:{next(p for p in triton if p['name'] == 'grpc')['port']}"
+        inv.env_value(container, "TRITON_HTTP_URL")
+        == f"mlops-triton:{next(p for p in triton if p['name'] == 'http')['port']}"
     )
     sync = next(
         c
@@ -186,7 +186,7 @@ def test_env_is_exactly_the_settings_the_job_reads(render: Callable[..., list[Do
 
 def test_headless_triton_spreads_the_calls_over_every_pod(render: Callable[..., list[Doc]]) -> None:
     container = _container(render({"batchScoring.tritonService": "headless"}))
-    assert inv.env_value(container, "TRITON_GRPC_URL") == "dns:///mlops-triton-headless:8001"
+    assert inv.env_value(container, "TRITON_HTTP_URL") == "mlops-triton-headless:8000"
 
 
 def _bff(docs: list[Doc]) -> Doc:
@@ -264,23 +264,23 @@ def _labels(docs: list[Doc], kind: str, name: str) -> dict[str, str]:
     return _get(docs, kind, name)["spec"]["template"]["metadata"]["labels"]
 
 
-def test_network_policies_let_it_reach_triton_grpc_and_s3_only(render: Callable[..., list[Doc]]) -> None:
+def test_network_policies_let_it_reach_triton_http_and_s3_only(render: Callable[..., list[Doc]]) -> None:
     docs = render()
     scoring = _pod(docs)["metadata"]["labels"]
     triton = _labels(docs, "Deployment", "mlops-triton")
     minio = _labels(docs, "StatefulSet", "mlops-minio")
     redis = _labels(docs, "StatefulSet", "mlops-redis")
-    assert _reaches(docs, scoring, triton, 8001)
+    assert _reaches(docs, scoring, triton, 8000)
     assert _reaches(docs, scoring, minio, 9000)
-    assert not _reaches(docs, scoring, triton, 8000)  # HTTP: not its protocol
+    assert not _reaches(docs, scoring, triton, 8001)  # gRPC: not its protocol
     assert not _reaches(docs, scoring, redis, 6379)  # the offline store only
     assert not _reaches(docs, scoring, None, 443)
     # DNS, to resolve the Services.
     assert any(
         {"port": 53, "protocol": "UDP"} in rule["ports"] for rule in _get(docs, "NetworkPolicy", NAME)["spec"]["egress"]
     )
-    # The checker has teeth: another component is not admitted by Triton on gRPC.
-    assert not _reaches(docs, _labels(docs, "Deployment", "mlops-log-worker"), triton, 8001)
+    # The checker has teeth: another component is not admitted by Triton.
+    assert not _reaches(docs, _labels(docs, "Deployment", "mlops-log-worker"), triton, 8000)
 
 
 def test_every_job_writing_to_s3_reaches_minio(render: Callable[..., list[Doc]]) -> None:

@@ -242,7 +242,8 @@ def test_platform_env_configures_the_services(
     for key, value in platform_env.items():
         monkeypatch.setenv(key, value)
     bff = BffSettings()
-    assert bff.triton_grpc_url == platform_env["TRITON_GRPC_URL"]
+    assert bff.triton_http_url == platform_env["TRITON_HTTP_URL"]
+    assert ModelSyncSettings().triton_grpc_url == platform_env["TRITON_GRPC_URL"]
     assert bff.feast_project == platform_env["FEAST_PROJECT"]
     assert bff.rabbitmq_url.get_secret_value() == platform_env["RABBITMQ_URL"]
     assert bff.bff_port == int(platform_env["BFF_PORT"])

@@ -474,19 +474,20 @@ spec:
 {{- end }}
 
 {{/*
-A client's gRPC target of Triton (TRITON_GRPC_URL): (dict "ctx" $ "service" .Values.bff.tritonService "path" "bff.tritonService").
-`clusterIP`: the Service, one connection, so the client talks to one Triton pod. `headless`: every ready Triton
-pod's address through the headless Service, which the client's channel round-robins over
-(services/mlops_common/triton_client.py).
+A client's inference target of Triton, its HTTP endpoint (TRITON_HTTP_URL): (dict "ctx" $ "service"
+.Values.bff.tritonService "path" "bff.tritonService"). `clusterIP`: the Service, which balances the client's
+connections (retired after a minute, so new pods get some). `headless`: the headless Service's name, which
+resolves to every ready Triton pod; the client sends its calls to those addresses in turn and resolves the name
+again every 30 s (services/mlops_common/triton_client.py).
 */}}
-{{- define "mlops.triton.grpcTarget" -}}
+{{- define "mlops.triton.inferenceTarget" -}}
 {{- if eq .service "headless" }}
 {{- if not .ctx.Values.triton.headlessService.enabled }}
 {{- fail (printf "%s headless needs triton.headlessService.enabled" .path) }}
 {{- end }}
-{{- printf "dns:///%s-headless:%v" (include "mlops.triton.fullname" .ctx) .ctx.Values.triton.ports.grpc }}
+{{- printf "%s-headless:%v" (include "mlops.triton.fullname" .ctx) .ctx.Values.triton.ports.http }}
 {{- else }}
-{{- printf "%s:%v" (include "mlops.triton.fullname" .ctx) .ctx.Values.triton.ports.grpc }}
+{{- include "mlops.triton.httpUrl" .ctx }}
 {{- end }}
 {{- end }}
 
@@ -500,7 +501,7 @@ pod's address through the headless Service, which the client's channel round-rob
 {{- printf "s3://%s/%s" (.Values.batchScoring.output.bucket | default .Values.platform.buckets.inferenceLogs) .Values.batchScoring.output.prefix }}
 {{- end }}
 
-{{/* The BFF's gRPC target of Triton (bff.tritonService). */}}
-{{- define "mlops.bff.tritonGrpcTarget" -}}
-{{- include "mlops.triton.grpcTarget" (dict "ctx" . "service" .Values.bff.tritonService "path" "bff.tritonService") }}
+{{/* The BFF's inference target of Triton (bff.tritonService). */}}
+{{- define "mlops.bff.tritonTarget" -}}
+{{- include "mlops.triton.inferenceTarget" (dict "ctx" . "service" .Values.bff.tritonService "path" "bff.tritonService") }}
 {{- end }}
