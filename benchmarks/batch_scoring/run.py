@@ -182,7 +182,7 @@ def report(run: dict) -> str:
         "",
         "`job s` is the job's own time from reading the input to publishing the output (its summary line); "
         "`process s` adds the interpreter's start and imports (Feast, pyarrow). Peak RSS is the job process' "
-        "largest resident set, sampled every 50 ms: the interpreter with pyarrow, Feast and gRPC, the input's "
+        "largest resident set, sampled every 50 ms: the interpreter with pyarrow and Feast, the input's "
         "row group being read (pyarrow decodes one whole) and two chunks of `BATCH_SCORING_CHUNK_ROWS` "
         "(65,536) rows being scored; the output goes to a local file as it is scored.",
         "",
