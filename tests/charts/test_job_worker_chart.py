@@ -645,7 +645,7 @@ def test_the_worker_reaches_rabbitmq_postgresql_and_the_api_server_only(docs: li
     assert not allowed(docs, worker, servers["redis"], 6379)
     assert not allowed(docs, worker, servers["minio"], 9000)
     triton = _pod(docs, _get(docs, "Deployment", "mlops-triton"))
-    assert not allowed(docs, worker, triton, 8001)
+    assert not allowed(docs, worker, triton, 8000)
     # The API server (any address on its ports unless networkPolicy.kubernetesApiTo names it), nothing else outside.
     assert allowed(docs, worker, External("10.0.0.10"), 6443)
     assert allowed(docs, worker, External("10.0.0.10"), 443)
@@ -678,11 +678,11 @@ def test_the_jobs_pods_report_into_the_database_and_keep_their_components_flow(d
     minio = _pod(docs, _get(docs, "StatefulSet", "mlops-minio"))
     assert allowed(docs, score, postgres, 5432)
     assert allowed(docs, train, postgres, 5432)
-    assert allowed(docs, score, triton, 8001)
+    assert allowed(docs, score, triton, 8000)
     assert allowed(docs, score, minio, 9000)
     assert allowed(docs, train, mlflow, 5000)
     assert allowed(docs, train, minio, 9000)
-    assert not allowed(docs, train, triton, 8001)
+    assert not allowed(docs, train, triton, 8000)
     # The install-time trainer Job and the retrain CronJob's pods report nothing: no way to the database.
     [install] = [d for d in docs if d["kind"] == "Job" and d["metadata"]["labels"][COMPONENT] == "trainer"]
     assert not allowed(docs, _pod(docs, install), postgres, 5432)
