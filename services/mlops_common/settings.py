@@ -7,7 +7,7 @@ Field names map to upper-case environment variables (``s3_endpoint_url`` <- ``S3
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlops_common.logging import LogFormat
@@ -78,10 +78,29 @@ def triton_model_name_for(registered_model_name: str) -> str:
     return registered_model_name.replace("-", "_")
 
 
+def host_ports(target: str) -> list[tuple[str, int]]:
+    """``host:port`` or several, comma-separated (``[v6]:port`` too) -> [(host, port), ...]."""
+    addresses = []
+    for part in filter(None, (p.strip() for p in target.split(","))):
+        host, separator, port = part.rpartition(":")
+        if not separator or not port.isdigit() or not host or "/" in host:  # "/": a URL or a gRPC target
+            raise ValueError(f"an address is host:port, not {part!r}")
+        addresses.append((host.strip("[]"), int(port)))
+    if not addresses:
+        raise ValueError(f"no host:port in {target!r}")
+    return addresses
+
+
 class TritonSettings(PlatformSettings):
     # Triton's HTTP API (host:port, or several comma-separated): inference, readiness, the model's config.
     triton_http_url: str = "127.0.0.1:8000"
     triton_model_name: str = triton_model_name_for(MlflowSettings.model_fields["registered_model_name"].default)
+
+    @field_validator("triton_http_url")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        host_ports(value)
+        return value
 
 
 class TritonControlSettings(TritonSettings):

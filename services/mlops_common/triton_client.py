@@ -3,10 +3,10 @@ protocol) with the features and the probabilities as raw bytes (Triton's binary 
 request per call over kept-alive HTTP/1.1 connections, and the routing model sync wrote into the model's
 config.
 
-Why not gRPC or tritonclient: on the same Triton, a grpcio aio call costs the calling process about four
+Why not gRPC or tritonclient: on the same Triton, a grpcio aio call costs the calling process about three
 times the CPU of a request written straight onto a kept-alive socket and read by httptools (uvicorn's
-parser), and tritonclient's clients wrap those calls in more objects still (``benchmarks/serving``, part
-(e), measures all three). The API's CPU per request is what limits it, so the client is this thin.
+parser), and tritonclient's gRPC and HTTP clients cost more still (``benchmarks/serving``, part (e),
+measures the four side by side). The API's CPU per request is what limits it, so the client is this thin.
 
 A target is ``host:port`` or several, comma-separated. Calls take the resolved addresses in turn (a
 headless Service's name resolves to one address per ready Triton pod), names are resolved again every
@@ -31,6 +31,7 @@ import orjson
 from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.features import MODEL_INPUT, MODEL_OUTPUT
 from mlops_common.rollout import Routing
+from mlops_common.settings import host_ports
 
 # Triton's answers that a retry can cure: the model is not loaded (with explicit model control, a model
 # being (re)loaded is 404), the server is overloaded or shutting down (503), or a backend crashed and
@@ -96,7 +97,8 @@ class _Connection(asyncio.Protocol):
     def send(self, parts: tuple[bytes, ...], deadline: float) -> asyncio.Future[tuple[int, int | None, bytes]]:
         """Writes a request; the future gets (status, Inference-Header-Content-Length, body), or
         TimeoutError at ``deadline`` (the loop's clock), which also closes the connection: a late answer
-        on it would belong to no call. A timer, not asyncio.timeout: it costs a tenth on this hot path."""
+        on it would belong to no call. A timer on the loop, cheaper on this hot path than asyncio.timeout's
+        context manager."""
         assert self._transport is not None
         loop = asyncio.get_running_loop()
         self._answer = loop.create_future()
@@ -131,9 +133,7 @@ class _ConnectionPool:
     """Kept-alive connections per address of the target; each call takes the next address in turn."""
 
     def __init__(self, target: str) -> None:
-        self._targets = [_host_port(part.strip()) for part in target.split(",") if part.strip()]
-        if not self._targets:
-            raise ValueError(f"no Triton address in {target!r}")
+        self._targets = host_ports(target)
         self.host = self._targets[0][0]
         self._addresses: list[Address] = []
         self._resolved_at = float("-inf")
@@ -334,14 +334,6 @@ def _refused(status: int, body: bytes) -> Exception:
     if status in TRANSIENT_HTTP_STATUSES:
         return DependencyUnavailableError(f"triton: HTTP {status}: {message}")
     return InferenceError(f"triton refused the request (HTTP {status}): {message}")
-
-
-def _host_port(address: str) -> Address:
-    """``host:port`` (``[v6]:port`` too) -> (host, port)."""
-    host, separator, port = address.rpartition(":")
-    if not separator or not port.isdigit() or not host or "/" in host:  # "/": a URL or a gRPC target
-        raise ValueError(f"a Triton address is host:port, not {address!r}")
-    return host.strip("[]"), int(port)
 
 
 def _show(address: Address) -> str:

@@ -3,33 +3,41 @@ themselves are tested on a real Triton in tests/bff/test_serving_integration.py)
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from mlops_common.errors import DependencyUnavailableError, InferenceError
-from mlops_common.triton_client import TritonPredictor, _host_port, _refused
+from mlops_common.settings import TritonSettings, host_ports
+from mlops_common.triton_client import _refused
 
 
 @pytest.mark.parametrize(
-    ("address", "expected"),
+    ("target", "expected"),
     [
-        ("127.0.0.1:8000", ("127.0.0.1", 8000)),
-        ("mlops-triton-headless:8000", ("mlops-triton-headless", 8000)),
-        ("[::1]:8000", ("::1", 8000)),
+        ("127.0.0.1:8000", [("127.0.0.1", 8000)]),
+        ("mlops-triton-headless:8000", [("mlops-triton-headless", 8000)]),
+        ("[::1]:8000", [("::1", 8000)]),
+        ("10.0.0.1:8000, 10.0.0.2:8001", [("10.0.0.1", 8000), ("10.0.0.2", 8001)]),
     ],
 )
-def test_an_address_is_host_and_port(address: str, expected: tuple[str, int]) -> None:
-    assert _host_port(address) == expected
+def test_a_target_is_one_or_more_host_and_port(target: str, expected: list[tuple[str, int]]) -> None:
+    assert host_ports(target) == expected
 
 
-@pytest.mark.parametrize("address", ["triton", "triton:http", "dns:///triton:8001,", ":"])
-def test_an_address_without_a_port_is_refused_at_start(address: str) -> None:
-    with pytest.raises(ValueError, match="host:port"):
-        TritonPredictor(address, "m", 1.0)
-
-
-def test_several_addresses_are_one_target_and_an_empty_one_is_refused() -> None:
-    TritonPredictor("10.0.0.1:8000, 10.0.0.2:8000", "m", 1.0)
-    with pytest.raises(ValueError, match="no Triton address"):
-        TritonPredictor(" , ", "m", 1.0)
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("triton", "not 'triton'"),
+        ("triton:http", "not 'triton:http'"),
+        ("dns:///triton:8001", "not 'dns:///triton:8001'"),
+        ("http://triton:8000", "not 'http://triton:8000'"),
+        (":8000", "not ':8000'"),
+        (" , ", "no host:port"),
+    ],
+)
+def test_a_bad_target_is_refused_at_start_naming_the_setting(target: str, message: str) -> None:
+    with pytest.raises(ValidationError, match="triton_http_url") as refused:
+        TritonSettings(triton_http_url=target)
+    assert message in str(refused.value)
 
 
 @pytest.mark.parametrize("status", [404, 429, 500, 503])
