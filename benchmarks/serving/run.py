@@ -456,7 +456,6 @@ PROFILE_AREAS = (
     ("starlette/", "framework (FastAPI, Starlette, pydantic)"),
     ("fastapi/", "framework (FastAPI, Starlette, pydantic)"),
     ("pydantic", "framework (FastAPI, Starlette, pydantic)"),
-    ("grpc/", "gRPC client (grpcio)"),
     ("aio_pika/", "inference-log publishing (aio-pika, aiormq, pamqp)"),
     ("aiormq/", "inference-log publishing (aio-pika, aiormq, pamqp)"),
     ("pamqp/", "inference-log publishing (aio-pika, aiormq, pamqp)"),
