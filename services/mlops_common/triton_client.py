@@ -149,7 +149,7 @@ class _ConnectionPool:
         failed: set[Address] = set()
         last_error = ""
         for _ in range(ATTEMPTS):
-            address = await self._next_address(failed)
+            address = await self._next_address(failed, deadline)
             try:
                 connection = self._idle_connection(address)
                 if connection is None:
@@ -175,10 +175,11 @@ class _ConnectionPool:
             return answer
         raise DependencyUnavailableError(f"triton: {last_error}")
 
-    async def _next_address(self, failed: set[Address]) -> Address:
+    async def _next_address(self, failed: set[Address], deadline: float) -> Address:
         now = time.monotonic()
         if now - self._resolved_at > RESOLVE_EVERY_S or not self._addresses:
-            await self._resolve()
+            async with asyncio.timeout_at(deadline):  # a hung DNS server must not outlast the call
+                await self._resolve()
         live = [a for a in self._addresses if a not in failed and self._down_until.get(a, 0.0) <= now]
         candidates = live or [a for a in self._addresses if a not in failed] or self._addresses
         return candidates[next(self._turn) % len(candidates)]
