@@ -146,8 +146,11 @@ def live(trained_platform, s3_server, unique_name, tmp_path_factory) -> Iterator
         API_KEYS_REQUIRED="true",
         API_KEYS=json.dumps({"observability-test": hash_key(API_KEY)}),
         # The monitor on a short window, judging from few rows (the traffic repeats a handful of applicants:
-        # every feature drifts) and two labels; retraining decided and counted, not started.
-        MONITOR_WINDOW_S="5",
+        # every feature drifts) and two labels; retraining decided and counted, not started. The log worker
+        # writes every half second, so that every window holds rows of both versions: a window holding none of a
+        # version removes its drift series, and a panel read at that moment would show nothing.
+        MONITOR_WINDOW_S="10",
+        BATCH_MAX_AGE_S="0.5",
         MONITOR_EXPERIMENT_NAME=unique_name("monitoring"),
         DRIFT_MIN_ROWS="1",
         QUALITY_MIN_LABELED_ROWS="2",
@@ -304,7 +307,7 @@ def test_model_quality_alerts_fire_on_the_real_conditions(live: LivePlatform) ->
     with steady_traffic(live.serving.bff_url):
         wait_for(lambda: live.query("monitor_feature_drifted == 1"), 60, "a drifted feature")
         wait_for(lambda: live.query("monitor_live_roc_auc < 0.5"), 60, "the live AUC of the backwards labels")
-        # A 5 s window the log worker has not flushed into yet has no drift figures; the next one has them all.
+        # The first window may hold only some rows of the traffic; the next one has every feature.
         wait_for(
             lambda: {s["metric"]["feature"] for s in live.query("monitor_feature_psi")} == set(FEATURE_NAMES),
             60,
@@ -317,7 +320,7 @@ def test_model_quality_alerts_fire_on_the_real_conditions(live: LivePlatform) ->
         )
         for alert in ("MlopsModelDriftHigh", "MlopsLiveAucBelowFloor", "MlopsNoRecentLabels"):
             live.wait_for_alert(alert)
-    # Quiet while the monitor completes its windows; a window late under load (the condition is 3 x 5 s here)
+    # Quiet while the monitor completes its windows; a window late under load (the condition is 3 x 10 s here)
     # may make it pending for a moment, so it must be quiet again, not quiet at one instant.
     wait_for(
         lambda: "MlopsMonitorStale" not in live.alert_states(), 60, "MlopsMonitorStale quiet while the monitor runs"
