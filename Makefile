@@ -83,8 +83,12 @@ stack-reset: $(VENV)/.installed ## stack-down, then delete all its state: .stack
 stack-status: $(VENV)/.installed ## Health of every stack component
 	$(PY) -m devstack status
 
+# Test worker processes (pytest-xdist), each given whole test files: a worker starts its own private servers
+# (S3, MLflow, Triton), and a file's tests share its module fixtures. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: setup lint k8s-tools prometheus-tools bench-tools ## Set up and run every test (unit, integration on the real stack, chart)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --numprocesses $(TEST_WORKERS) --dist loadfile
 
 data: $(VENV)/.installed ## Synthetic Home Credit CSVs in data/ (kept if present: real Kaggle files win)
 	$(PY) data/synthetic_home_credit.py --applicants $(DEMO_APPLICANTS)

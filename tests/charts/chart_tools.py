@@ -4,8 +4,11 @@ Every external tool comes from `make k8s-tools` (tools/install-k8s-tools.sh) und
 missing tool fails the test that needs it, with that hint, rather than skipping it.
 """
 
+import fcntl
+import hashlib
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +58,31 @@ class HelmError(Exception):
 
 
 def helm_dependency_build(chart: Path = CHART) -> None:
-    result = run([tool("helm"), "dependency", "build", chart])
+    """Package the chart's file:// subcharts into ``<chart>/charts/``, unless the packages there are newer
+    than every file they are made of. The test run's worker processes share the folder and helm rewrites it:
+    one process builds while holding a lock, and the others then find the packages current (rebuilt while
+    another process renders, they would change under it)."""
+    lock_name = f"helm-dependency-build-{hashlib.sha1(bytes(chart)).hexdigest()[:12]}.lock"
+    with open(Path(tempfile.gettempdir()) / lock_name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _packages_current(chart):
+            return
+        result = run([tool("helm"), "dependency", "build", chart])
     if result.returncode:
         raise HelmError(f"helm dependency build {chart} failed:\n{result.stderr}")
+
+
+def _packages_current(chart: Path) -> bool:
+    metadata = chart / "Chart.yaml"
+    for dependency in yaml.safe_load(metadata.read_text()).get("dependencies", []):
+        package = chart / "charts" / f"{dependency['name']}-{dependency['version']}.tgz"
+        source = (chart / dependency["repository"].removeprefix("file://")).resolve()
+        if not package.exists():
+            return False
+        sources = [metadata, *(path for path in source.rglob("*") if path.is_file())]
+        if package.stat().st_mtime < max(path.stat().st_mtime for path in sources):
+            return False
+    return True
 
 
 def helm_template_text(
