@@ -34,23 +34,25 @@ $(UV):
 	$(PYTHON_BOOT) -m venv .tools/uv
 	.tools/uv/bin/pip install --quiet uv==$(UV_VERSION)
 
-# The stamp files make setup a no-op until a lock file changes.
+# The stamp files make setup a no-op until a lock file changes. Bytecode is compiled at install: every
+# service and test process imports these packages, and with PYTHONDONTWRITEBYTECODE set (as here) Python
+# would otherwise compile them again in each one (`import monitor.service` here: 14.7 s without, 5.9 s with).
 $(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
 	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON_BOOT) $(VENV)
-	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(PY) requirements.lock
 	$(UV) pip install --quiet --no-deps --python $(PY) -e .
 	touch $@
 
 $(TRITON_VENV)/.installed: requirements-triton.lock | $(UV)
 	test -x $(TRITON_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON_BOOT) $(TRITON_VENV)
-	$(UV) pip sync --quiet --python $(TRITON_VENV)/bin/python requirements-triton.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(TRITON_VENV)/bin/python requirements-triton.lock
 	touch $@
 
 setup: $(VENV)/.installed $(TRITON_VENV)/.installed ## Create the Python environments (idempotent)
 
 $(MODEL_ANALYZER_VENV)/.installed: benchmarks/model_analyzer/requirements.lock | $(UV)
 	test -x $(MODEL_ANALYZER_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON_BOOT) $(MODEL_ANALYZER_VENV)
-	$(UV) pip sync --quiet --python $(MODEL_ANALYZER_VENV)/bin/python benchmarks/model_analyzer/requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(MODEL_ANALYZER_VENV)/bin/python benchmarks/model_analyzer/requirements.lock
 	touch $@
 
 lock: | $(UV) ## Re-resolve the pinned lock files from the .in files

@@ -1,0 +1,43 @@
+"""Feast without typeguard's instrumentation in the processes that only read definitions
+(mlops_common.feast_runtime), and with it where definitions are applied (feature_store).
+
+Each case is a fresh interpreter: whether Feast is instrumented is decided when a process first imports it.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from devstack.components import APP_PYTHONPATH
+
+# Whether Feast's FeatureView.__init__ runs typeguard's argument checks, and whether typeguard's decorator is
+# its own again after the import.
+PROBE = """
+import typeguard, feast
+checked = "check_argument_types_internal" in feast.FeatureView.__init__.__code__.co_names
+print(checked, typeguard.typechecked is typeguard._decorators.typechecked)
+"""
+
+
+@pytest.mark.parametrize(
+    ("first_import", "checked"),
+    [
+        ("bff", "False"),
+        ("trainer", "False"),
+        ("batch_scoring", "False"),
+        ("feature_store", "True"),
+    ],
+)
+def test_feast_is_checked_only_where_definitions_are_applied(first_import: str, checked: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {first_import}\n{PROBE}"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in APP_PYTHONPATH)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [checked, "True"]
