@@ -1,6 +1,0 @@
-"""The prediction API (``python -m bff``)."""
-
-from mlops_common.feast_runtime import import_feast_without_typechecks
-
-# Before any module of this package imports Feast: see mlops_common.feast_runtime.
-import_feast_without_typechecks()

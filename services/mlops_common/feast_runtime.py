@@ -1,11 +1,15 @@
-"""Feast in the processes that only read feature definitions: the BFF, batch scoring and the trainer.
+"""Feast in the jobs that only read feature definitions: batch scoring and the trainer.
 
 Feast decorates its definition classes with typeguard's ``@typechecked``, and typeguard 4 implements it by
 parsing and compiling again the source of each decorated function's module while Feast is imported: about
-5 s of CPU per process on this machine (``python -X importtime -c "import feast"``), paid by every BFF worker,
-scoring job and trainer when it starts. These processes load the definitions from the registry and never
-build them from user code, so the checks guard nothing there and Feast is imported with the decorator left
-out. ``python -m feature_store`` (``feast apply`` of the definitions) imports Feast as usual and keeps them.
+5 s of CPU per process on this machine (``python -X importtime -c "import feast"``), paid by every scoring job
+and trainer when it starts. These jobs load the definitions from the registry and never build them from user
+code, so the checks guard nothing there and Feast is imported with the decorator left out (by each package's
+``__init__``, before any of its modules imports Feast). ``python -m feature_store`` (``feast apply`` of the
+definitions) imports Feast as usual and keeps them.
+
+Not the BFF: importing Feast opens prometheus-client's metric files, so its supervisor must first name the
+directory the workers share (``bff.workers``), which a package ``__init__`` runs too early for.
 """
 
 import importlib

@@ -1,4 +1,4 @@
-"""Feast without typeguard's instrumentation in the processes that only read definitions
+"""Feast without typeguard's instrumentation in the jobs that only read definitions
 (mlops_common.feast_runtime), and with it where definitions are applied (feature_store).
 
 Each case is a fresh interpreter: whether Feast is instrumented is decided when a process first imports it.
@@ -24,7 +24,6 @@ print(checked, typeguard.typechecked is typeguard._decorators.typechecked)
 @pytest.mark.parametrize(
     ("first_import", "checked"),
     [
-        ("bff", "False"),
         ("trainer", "False"),
         ("batch_scoring", "False"),
         ("feature_store", "True"),
