@@ -239,6 +239,10 @@ def test_every_dashboard_query_returns_data(live: LivePlatform, s3_server) -> No
         # The monitor's figures need the logs in the table (log worker) and a window over them.
         wait_for(lambda: live.query("monitor_live_roc_auc"), 60, "the monitor's live AUC")
         wait_for(lambda: live.query("monitor_feature_psi"), 60, "the monitor's drift figures")
+        # The window's decision is counted after its figures, its report and its MLflow calls (seconds here).
+        wait_for(
+            lambda: live.query("sum(increase(monitor_retraining_decisions_total[1h])) > 0"), 60, "a decision counted"
+        )
         # A few scrapes after the traffic; then every rate window of 4 scrape intervals has it.
         time.sleep(6 * SCRAPE_INTERVAL_S)
         window = QueryWindow(range_s=300, scrape_interval_s=SCRAPE_INTERVAL_S)
