@@ -3,10 +3,24 @@
 import shutil
 
 import uvicorn
+from fastapi import FastAPI
 
 from bff.settings import Settings
 from bff.workers import serve_worker_metrics, share_metrics_between_workers
+from mlops_common.feast_runtime import import_feast_without_typechecks
 from mlops_common.logging import configure_logging
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process; uvicorn calls it in each worker, after ``main`` named the metrics
+    directory the workers share."""
+    # Feast first, without typeguard's checks (mlops_common.feast_runtime: seconds of start-up per worker).
+    # Not at the top of this module: importing Feast opens prometheus-client's metric files, which must go
+    # to the directory share_metrics_between_workers() names.
+    import_feast_without_typechecks()
+    from bff.app import worker_app as configured_app
+
+    return configured_app()
 
 
 def main() -> None:
@@ -17,7 +31,7 @@ def main() -> None:
     try:
         uvicorn.run(
             # Each worker process builds its app from the environment (a single worker runs in this process).
-            "bff.app:worker_app",
+            "bff.__main__:worker_app",
             factory=True,
             workers=settings.worker_processes(),
             host=settings.bff_host,

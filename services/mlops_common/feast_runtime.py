@@ -1,15 +1,13 @@
-"""Feast in the jobs that only read feature definitions: batch scoring and the trainer.
+"""Feast in the processes that only read feature definitions: the BFF's workers, batch scoring, the trainer.
 
 Feast decorates its definition classes with typeguard's ``@typechecked``, and typeguard 4 implements it by
 parsing and compiling again the source of each decorated function's module while Feast is imported: about
-5 s of CPU per process on this machine (``python -X importtime -c "import feast"``), paid by every scoring job
-and trainer when it starts. These jobs load the definitions from the registry and never build them from user
-code, so the checks guard nothing there and Feast is imported with the decorator left out (by each package's
-``__init__``, before any of its modules imports Feast). ``python -m feature_store`` (``feast apply`` of the
-definitions) imports Feast as usual and keeps them.
-
-Not the BFF: importing Feast opens prometheus-client's metric files, so its supervisor must first name the
-directory the workers share (``bff.workers``), which a package ``__init__`` runs too early for.
+3-5 s of CPU per process on this machine (``python -X importtime -c "import feast"``), paid by every BFF
+worker, scoring job and trainer when it starts. These load the definitions from the registry and never build
+them from user code, so the checks guard nothing there and Feast is imported with the decorator left out
+(before any of their modules imports Feast: the trainer's and batch scoring's package ``__init__``, the BFF's
+worker factory in ``bff.__main__``, which runs after the supervisor named the metrics directory). ``python -m
+feature_store`` (``feast apply`` of the definitions) imports Feast as usual and keeps them.
 """
 
 import importlib

@@ -1,4 +1,4 @@
-"""Feast without typeguard's instrumentation in the jobs that only read definitions
+"""Feast without typeguard's instrumentation in the processes that only read definitions
 (mlops_common.feast_runtime), and with it where definitions are applied (feature_store).
 
 Each case is a fresh interpreter: whether Feast is instrumented is decided when a process first imports it.
@@ -22,16 +22,18 @@ print(checked, typeguard.typechecked is typeguard._decorators.typechecked)
 
 
 @pytest.mark.parametrize(
-    ("first_import", "checked"),
+    ("start", "checked"),
     [
-        ("trainer", "False"),
-        ("batch_scoring", "False"),
-        ("feature_store", "True"),
+        ("import trainer", "False"),
+        ("import batch_scoring", "False"),
+        # What uvicorn runs in each worker process of `python -m bff`.
+        ("import bff.__main__; bff.__main__.worker_app()", "False"),
+        ("import feature_store", "True"),
     ],
 )
-def test_feast_is_checked_only_where_definitions_are_applied(first_import: str, checked: str) -> None:
+def test_feast_is_checked_only_where_definitions_are_applied(start: str, checked: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", f"import {first_import}\n{PROBE}"],
+        [sys.executable, "-c", f"{start}\n{PROBE}"],
         env={**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in APP_PYTHONPATH)},
         capture_output=True,
         text=True,
