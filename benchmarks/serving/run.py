@@ -179,8 +179,11 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
     import orjson
     from pydantic import TypeAdapter
 
-    from bff.bodies import parse_batch
+    from bff.app import answer_rows
+    from bff.bodies import feature_names_where, parse_batch
     from bff.schemas import BatchPrediction, Prediction, PredictRequest
+    from mlops_common.decisions import decide
+    from mlops_common.features import FEATURE_NAMES
 
     bodies = feature_bodies(rows)
     raw = json.dumps(bodies).encode()
@@ -192,26 +195,18 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
 
     def answer() -> bytes:
         request_id = uuid.uuid4().hex
-        decisions = np.where(probabilities >= 0.5, "reject", "approve").tolist()
-        values = probabilities.tolist()
-        return orjson.dumps(
-            {
-                "predictions": [
-                    {
-                        "request_id": f"{request_id}-{i}",
-                        "probability": values[i],
-                        "decision": decisions[i],
-                        "threshold": 0.5,
-                        "model_name": "credit_default",
-                        "model_version": "1",
-                        "model_role": "champion",
-                        "features_from_store": [],
-                        "missing_features": [],
-                    }
-                    for i in range(rows)
-                ]
-            }
+        answers = answer_rows(
+            [f"{request_id}-{i}" for i in range(rows)],
+            probabilities.tolist(),
+            decide(probabilities, 0.5).tolist(),
+            threshold=0.5,
+            model_name="credit_default",
+            versions=["1"] * rows,
+            roles=["champion"] * rows,
+            from_store=[[]] * rows,
+            missing=feature_names_where(np.zeros((rows, len(FEATURE_NAMES)), dtype=bool)),
         )
+        return orjson.dumps({"predictions": answers})
 
     def before_answer() -> bytes:
         built = BatchPrediction(
@@ -236,7 +231,7 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
         ("body -> columns: list of objects (bff.bodies)", lambda: parse_batch(raw, rows)),
         ('body -> columns: pandas "split"', lambda: parse_batch(raw_split, rows)),
         ("body -> columns: KServe v2 inputs", lambda: parse_batch(raw_v2, rows)),
-        ("answer: dicts from the arrays + orjson.dumps", answer),
+        ("answer: row ids, decisions, dicts from the arrays (bff.app) + orjson.dumps", answer),
         (
             "before: json.loads + validate list[PredictRequest]",
             lambda: request_adapter.validate_python(json.loads(raw)),

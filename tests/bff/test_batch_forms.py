@@ -197,3 +197,48 @@ def test_fast_path_equals_the_models_for_valid_objects(items):
 )
 def test_the_fast_path_declines_what_only_the_models_may_judge(item):
     assert bodies._objects_fast([item]) is None
+
+
+_all_features = st.permutations(FEATURE_NAMES)
+_keyed_columns = st.lists(st.sampled_from(FEATURE_NAMES), unique=True).map(lambda names: [ENTITY_KEY, *names])
+
+
+@st.composite
+def _split_bodies(draw):
+    columns = draw(st.one_of(_all_features, _keyed_columns))
+    cell = {ENTITY_KEY: st.integers(0, MAX_ENTITY_ID)}
+    row = st.tuples(*(cell.get(name, _numbers) for name in columns)).map(list)
+    return {"columns": list(columns), "data": draw(st.lists(row, min_size=1, max_size=20))}
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(_split_bodies())
+def test_split_fast_path_equals_the_model_for_valid_bodies(value):
+    assert bodies._split_plainly_valid(value)
+    fast = bodies._split(value, 1000, plain=True)
+    validated = bodies._split(value, 1000, plain=False)
+    np.testing.assert_array_equal(fast.matrix, validated.matrix)
+    np.testing.assert_array_equal(fast.given, validated.given)
+    assert fast.entity_ids == validated.entity_ids
+
+
+_SPLIT = {"columns": list(FEATURE_NAMES), "data": [[FEATURES_EXAMPLE[name] for name in FEATURE_NAMES]]}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {**_SPLIT, "data": [[True, *_SPLIT["data"][0][1:]]]},  # a boolean: the model refuses it
+        {**_SPLIT, "data": [["1", *_SPLIT["data"][0][1:]]]},
+        {**_SPLIT, "data": [[1e39, *_SPLIT["data"][0][1:]]]},  # finite, but infinity as float32
+        {**_SPLIT, "data": [[10**400, *_SPLIT["data"][0][1:]]]},
+        {**_SPLIT, "data": [_SPLIT["data"][0][1:]]},  # a value short
+        {**_SPLIT, "data": []},
+        {**_SPLIT, "columns": [*FEATURE_NAMES[1:], FEATURE_NAMES[1]]},  # one column twice
+        {**_SPLIT, "columns": ["unknown", *FEATURE_NAMES[1:]]},
+        {**_SPLIT, "index": "0"},
+        {**_SPLIT, "extra": 1},
+    ],
+)
+def test_the_split_fast_path_declines_what_only_the_model_may_judge(value):
+    assert not bodies._split_plainly_valid(value)
