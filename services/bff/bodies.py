@@ -212,30 +212,24 @@ def _split(value: dict, max_rows: int, *, plain: bool) -> Rows:
         raise BatchTooLarge(len(data))
     if plain and _split_plainly_valid(value):
         columns = value["columns"]
-        by_column = list(zip(*data, strict=True))
-        return _from_columns(
-            {name: list(by_column[j]) for j, name in enumerate(columns)},
-            len(data),
-            lambda name, row: ["data", row, columns.index(name)],
-            ["columns"],
-        )
-    try:
-        split = _SPLIT.validate_python(value)
-    except ValidationError as err:
-        raise _validation_errors(err) from None
-    columns = split.columns
-    errors = _duplicate_names(columns, "columns")
-    errors += [
-        _error("row_length", ["data", i], f"row has {len(row)} values for {len(columns)} columns", row)
-        for i, row in enumerate(split.data)
-        if len(row) != len(columns)
-    ]
-    if errors:
-        raise RequestValidationError(errors)
-    by_column = list(zip(*split.data, strict=True))
+    else:
+        try:
+            split = _SPLIT.validate_python(value)
+        except ValidationError as err:
+            raise _validation_errors(err) from None
+        columns, data = split.columns, split.data
+        errors = _duplicate_names(columns, "columns")
+        errors += [
+            _error("row_length", ["data", i], f"row has {len(row)} values for {len(columns)} columns", row)
+            for i, row in enumerate(data)
+            if len(row) != len(columns)
+        ]
+        if errors:
+            raise RequestValidationError(errors)
+    by_column = list(zip(*data, strict=True))
     return _from_columns(
         {name: list(by_column[j]) for j, name in enumerate(columns)},
-        len(split.data),
+        len(data),
         lambda name, row: ["data", row, columns.index(name)],
         ["columns"],
     )
