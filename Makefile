@@ -130,6 +130,7 @@ bench: setup bench-tools ## Every benchmark, one after the other (~35 min on thi
 	$(PY) benchmarks/serving/run.py --out benchmarks/results/serving.md
 	$(PY) benchmarks/inference_logging/run.py --out benchmarks/results/inference_logging.md
 	$(PY) benchmarks/inference_logging/table.py --out benchmarks/results/inference_log_table.md
+	$(PY) benchmarks/inference_logging/message_size.py --out benchmarks/results/inference_log_message_size.md
 	$(PY) benchmarks/batch_scoring/run.py --out benchmarks/results/batch_scoring.md
 	$(PY) benchmarks/startup/run.py --out benchmarks/results/startup.md
 	$(PY) benchmarks/model_analyzer/run.py

@@ -1,7 +1,7 @@
 """Every benchmark's measurements, seconds long, on the test session's platform (one serving fixture for
-them all), so that `benchmarks/serving/run.py`, `benchmarks/inference_logging/run.py` and `table.py` do not
-rot between their full runs (`make bench`). No timing is asserted: each part must measure something, without
-errors, and its report (section) must be written from it."""
+them all), so that `benchmarks/serving/run.py`, `benchmarks/inference_logging/` (`run.py`, `message_size.py`,
+`table.py`) do not rot between their full runs (`make bench`). No timing is asserted: each part must measure
+something, without errors, and its report (section) must be written from it."""
 
 import asyncio
 from pathlib import Path
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.batch_scoring import run as batch_scoring
+from benchmarks.inference_logging import message_size, table
 from benchmarks.inference_logging import run as logging_cost
-from benchmarks.inference_logging import table
 from benchmarks.serving import run as bench
 from benchmarks.stack import settings_from
 from devstack.triton_home import ensure_triton_home
@@ -90,6 +90,18 @@ def test_logging_cost_alternates_on_and_off_phases(serving):
     assert all(p.result.requests > 0 and p.result.errors == 0 and p.bff_cpu_s > 0 for p in phases), phases
     pooled = logging_cost.pooled([p.result for p in phases if p.logging_on])
     assert pooled.requests == sum(p.result.requests for p in phases if p.logging_on)
+
+
+def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
+    # Both settings on the session's one BFF: the phases, their CPU and the report, not the two start-ups.
+    target = (serving.bff_url, serving.bff.pid())
+    phases = message_size.alternate(dict.fromkeys(message_size.SETTINGS, target), rounds=2, duration_s=SECONDS)
+    assert [p.max_records for p in phases] == [100, 500, 500, 100]
+    assert all(p.load.requests > 0 and p.load.errors == 0 and p.bff_cpu_s > 0 for p in phases)
+    text = message_size.report(phases, 2, SECONDS, 0.0, "smoke", "")
+    assert "| 100 |" in text
+    assert "| 500 |" in text
+    assert "500 ÷ 100: throughput" in text
 
 
 def test_table_write_throughput_merges_compacts_and_reads_back(serving, s3_server):

@@ -28,8 +28,9 @@ from bff.metrics import REGISTRY
 from bff.settings import Settings
 from bff.spool import Spool
 from devstack.processes import free_port
-from mlops_common.features import FEATURE_NAMES
-from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, InferenceLogRecord, split_message
+from log_worker.settings import Settings as LogWorkerSettings
+from mlops_common.features import FEATURE_NAMES, MAX_ENTITY_ID
+from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, InferenceLogRecord, encode_message, split_message
 from mlops_common.rabbit import InferenceLogTopology
 from mlops_common.rollout import Role
 from mlops_common.settings import REPO_ROOT
@@ -433,3 +434,26 @@ def test_records_encoded_from_columns_are_the_records_the_model_would_write():
         ),
     ]
     assert [InferenceLogRecord.from_json_bytes(line) for line in lines] == expected
+
+
+def test_a_full_message_of_the_largest_records_fits_the_log_workers_limit():
+    """The log worker dead-letters a message over MAX_MESSAGE_BYTES whole, so a message of
+    LOG_MESSAGE_MAX_RECORDS records, every field at the longest the BFF can write it, must stay under it
+    (both services' defaults)."""
+    n = Settings().log_message_max_records
+    batch_row_id = "r" * 100 + f"-{Settings().max_batch_size - 1}"  # the longest X-Request-ID, then the row
+    records = inference_log.encode_records(
+        request_ids=[batch_row_id] * n,
+        timestamp=datetime.now(UTC),
+        entity_ids=[MAX_ENTITY_ID] * n,
+        features=np.full((n, len(FEATURE_NAMES)), -np.finfo(np.float32).tiny / 3, dtype=np.float32),
+        store_features=[list(FEATURE_NAMES)] * n,
+        model_name="m" * 128,
+        model_versions=["v" * 128] * n,
+        probabilities=[0.12345678901234568] * n,
+        decisions=["approve"] * n,
+        latency_ms=123456.78901234567,
+        roles=[Role.SHADOW] * n,
+    )
+    InferenceLogRecord.from_json_bytes(records[0])  # a record the model accepts
+    assert len(encode_message(records)) <= LogWorkerSettings().max_message_bytes
