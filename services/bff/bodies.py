@@ -32,7 +32,6 @@ _FIELDS = frozenset((*FEATURE_NAMES, ENTITY_KEY))
 _NUMBER_TYPES = {int, float, type(None)}
 # An object's features in FEATURE_NAMES' order, in C: KeyError when one is not in it.
 _FEATURE_VALUES = itemgetter(*FEATURE_NAMES)
-_SPLIT_KEYS = SplitBatch.model_fields.keys()
 _OBJECTS = TypeAdapter(list[PredictRequest])
 _OBJECT = TypeAdapter(PredictRequest)
 _SPLIT = TypeAdapter(SplitBatch)
@@ -83,7 +82,7 @@ def parse_batch(body: bytes, max_rows: int) -> Rows:
     the rows are validated."""
     value, plain = _load(body)
     if isinstance(value, dict) and "columns" in value:
-        return _split(value, max_rows, plain=plain)
+        return _split(value, max_rows)
     if isinstance(value, dict) and "inputs" in value:
         return _v2(value, max_rows)
     if isinstance(value, list):
@@ -206,53 +205,30 @@ _ABSENT = _Absent()
 
 
 # -- columnar forms ----------------------------------------------------------------------------------
-def _split(value: dict, max_rows: int, *, plain: bool) -> Rows:
+def _split(value: dict, max_rows: int) -> Rows:
     data = value.get("data")
     if isinstance(data, list) and len(data) > max_rows:
         raise BatchTooLarge(len(data))
-    if plain and _split_plainly_valid(value):
-        columns = value["columns"]
-    else:
-        try:
-            split = _SPLIT.validate_python(value)
-        except ValidationError as err:
-            raise _validation_errors(err) from None
-        columns, data = split.columns, split.data
-        errors = _duplicate_names(columns, "columns")
-        errors += [
-            _error("row_length", ["data", i], f"row has {len(row)} values for {len(columns)} columns", row)
-            for i, row in enumerate(data)
-            if len(row) != len(columns)
-        ]
-        if errors:
-            raise RequestValidationError(errors)
-    by_column = list(zip(*data, strict=True))
+    try:
+        split = _SPLIT.validate_python(value)
+    except ValidationError as err:
+        raise _validation_errors(err) from None
+    columns = split.columns
+    errors = _duplicate_names(columns, "columns")
+    errors += [
+        _error("row_length", ["data", i], f"row has {len(row)} values for {len(columns)} columns", row)
+        for i, row in enumerate(split.data)
+        if len(row) != len(columns)
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+    by_column = list(zip(*split.data, strict=True))
     return _from_columns(
         {name: list(by_column[j]) for j, name in enumerate(columns)},
-        len(data),
+        len(split.data),
         lambda name, row: ["data", row, columns.index(name)],
         ["columns"],
     )
-
-
-def _split_plainly_valid(value: dict) -> bool:
-    """Whether ``SplitBatch`` would accept the body as it is (a cheaper check of the same rules, without a
-    model per cell); when not, the model judges it and names what is wrong."""
-    columns, data = value.get("columns"), value.get("data")
-    if not (value.keys() <= _SPLIT_KEYS and type(columns) is list and type(data) is list and columns and data):
-        return False
-    if value.get("index") is not None and type(value["index"]) is not list:
-        return False
-    if not (all(type(c) is str for c in columns) and set(columns) <= _FIELDS and len(set(columns)) == len(columns)):
-        return False
-    if not all(type(row) is list and len(row) == len(columns) for row in data):
-        return False
-    if not set(map(type, chain.from_iterable(data))) <= _NUMBER_TYPES:
-        return False
-    try:
-        return not (np.abs(np.array(data, dtype=np.float64)) > FLOAT32_MAX).any()  # None -> NaN: not above
-    except OverflowError:  # an integer past float64
-        return False
 
 
 def _v2(value: dict, max_rows: int) -> Rows:
