@@ -2,8 +2,8 @@
 
 Feast decorates its definition classes with typeguard's ``@typechecked``, and typeguard 4 implements it by
 parsing and compiling again the source of each decorated function's module while Feast is imported: about
-3-5 s of CPU per process on this machine (``python -X importtime -c "import feast"``), paid by every BFF
-worker, scoring job and trainer when it starts. These load the definitions from the registry and never build
+3 s per process on this machine (``benchmarks/results/startup.md``), paid by every BFF worker, scoring job and
+trainer when it starts. These load the definitions from the registry and never build
 them from user code, so the checks guard nothing there and Feast is imported with the decorator left out
 (before any of their modules imports Feast: the trainer's and batch scoring's package ``__init__``, the BFF's
 worker factory in ``bff.__main__``, which runs after the supervisor named the metrics directory). ``python -m
