@@ -15,7 +15,6 @@ before it connects to anything.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.stack import ROOT, command_line, machine_summary, write_report
-from devstack.components import APP_PYTHONPATH
+from devstack.components import app_environment
 
 # What each process runs before it can work.
 PROCESSES = {
@@ -53,7 +52,7 @@ def measure_once(code: str) -> Sample:
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in APP_PYTHONPATH)},
+        env=app_environment(),
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -8,6 +8,7 @@ different ports and state directories.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import sysconfig
@@ -25,7 +26,12 @@ from mlops_common.settings import REPO_ROOT, S3Settings
 
 LOCALHOST = "127.0.0.1"
 # What `python -m <service>` needs to import the platform's packages.
-APP_PYTHONPATH = [REPO_ROOT / "services", REPO_ROOT / "data", REPO_ROOT / "feature_repo"]
+APP_PYTHONPATH = os.pathsep.join(str(REPO_ROOT / folder) for folder in ("services", "data", "feature_repo"))
+
+
+def app_environment() -> dict[str, str]:
+    """This process' environment with the platform's PYTHONPATH: for a Python child of the platform."""
+    return {**os.environ, "PYTHONPATH": APP_PYTHONPATH}
 
 
 # -- SeaweedFS (S3) -------------------------------------------------------------------------------
@@ -431,7 +437,7 @@ def app_daemon(
     """
     argv = [python, "-m", command] if isinstance(command, str) else list(command)
     app_env = {
-        "PYTHONPATH": ":".join(str(p) for p in APP_PYTHONPATH),
+        "PYTHONPATH": APP_PYTHONPATH,
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }

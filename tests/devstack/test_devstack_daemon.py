@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devstack.__main__ import main
-from devstack.components import APP_PYTHONPATH
+from devstack.components import app_environment
 from devstack.processes import Daemon, DaemonStartError, free_port, http_ok, pid_alive, recorded_daemons
 from devstack.settings import Settings
 from devstack.stack import LocalStack
@@ -230,7 +230,7 @@ def test_die_with_parent_daemon_follows_a_killed_session(tmp_path: Path) -> None
         print(daemon.pid(), flush=True)
         time.sleep(300)
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in APP_PYTHONPATH)}
+    env = app_environment()
     session = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
         daemon_pid = int(session.stdout.readline())

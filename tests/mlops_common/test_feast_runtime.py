@@ -4,13 +4,12 @@
 Each case is a fresh interpreter: whether Feast is instrumented is decided when a process first imports it.
 """
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from devstack.components import APP_PYTHONPATH
+from devstack.components import app_environment
 
 # Whether Feast's FeatureView.__init__ runs typeguard's argument checks, and whether typeguard's decorator is
 # its own again after the import.
@@ -34,7 +33,7 @@ print(checked, typeguard.typechecked is typeguard._decorators.typechecked)
 def test_feast_is_checked_only_where_definitions_are_applied(start: str, checked: str) -> None:
     result = subprocess.run(
         [sys.executable, "-c", f"{start}\n{PROBE}"],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in APP_PYTHONPATH)},
+        env=app_environment(),
         capture_output=True,
         text=True,
         timeout=120,

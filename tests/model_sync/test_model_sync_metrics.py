@@ -1,7 +1,6 @@
 """Model sync's metrics: load outcomes exist at 0 from start-up, and `python -m model_sync` serves its
 own registry on MODEL_SYNC_METRICS_PORT: no Feast metrics even when feast is imported in the process."""
 
-import os
 import re
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import sys
 import httpx
 from serving_fixtures import wait_for
 
-from devstack.components import APP_PYTHONPATH, app_daemon
+from devstack.components import app_daemon, app_environment
 from devstack.processes import free_port
 from model_sync.sync import LOAD_OUTCOMES
 
@@ -32,7 +31,7 @@ def test_load_outcomes_exist_at_zero_from_start_up():
         "print([REGISTRY.get_sample_value('model_sync_loads_total', {'outcome': o}) for o in LOAD_OUTCOMES], "
         "REGISTRY.get_sample_value('model_sync_check_errors_total'))"
     )
-    env = {**os.environ, "PYTHONPATH": ":".join(str(path) for path in APP_PYTHONPATH)}
+    env = app_environment()
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     assert result.stdout.split() == ["[0.0,", "0.0]", "0.0"]
     assert len(LOAD_OUTCOMES) == 2
