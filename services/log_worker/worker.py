@@ -2,7 +2,8 @@
 
 It consumes with manual acks and a prefetch window sized from bytes (``Settings.prefetch_count``).
 Messages (JSON lines, see ``mlops_common.inference_log``) are parsed and turned into Arrow rows on
-arrival and collect into a batch, written when it holds ``batch_max_records`` records, the window is
+arrival (``log_worker.fast_reader``; the record model only for a message with a line that reader
+does not take) and collect into a batch, written when it holds ``batch_max_records`` records, the window is
 full, or its oldest message is ``batch_max_age_s`` old (a timer, so a quiet queue still flushes). A
 batch is one MERGE on ``request_id`` into the table: a record the table already holds (a redelivery, a
 second worker, a replay from the dead-letter queue) is not inserted again.
@@ -37,6 +38,7 @@ from aiormq.exceptions import AMQPError
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
+from log_worker.fast_reader import lines_to_table
 from log_worker.settings import Settings
 from mlops_common.delta import TableSchemaError
 from mlops_common.inference_log import (
@@ -133,6 +135,10 @@ def parse_message(body: bytes, *, max_bytes: int | None = None) -> ParsedMessage
     lines = split_message(body)
     if not lines:
         return ParsedMessage(TABLE_SCHEMA.empty_table(), [], [], [Reject(body, "empty message", "invalid")])
+    rows = lines_to_table(lines)
+    if rows is not None:
+        return ParsedMessage(rows, lines, list(range(len(lines))), [])
+    # Some line is not a plain valid record: the model validates each, and says what is wrong.
     records: list[InferenceLogRecord] = []
     row_lines: list[int] = []
     rejects: list[Reject] = []

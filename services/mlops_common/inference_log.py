@@ -10,7 +10,10 @@ Triton. In S3 the records are rows of a Delta Lake table (``mlops_common.delta``
 
 with one float64 column per feature, named as in the feature contract. Delivery from the BFF is at
 least once; the table holds each request id once, because writers only ever MERGE on ``request_id``
-(``write_inference_log_rows``): a record delivered twice, by any path, is one row.
+(``write_inference_log_rows``): a record delivered twice, by any path, is one row. Two different
+records with one request id (a client's retry with its own ``X-Request-ID``) are one row when their
+timestamps are less than ``DUPLICATE_WINDOW`` apart (the MERGE compares a batch only with the rows
+of its own time range, give or take the window, so its cost does not grow with the table).
 
 Changing the record, the Parquet schema or the feature contract means bumping ``SCHEMA_VERSION``:
 workers reject records of a version they do not know (to the dead-letter queue). Version 2 added
@@ -39,9 +42,10 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 2
 MESSAGE_CONTENT_TYPE = "application/x-ndjson"
+DUPLICATE_WINDOW = timedelta(minutes=1)
 
 # Model names and versions become S3 key segments and Hive partition values.
-_KEY_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+KEY_SEGMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -70,8 +74,8 @@ class InferenceLogRecord(BaseModel):
     features: dict[str, float | None]
     # Which of those features came from the online store (the rest came with the request).
     store_features: list[str] = Field(default_factory=list)
-    model_name: str = Field(pattern=_KEY_SEGMENT)
-    model_version: str = Field(pattern=_KEY_SEGMENT)
+    model_name: str = Field(pattern=KEY_SEGMENT_PATTERN)
+    model_version: str = Field(pattern=KEY_SEGMENT_PATTERN)
     probability: FiniteFloat = Field(ge=0.0, le=1.0)
     decision: str = Field(min_length=1, max_length=64)
     latency_ms: FiniteFloat = Field(ge=0.0)
@@ -186,6 +190,7 @@ def write_inference_log_rows(settings: InferenceLogStoreSettings, rows: pa.Table
         key="request_id",
         partition_by=PARTITION_COLUMNS,
         options=delta_storage_options(settings, timeout_s=timeout_s),
+        within=("timestamp", DUPLICATE_WINDOW),
     )
 
 
