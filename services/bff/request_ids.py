@@ -24,8 +24,8 @@ REQUEST_ID_PARAMETER = {
     "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
     "description": "Your id for this request (letters, digits, . _ : -; at most 100): the prediction's "
     "`request_id` (a batch's rows get `<id>-<index>`), the inference log's key and Triton's request id. "
-    "Unique per request: a retry with the same id within a minute is logged once. Made up when absent. Echoed in the "
-    "answer's `X-Request-ID` header, errors included.",
+    "Unique per request (a retry with the same id is logged as a request of its own). Made up when absent. "
+    "Echoed in the answer's `X-Request-ID` header, errors included.",
 }
 _HEADER_KEY = REQUEST_ID_HEADER.lower().encode()
 

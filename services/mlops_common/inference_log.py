@@ -9,11 +9,11 @@ Triton. In S3 the records are rows of a Delta Lake table (``mlops_common.delta``
     s3://<LOGS_BUCKET>/<LOGS_PREFIX>/    partitioned by model_name, model_version, date (UTC, YYYY-MM-DD)
 
 with one float64 column per feature, named as in the feature contract. Delivery from the BFF is at
-least once; the table holds each request id once, because writers only ever MERGE on ``request_id``
-(``write_inference_log_rows``): a record delivered twice, by any path, is one row. Two different
-records with one request id (a client's retry with its own ``X-Request-ID``) are one row when their
-timestamps are less than ``DUPLICATE_WINDOW`` apart (the MERGE compares a batch only with the rows
-of its own time range, give or take the window, so its cost does not grow with the table).
+least once; the table holds each record once, because writers only ever MERGE on ``request_id`` and
+``timestamp`` (``write_inference_log_rows``): a record delivered twice, by any path, is one row (its
+copies carry the same time). The MERGE reads only the data files of the batch's time range, so its
+cost does not grow with the table. Two requests a client sent with the same ``X-Request-ID`` were
+each scored, and are a row each.
 
 Changing the record, the Parquet schema or the feature contract means bumping ``SCHEMA_VERSION``:
 workers reject records of a version they do not know (to the dead-letter queue). Version 2 added
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 2
 MESSAGE_CONTENT_TYPE = "application/x-ndjson"
-DUPLICATE_WINDOW = timedelta(minutes=1)
 
 # Model names and versions become S3 key segments and Hive partition values.
 KEY_SEGMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -183,14 +182,14 @@ def open_inference_log_table(settings: InferenceLogStoreSettings, *, timeout_s: 
 
 
 def write_inference_log_rows(settings: InferenceLogStoreSettings, rows: pa.Table, *, timeout_s: float = 30.0) -> int:
-    """Add the rows whose request id the table does not hold yet (in one commit); return how many."""
+    """Add the records the table does not hold yet (in one commit); return how many."""
     return merge_new_rows(
         settings.inference_log_table_uri,
         rows,
         key="request_id",
         partition_by=PARTITION_COLUMNS,
         options=delta_storage_options(settings, timeout_s=timeout_s),
-        within=("timestamp", DUPLICATE_WINDOW),
+        time_column="timestamp",
     )
 
 

@@ -106,10 +106,18 @@ def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
 
 def test_table_write_throughput_merges_compacts_and_reads_back(serving, s3_server):
     settings = settings_from(LogWorkerSettings, {**serving.env, "LOGS_BUCKET": s3_server.new_bucket("logs")})
-    result = table.measure_writes(settings, "smoke_model", "1", commits=3, after=1, batch_rows=50)
-    assert [stretch.table_rows for stretch in result.stretches][-1] == 4 * 50
-    section = "\n".join(table.write_section(result, batch_rows=50))
+    results = {
+        name: table.measure_writes(
+            settings.model_copy(update={"logs_prefix": f"smoke-{i}"}), "smoke_model", "1", 3, 1, 50, 5.0, merge
+        )
+        for i, (name, merge) in enumerate(table.MERGES.items())
+    }
+    for result in results.values():
+        assert [stretch.table_rows for stretch in result.stretches][-1] == 4 * 50
+        assert all(stretch.redelivered_inserted == 0 for stretch in result.stretches)
+    section = "\n".join(table.write_section(results, batch_rows=50, rows_per_s=5.0))
     assert "## 1. Table write throughput" in section
+    assert all(f"**{name}**" in section for name in table.MERGES)
 
 
 def test_batch_scoring_benchmark_measures_the_job_and_perf_analyzer_and_reports(

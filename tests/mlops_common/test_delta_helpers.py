@@ -15,6 +15,12 @@ def test_first_per_key_keeps_the_first_copy_of_each_key_in_order():
     assert first_per_key(unique, "id") is unique
 
 
+def test_first_per_key_of_several_columns():
+    batch = pa.table({"id": ["x", "x", "x", "y"], "at": [1, 2, 1, 1], "copy": [1, 1, 2, 1]})
+    kept = first_per_key(batch, ["id", "at"])
+    assert kept.to_pydict() == {"id": ["x", "x", "y"], "at": [1, 2, 1], "copy": [1, 1, 1]}
+
+
 def test_storage_options_for_a_local_gateway_and_for_aws():
     local = S3Settings(
         s3_endpoint_url="http://127.0.0.1:8333", aws_access_key_id="key", aws_secret_access_key=SecretStr("secret")

@@ -15,7 +15,6 @@ from devstack.components import S3Server
 from mlops_common.delta import TableSchemaError, delta_storage_options
 from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import (
-    DUPLICATE_WINDOW,
     TABLE_SCHEMA,
     InferenceLogRecord,
     InferenceLogStoreSettings,
@@ -99,15 +98,17 @@ def test_in_batch_duplicates_are_one_row_and_the_first_copy_wins(log_store):
     assert frame.loc[frame["request_id"] == "a", "probability"].item() == 0.1
 
 
-def test_a_request_id_is_one_row_within_the_duplicate_window(log_store):
-    """A retry with the same id is compared with the rows of its own time, give or take the window."""
+def test_a_record_is_one_row_whichever_batch_brings_it_again(log_store):
+    """The MERGE reads only the batch's time range: a copy of a record still finds it there, in a batch of
+    its own or spanning hours; a client's second request with the same id is a row of its own."""
     first = T0 - timedelta(hours=5)
-    assert write(log_store, [record("retried", first)]) == 1
-    assert write(log_store, [record("retried", first + DUPLICATE_WINDOW - timedelta(seconds=1))]) == 0
-    assert write(log_store, [record("retried", first - DUPLICATE_WINDOW + timedelta(seconds=1))]) == 0
-    assert write(log_store, [record("retried", first + DUPLICATE_WINDOW + timedelta(minutes=1))]) == 1
+    assert write(log_store, [record("once", first)]) == 1
+    assert write(log_store, [record("once", first)]) == 0
+    assert write(log_store, [record("before", first - timedelta(hours=1)), record("once", first)]) == 1
+    assert write(log_store, [record("once", first), record("after", first + timedelta(hours=2))]) == 1
+    assert write(log_store, [record("once", first + timedelta(seconds=1))]) == 1
     frame = read_inference_logs(log_store, first - timedelta(hours=2), T0)
-    assert list(frame["request_id"]) == ["retried", "retried"]
+    assert list(frame["request_id"]) == ["before", "once", "once", "after"]
 
 
 def _write_batches(settings: InferenceLogStoreSettings, writer: int, batches: int, size: int) -> int:
