@@ -9,7 +9,12 @@ class Settings(RabbitSettings, GroundTruthStoreSettings):
     (the bucket and prefix, ``LOGS_BUCKET``/``LOGS_PREFIX``, come from InferenceLogStoreSettings), and
     of ``python -m log_worker.maintenance``, which also looks after the ground-truth table."""
 
+    # A batch is written once it holds batch_max_records records (or its oldest is batch_max_age_s old).
+    # What waits beyond that (a backlog: the load outruns the writes) goes into the same write, up to
+    # batch_backlog_max_records: a MERGE of 20,000 rows costs about twice one of 1,000, so a worker
+    # that falls behind catches up instead of falling further behind.
     batch_max_records: int = Field(1000, ge=1)
+    batch_backlog_max_records: int = Field(20_000, ge=1)
     batch_max_age_s: float = Field(5.0, gt=0)
     # Memory bound: at most this many message bytes are held unacknowledged (their parsed rows take
     # about as much again). The prefetch window is this over MAX_MESSAGE_BYTES; a larger message goes

@@ -3,10 +3,11 @@
 It consumes with manual acks and a prefetch window sized from bytes (``Settings.prefetch_count``).
 Messages (JSON lines, see ``mlops_common.inference_log``) are parsed and turned into Arrow rows on
 arrival (``log_worker.fast_reader``; the record model only for a message with a line that reader
-does not take) and collect into a batch, written when it holds ``batch_max_records`` records, the window is
-full, or its oldest message is ``batch_max_age_s`` old (a timer, so a quiet queue still flushes). A
-batch is one MERGE on ``request_id`` into the table: a record the table already holds (a redelivery, a
-second worker, a replay from the dead-letter queue) is not inserted again.
+does not take) and collect into a batch, written when it holds ``batch_max_records`` records, the
+window is full, or its oldest message is ``batch_max_age_s`` old (a timer, so a quiet queue still
+flushes); a write takes all that waits by then, up to ``batch_backlog_max_records``. A batch is one
+MERGE on ``request_id`` and ``timestamp`` into the table: a record the table already holds (a
+redelivery, a second worker, a replay from the dead-letter queue) is not inserted again.
 
 Its messages are acked only after the MERGE has committed. Failures are told apart by asking S3:
 - S3 does not answer: the batch stays in hand (unacked, so nothing new arrives beyond the window) and
@@ -335,9 +336,11 @@ class LogWorker:
 
     # -- one batch ------------------------------------------------------------------------------------
     def _take_batch(self) -> list[_Delivery]:
+        """The oldest deliveries, all that wait up to ``batch_backlog_max_records`` records (at least one)."""
+        limit = max(self._settings.batch_max_records, self._settings.batch_backlog_max_records)
         batch: list[_Delivery] = []
         size = 0
-        while self._pending and (not batch or size + self._pending[0].size <= self._settings.batch_max_records):
+        while self._pending and (not batch or size + self._pending[0].size <= limit):
             delivery = self._pending.popleft()
             batch.append(delivery)
             size += delivery.size

@@ -23,9 +23,19 @@ from tcp_proxy import TcpProxy
 
 from log_worker import reader
 from log_worker.settings import Settings as WorkerSettings
-from log_worker.worker import REGISTRY, StorageUnavailableError, parse_message, write_isolating_failures
+from log_worker.worker import (
+    REGISTRY,
+    LogWorker,
+    ParsedMessage,
+    Reject,
+    StorageUnavailableError,
+    _Delivery,
+    parse_message,
+    write_isolating_failures,
+)
 from mlops_common.inference_log import (
     MESSAGE_CONTENT_TYPE,
+    TABLE_SCHEMA,
     InferenceLogRecord,
     encode_message,
     read_inference_logs,
@@ -74,6 +84,27 @@ def test_a_refused_row_is_isolated_without_its_neighbours():
         write_isolating_failures(rows, storage_down, lambda: False)
 
 
+def test_a_write_takes_the_backlog_up_to_its_limit():
+    """Pure logic of the batching: deliveries of 60 records each wait; a write takes the oldest ones."""
+    worker = LogWorker(WorkerSettings(batch_max_records=100, batch_backlog_max_records=250))
+
+    def wait(*sizes: int) -> None:
+        for size in sizes:
+            parsed = ParsedMessage(TABLE_SCHEMA.empty_table(), [], [], [Reject(b"{}", "test", "invalid")] * size)
+            worker._pending.append(_Delivery(None, parsed, 0.0))  # type: ignore[arg-type]
+            worker._pending_records += size
+
+    wait(60, 60, 60, 60, 60)
+    assert worker._batch_due()
+    assert [d.size for d in worker._take_batch()] == [60, 60, 60, 60]
+    assert (len(worker._pending), worker._pending_records) == (1, 60)
+    assert not worker._batch_due()
+    worker._take_batch()
+    wait(400, 10)
+    assert [d.size for d in worker._take_batch()] == [400]  # a delivery over the limit goes alone
+    assert [d.size for d in worker._take_batch()] == [10]
+
+
 def test_the_prefetch_window_is_sized_from_bytes():
     settings = WorkerSettings(max_held_bytes=64 << 20, max_message_bytes=256 << 10)
     assert settings.prefetch_count == 256
@@ -100,8 +131,10 @@ async def test_full_batches_are_written_at_once_and_the_rest_on_stop(log_setup: 
     assert publisher.stats.confirmed == 250
     batches = metric("log_worker_batches_written_total")
 
-    # The age limit is far away: only full batches (100 records, 10 messages) are written.
-    async with running_worker(log_setup.worker_settings(batch_max_records=100, batch_max_age_s=600)):
+    # The age limit is far away: only full batches (100 records, 10 messages) are written; the backlog limit
+    # keeps a write to one batch.
+    settings = log_setup.worker_settings(batch_max_records=100, batch_backlog_max_records=100, batch_max_age_s=600)
+    async with running_worker(settings):
         await eventually(lambda: table_has_exactly(log_setup, {r.request_id for r in records[:200]}), what="2 batches")
         assert metric("log_worker_batches_written_total") == batches + 2
     # Stopping flushed the partial batch.
