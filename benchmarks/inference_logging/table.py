@@ -10,7 +10,8 @@
    log_worker.maintenance`` runs) has compacted them. At the end of each stretch the last batch is
    merged again (a redelivery: it must insert 0 rows) and DuckDB reads every request id. The same is
    then done, in a second fresh table, with the MERGE as it was before, which compared each batch
-   with the whole day's partition instead of the rows of its own time range.
+   with the whole day's partition instead of the rows of its own time range. Last, writes of 1,000,
+   5,000 and 20,000 rows taking turns: the cost of one write by its size.
 2. End-to-end lag: ``/predict`` on the platform's BFF (logging on) at a fixed concurrency for
    ``--duration`` s, the real log worker with its default settings writing the table. Each answer's
    ``request_id`` and arrival time are kept; a thread polls the table with DuckDB (``delta_scan``)
@@ -71,6 +72,8 @@ log = logging.getLogger("benchmarks.inference_log_table")
 # Part 1 writes tables of its own beside the one the log worker fills in part 2.
 WRITE_PREFIX = "bench-write-throughput"
 REDELIVERIES = 3
+# Rows per write: the worker's BATCH_MAX_RECORDS, a middle size, and its BATCH_BACKLOG_MAX_RECORDS.
+BATCH_SIZES = (1_000, 5_000, 20_000)
 
 
 def scan_ids(con: duckdb.DuckDBPyConnection, uri: str) -> list[str]:
@@ -209,6 +212,45 @@ def measure_writes(
     if after:
         stretches.append(stretch(f"{done + 1}-{done + after} (after compaction)", after))
     return WriteResult(stretches, compaction_s, compaction, settings.table_retention_days)
+
+
+def measure_batch_sizes(
+    settings: LogWorkerSettings, model_name: str, model_version: str, sizes: tuple[int, ...], repeats: int
+) -> dict[int, list[float]]:
+    """Seconds per ``write_inference_log_rows`` of batches of each size, the sizes taking turns, into a
+    fresh table (the cost of one write: what ``BATCH_BACKLOG_MAX_RECORDS`` trades on)."""
+    open_inference_log_table(settings)
+    rng = random.Random(6)
+    bodies = feature_bodies(max(sizes))
+    midnight = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    seconds: dict[int, list[float]] = {size: [] for size in sizes}
+    for k in range(repeats * len(sizes)):
+        size = sizes[k % len(sizes)]
+        batch = synthetic_batch(bodies[:size], rng, model_name, model_version, midnight + dt.timedelta(minutes=k))
+        started = time.perf_counter()
+        write_inference_log_rows(settings, batch)
+        seconds[size].append(time.perf_counter() - started)
+    return seconds
+
+
+def batch_size_section(seconds: dict[int, list[float]]) -> list[str]:
+    smallest = min(seconds)
+    base = statistics.median(seconds[smallest])
+    return [
+        "**Cost of one write by its size** (`write_inference_log_rows` into a fresh table, the sizes taking "
+        f"turns, {len(next(iter(seconds.values())))} writes each; medians): the log worker writes "
+        "`BATCH_MAX_RECORDS` rows at a time, and everything waiting, up to `BATCH_BACKLOG_MAX_RECORDS`, when it "
+        "is behind.",
+        "",
+        "| rows per write | ms per write | µs per row | ÷ the smallest write |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {size:,} | {statistics.median(s) * 1000:.0f} | {statistics.median(s) / size * 1e6:.1f} "
+            f"| {statistics.median(s) / base:.2f} |"
+            for size, s in seconds.items()
+        ),
+        "",
+    ]
 
 
 # -- 2. end-to-end lag -----------------------------------------------------------------------------
@@ -483,7 +525,7 @@ def lag_section(result: LagResult, worker_settings: LogWorkerSettings, concurren
 
 
 def report(
-    command, platform, writes, lag, args, worker_settings, took_s: float, load_at_start: str, load_mid: str
+    command, platform, writes, sizes, lag, args, worker_settings, took_s: float, load_at_start: str, load_mid: str
 ) -> str:
     machine = machine_summary()
     poll_ms = statistics.median((p.finished - p.started) * 1000 for p in lag.polls)
@@ -506,6 +548,7 @@ def report(
         "day; readers: DuckDB `delta_scan` (extension from its wheel)",
         "",
         *write_section(writes, args.batch_rows, args.rows_per_s),
+        *batch_size_section(sizes),
         *lag_section(lag, worker_settings, args.concurrency),
         "## Caveats",
         "",
@@ -551,6 +594,7 @@ def main() -> int:
     parser.add_argument(
         "--rows-per-s", type=float, default=100.0, help="part 1 stamps its batches as a steady load of this many rows/s"
     )
+    parser.add_argument("--size-repeats", type=int, default=5, help="writes of each size in part 1's last table")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of /predict load in part 2")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between table polls")
@@ -576,6 +620,13 @@ def main() -> int:
             )
             for i, (name, merge) in enumerate(MERGES.items())
         }
+        sizes = measure_batch_sizes(
+            settings_from(LogWorkerSettings, {**platform.env, "LOGS_PREFIX": f"{WRITE_PREFIX}-sizes"}),
+            platform.model_name,
+            str(platform.model_version),
+            BATCH_SIZES,
+            args.size_repeats,
+        )
         load_mid = load_average()
         lag = measure_lag(
             platform,
@@ -586,7 +637,7 @@ def main() -> int:
             worker_settings.batch_max_age_s,
         )
         took = time.monotonic() - started
-        text = report(command, platform, writes, lag, args, worker_settings, took, load_at_start, load_mid)
+        text = report(command, platform, writes, sizes, lag, args, worker_settings, took, load_at_start, load_mid)
     write_report(args.out, text)
     return 0 if lag.exactly_once else 1
 

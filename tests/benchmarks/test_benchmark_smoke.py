@@ -118,6 +118,11 @@ def test_table_write_throughput_merges_compacts_and_reads_back(serving, s3_serve
     section = "\n".join(table.write_section(results, batch_rows=50, rows_per_s=5.0))
     assert "## 1. Table write throughput" in section
     assert all(f"**{name}**" in section for name in table.MERGES)
+    sizes = table.measure_batch_sizes(
+        settings.model_copy(update={"logs_prefix": "smoke-sizes"}), "smoke_model", "1", (10, 40), repeats=2
+    )
+    assert [len(seconds) for seconds in sizes.values()] == [2, 2]
+    assert "| 40 |" in "\n".join(table.batch_size_section(sizes))
 
 
 def test_batch_scoring_benchmark_measures_the_job_and_perf_analyzer_and_reports(
