@@ -36,6 +36,7 @@ import aio_pika
 import pyarrow as pa
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
+from deltalake import DeltaTable
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
@@ -221,6 +222,8 @@ class LogWorker:
         self._backoff = _INITIAL_BACKOFF_S
         # False from a write that failed with S3 silent until S3 answers again.
         self._s3_up = True
+        # Opened once; each write brings it up to date (cheaper than reading the table afresh).
+        self._table: DeltaTable | None = None
 
     def stop(self) -> None:
         """Finish gracefully: stop consuming, write what is in hand, return from ``run``."""
@@ -255,7 +258,9 @@ class LogWorker:
         while not self._stopping.is_set():
             try:
                 await asyncio.to_thread(ensure_bucket, self._s3, self._settings.logs_bucket)
-                await asyncio.to_thread(open_inference_log_table, self._settings, timeout_s=self._settings.s3_timeout_s)
+                self._table = await asyncio.to_thread(
+                    open_inference_log_table, self._settings, timeout_s=self._settings.s3_timeout_s
+                )
                 return
             except TableSchemaError:
                 raise
@@ -379,7 +384,7 @@ class LogWorker:
         return True
 
     def _write(self, rows: pa.Table) -> int:
-        return write_inference_log_rows(self._settings, rows, timeout_s=self._settings.s3_timeout_s)
+        return write_inference_log_rows(self._settings, rows, timeout_s=self._settings.s3_timeout_s, table=self._table)
 
     def _storage_answers(self) -> bool:
         try:

@@ -127,6 +127,7 @@ def merge_new_rows(
     options: dict[str, str],
     time_column: str | None = None,
     attempts: int = MERGE_ATTEMPTS,
+    table: DeltaTable | None = None,
 ) -> int:
     """Insert the rows of ``batch`` the table does not hold yet; return how many. A row is held when
     one has its ``key`` (and, with ``time_column``, the same time).
@@ -136,7 +137,8 @@ def merge_new_rows(
     a commit lost to a concurrent writer is retried from a fresh read of the table. With
     ``time_column`` it is also pinned to the batch's range of times, so Delta's file statistics skip
     every data file outside it: a merge costs the same at the end of a day as at its start (without
-    it, every merge read the whole partition)."""
+    it, every merge read the whole partition). A writer that merges again and again passes its open
+    ``table``: it is brought up to date before each attempt (see ``retry_lost_commits``)."""
     keys = [key] if time_column is None else [key, time_column]
     # One record batch: delta-rs handles each chunk on its own, and a batch concatenated from a message's
     # worth of rows each (one per message of single predictions) merged ~10x slower.
@@ -152,7 +154,7 @@ def merge_new_rows(
     def insert_new(table: DeltaTable) -> dict[str, Any]:
         return table.merge(batch, predicate, source_alias="s", target_alias="t").when_not_matched_insert_all().execute()
 
-    return int(retry_lost_commits(uri, options, insert_new, attempts)["num_target_rows_inserted"])
+    return int(retry_lost_commits(uri, options, insert_new, attempts, table)["num_target_rows_inserted"])
 
 
 def upsert_rows(uri: str, batch: pa.Table, *, key: str, newer: str, options: dict[str, str]) -> dict[str, int]:
@@ -178,12 +180,21 @@ def upsert_rows(uri: str, batch: pa.Table, *, key: str, newer: str, options: dic
 
 
 def retry_lost_commits(
-    uri: str, options: dict[str, str], operation: Callable[[DeltaTable], dict[str, Any]], attempts: int
+    uri: str,
+    options: dict[str, str],
+    operation: Callable[[DeltaTable], dict[str, Any]],
+    attempts: int,
+    table: DeltaTable | None = None,
 ) -> dict[str, Any]:
-    """Run ``operation`` on a fresh read of the table until its commit wins over concurrent writers."""
+    """Run ``operation`` on the latest version of the table until its commit wins over concurrent
+    writers: a fresh read, or ``table`` brought up to date (it reads only the log entries it has not
+    seen, where a fresh read replays the log from its last checkpoint)."""
     for attempt in range(attempts):
         try:
-            return operation(DeltaTable(uri, storage_options=options))
+            if table is None:
+                return operation(DeltaTable(uri, storage_options=options))
+            table.update_incremental()
+            return operation(table)
         except CommitFailedError:
             if attempt == attempts - 1:
                 raise

@@ -39,6 +39,7 @@ from mlops_common.settings import S3Settings
 if TYPE_CHECKING:
     # Only readers need pandas (pyarrow imports it on demand): the worker starts seconds faster.
     import pandas as pd
+    from deltalake import DeltaTable
 
 SCHEMA_VERSION = 2
 MESSAGE_CONTENT_TYPE = "application/x-ndjson"
@@ -170,9 +171,9 @@ def records_to_table(records: Sequence[InferenceLogRecord]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=TABLE_SCHEMA)
 
 
-def open_inference_log_table(settings: InferenceLogStoreSettings, *, timeout_s: float = 30.0) -> None:
-    """Create the table if there is none; raise ``TableSchemaError`` if it exists with other columns."""
-    open_table(
+def open_inference_log_table(settings: InferenceLogStoreSettings, *, timeout_s: float = 30.0) -> DeltaTable:
+    """The table, created if there is none; raise ``TableSchemaError`` if it exists with other columns."""
+    return open_table(
         settings.inference_log_table_uri,
         TABLE_SCHEMA,
         PARTITION_COLUMNS,
@@ -181,8 +182,11 @@ def open_inference_log_table(settings: InferenceLogStoreSettings, *, timeout_s: 
     )
 
 
-def write_inference_log_rows(settings: InferenceLogStoreSettings, rows: pa.Table, *, timeout_s: float = 30.0) -> int:
-    """Add the records the table does not hold yet (in one commit); return how many."""
+def write_inference_log_rows(
+    settings: InferenceLogStoreSettings, rows: pa.Table, *, timeout_s: float = 30.0, table: DeltaTable | None = None
+) -> int:
+    """Add the records the table does not hold yet (in one commit); return how many. A writer that keeps
+    writing passes the ``table`` it opened (``open_inference_log_table``)."""
     return merge_new_rows(
         settings.inference_log_table_uri,
         rows,
@@ -190,6 +194,7 @@ def write_inference_log_rows(settings: InferenceLogStoreSettings, rows: pa.Table
         partition_by=PARTITION_COLUMNS,
         options=delta_storage_options(settings, timeout_s=timeout_s),
         time_column="timestamp",
+        table=table,
     )
 
 
