@@ -46,7 +46,7 @@ class _WireRecord(msgspec.Struct, forbid_unknown_fields=True):
 
 _WIRE_DECODER = msgspec.json.Decoder(_WireRecord)
 # fullmatch, as pydantic's pattern (Python's ``$`` would also match before a final newline).
-KEY_SEGMENT_PATTERN_RE = re.compile(KEY_SEGMENT_PATTERN.removeprefix("^").removesuffix("$"))
+_KEY_SEGMENT_RE = re.compile(KEY_SEGMENT_PATTERN.removeprefix("^").removesuffix("$"))
 _CONTRACT = frozenset(FEATURE_NAMES)
 
 
@@ -65,7 +65,7 @@ def lines_to_table(lines: Sequence[bytes]) -> pa.Table | None:
         return None
     names = [r.model_name for r in records]
     versions = [r.model_version for r in records]
-    if not all(KEY_SEGMENT_PATTERN_RE.fullmatch(key) for key in {*names, *versions}):
+    if not all(_KEY_SEGMENT_RE.fullmatch(key) for key in {*names, *versions}):
         return None
     if not all(_store_features_valid(r.store_features) for r in records):
         return None

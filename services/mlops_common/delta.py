@@ -132,13 +132,13 @@ def merge_new_rows(
     """Insert the rows of ``batch`` the table does not hold yet; return how many. A row is held when
     one has its ``key`` (and, with ``time_column``, the same time).
 
-    Exactly once per key within a partition, whoever else writes: the MERGE is pinned to the
-    partitions that occur in the batch (IN-lists built from its own values, so none is missed), and
-    a commit lost to a concurrent writer is retried from a fresh read of the table. With
+    Exactly once per key (and time) within a partition, whoever else writes: the MERGE is pinned to
+    the partitions that occur in the batch (IN-lists built from its own values, so none is missed),
+    and a commit lost to a concurrent writer is retried on the table's latest version. With
     ``time_column`` it is also pinned to the batch's range of times, so Delta's file statistics skip
-    every data file outside it: a merge costs the same at the end of a day as at its start (without
-    it, every merge read the whole partition). A writer that merges again and again passes its open
-    ``table``: it is brought up to date before each attempt (see ``retry_lost_commits``)."""
+    every data file outside it (without it, every merge reads the whole partition, and grows slower
+    with it). A writer that merges again and again passes its open ``table``: it is brought up to
+    date before each attempt (see ``retry_lost_commits``)."""
     keys = [key] if time_column is None else [key, time_column]
     # One record batch: delta-rs handles each chunk on its own, and a batch concatenated from a message's
     # worth of rows each (one per message of single predictions) merged ~10x slower.
