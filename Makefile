@@ -131,6 +131,7 @@ bench: setup bench-tools ## Every benchmark, one after the other (~40 min on thi
 	$(PY) benchmarks/inference_logging/run.py --out benchmarks/results/inference_logging.md
 	$(PY) benchmarks/inference_logging/table.py --out benchmarks/results/inference_log_table.md
 	$(PY) benchmarks/inference_logging/message_size.py --out benchmarks/results/inference_log_message_size.md
+	$(PY) benchmarks/inference_logging/reader.py --out benchmarks/results/log_worker_reader.md
 	$(PY) benchmarks/batch_scoring/run.py --out benchmarks/results/batch_scoring.md
 	$(PY) benchmarks/startup/run.py --out benchmarks/results/startup.md
 	$(PY) benchmarks/model_analyzer/run.py

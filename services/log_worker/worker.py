@@ -141,6 +141,11 @@ def parse_message(body: bytes, *, max_bytes: int | None = None) -> ParsedMessage
     if rows is not None:
         return ParsedMessage(rows, lines, list(range(len(lines))), [])
     # Some line is not a plain valid record: the model validates each, and says what is wrong.
+    return parse_lines_with_model(lines)
+
+
+def parse_lines_with_model(lines: list[bytes]) -> ParsedMessage:
+    """Each line validated by ``InferenceLogRecord``, each bad one rejected with its reason."""
     records: list[InferenceLogRecord] = []
     row_lines: list[int] = []
     rejects: list[Reject] = []
