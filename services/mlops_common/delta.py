@@ -140,8 +140,8 @@ def merge_new_rows(
     with it). A writer that merges again and again passes its open ``table``: it is brought up to
     date before each attempt (see ``retry_lost_commits``)."""
     keys = [key] if time_column is None else [key, time_column]
-    # One record batch: delta-rs handles each chunk on its own, and a batch concatenated from a message's
-    # worth of rows each (one per message of single predictions) merged ~10x slower.
+    # One record batch: delta-rs handles each chunk on its own, and a batch concatenated from many small
+    # messages' rows (single predictions) merged several times slower.
     batch = first_per_key(batch, keys).combine_chunks()
     if batch.num_rows == 0:
         return 0

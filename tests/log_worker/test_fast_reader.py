@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from log_pipeline import make_record
 from pydantic import ValidationError
 
 from bff.inference_log import encode_records
@@ -25,22 +26,12 @@ from mlops_common.rollout import Role
 TS = datetime(2026, 5, 4, 23, 59, 59, 999999, tzinfo=UTC)
 
 
+# One valid record as the JSON object on the wire.
+VALID = json.loads(make_record("r-1").to_json_bytes())
+
+
 def record_fields(**overrides) -> dict:
-    values = {
-        "schema_version": 2,
-        "request_id": "r-1",
-        "timestamp": TS.isoformat(),
-        "entity_id": 100002,
-        "features": {name: float(i) + 0.5 for i, name in enumerate(FEATURE_NAMES)},
-        "store_features": list(FEATURE_NAMES[5:]),
-        "model_name": "credit_default",
-        "model_version": "3",
-        "probability": 0.125,
-        "decision": "approve",
-        "latency_ms": 4.25,
-        "role": "champion",
-    }
-    return {**values, **overrides}
+    return {**VALID, "features": dict(VALID["features"]), **overrides}
 
 
 def line(**overrides) -> bytes:
@@ -135,7 +126,7 @@ def test_a_line_the_model_refuses_is_refused_by_the_fast_reader(bad):
 
 
 LEFT_TO_THE_MODEL = {
-    "NaN feature": line().replace(b'"AMT_INCOME_TOTAL": 0.5', b'"AMT_INCOME_TOTAL": NaN'),
+    "NaN feature": line(features={**FEATURES, FEATURE_NAMES[0]: math.nan}),
     "entity id as a float": line(entity_id=100002.0),
     "probability as text": line(probability="0.5"),
 }
@@ -143,7 +134,6 @@ LEFT_TO_THE_MODEL = {
 
 @pytest.mark.parametrize("odd", LEFT_TO_THE_MODEL.values(), ids=LEFT_TO_THE_MODEL.keys())
 def test_a_valid_line_the_fast_reader_does_not_vouch_for_is_read_by_the_model(odd):
-    assert FEATURE_NAMES[0] == "AMT_INCOME_TOTAL"
     assert lines_to_table([line(), odd]) is None
     parsed = parse_message(encode_message([line(), odd]))
     assert parsed.rejects == []
