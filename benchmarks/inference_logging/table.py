@@ -72,7 +72,7 @@ log = logging.getLogger("benchmarks.inference_log_table")
 # Part 1 writes tables of its own beside the one the log worker fills in part 2.
 WRITE_PREFIX = "bench-write-throughput"
 REDELIVERIES = 3
-# Rows per write: the worker's BATCH_MAX_RECORDS, a middle size, and its BATCH_BACKLOG_MAX_RECORDS.
+# Rows per write: from a small batch to the worker's BATCH_MAX_RECORDS and its BATCH_BACKLOG_MAX_RECORDS.
 BATCH_SIZES = (1_000, 5_000, 20_000)
 
 
@@ -439,7 +439,7 @@ def write_section(results: dict[str, WriteResult], batch_rows: int, rows_per_s: 
     lines = [
         "## 1. Table write throughput",
         "",
-        f"Batches of {batch_rows:,} rows (the worker's default `BATCH_MAX_RECORDS`; one partition: one model "
+        f"Batches of {batch_rows:,} rows (one partition: one model "
         "version, one day) merged into a fresh table on the platform's SeaweedFS, one commit each, nothing else "
         f"writing; each batch stamped {seconds_apart:g} s after the one before, from midnight on (a steady load of "
         f"{rows_per_s:,.0f} rows/s; the day's partition grows, while a minute holds "

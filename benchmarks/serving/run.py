@@ -473,6 +473,20 @@ def _area(frame: str) -> str | None:
     return next((name for package, name in PROFILE_AREAS if path.startswith(package) or f"/{package}" in path), None)
 
 
+def _raw_stacks(text: str) -> Iterator[tuple[str, int]]:
+    """(stack, samples) of py-spy's raw output: ``frame;frame;... count`` per line, where a frame's name may
+    itself hold a line break (a line that does not end in a count goes on in the next)."""
+    pending = ""
+    for line in text.splitlines():
+        pending += line
+        stack, _, count = pending.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack, int(count)
+            pending = ""
+        else:
+            pending += "\n"
+
+
 def profile_bff(pid: int | None, url: str, duration_s: float, out: Path) -> dict[str, list[tuple[str, float]]]:
     """Sample the BFF process with py-spy while ``/predict`` runs at concurrency 8: the share of busy
     samples per area of the stack (the innermost frame of a known package decides), and the innermost
@@ -489,10 +503,8 @@ def profile_bff(pid: int | None, url: str, duration_s: float, out: Path) -> dict
         raise RuntimeError(f"py-spy failed: {errors[-800:]}")
     areas: collections.Counter[str] = collections.Counter()
     functions: collections.Counter[str] = collections.Counter()
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
+    for stack, samples in _raw_stacks(out.read_text()):
         frames = stack.split(";")
-        samples = int(count)
         functions[frames[-1]] += samples
         areas[next(filter(None, map(_area, reversed(frames))), "other")] += samples
     total = sum(areas.values()) or 1

@@ -141,3 +141,12 @@ def test_batch_scoring_benchmark_measures_the_job_and_perf_analyzer_and_reports(
     text = batch_scoring.report(run)
     assert "| 2 | 3,000 |" in text
     assert "job rows/s >= 0.8 x perf_analyzer" in text
+
+
+def test_py_spy_raw_stacks_are_read_even_where_a_frame_name_breaks_the_line():
+    text = "main (a.py:1);f (b.py:2) 7\nmain (a.py:1);g[Annotated[int,\nAny]] (c.py:3) 2\nh (d.py:4) 1\n"
+    assert list(bench._raw_stacks(text)) == [
+        ("main (a.py:1);f (b.py:2)", 7),
+        ("main (a.py:1);g[Annotated[int,\nAny]] (c.py:3)", 2),
+        ("h (d.py:4)", 1),
+    ]
