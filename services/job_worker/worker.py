@@ -179,10 +179,11 @@ class JobWorker:
             if job is not None:
                 return job
             known = await asyncio.to_thread(self.store.get, job_id)
-            if known is not None:
+            if known is not None and known.state in (JobState.SUCCEEDED, JobState.FAILED):
                 log.info("job %s is already %s: nothing to do", job_id, known.state)
                 return None
-            if time.monotonic() > deadline:
+            # Queued or running now: its submission committed between the claim and this read. Claim again.
+            if known is None and time.monotonic() > deadline:
                 log.warning("job %s is not in the database (its submission did not commit): dropped", job_id)
                 return None
             await asyncio.sleep(0.2)

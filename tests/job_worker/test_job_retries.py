@@ -155,3 +155,30 @@ async def ready_messages(settings: Settings) -> int:
         channel = await connection.channel()
         queue = await channel.declare_queue(settings.jobs_queue, passive=True)
         return queue.declaration_result.message_count
+
+
+class CommitsDuringTheClaim(JobStore):
+    """The real store, but the submission's COMMIT lands right after the worker's first claim missed the
+    row (the API publishes before it commits): the race a busy machine opens between claim and read."""
+
+    def __init__(self, dsn: str, submission) -> None:
+        super().__init__(dsn)
+        self.submission = submission
+
+    def claim(self, job_id: str) -> Job | None:
+        job = super().claim(job_id)
+        if self.submission is not None:
+            self.submission.commit()
+            self.submission = None
+        return job
+
+
+async def test_a_job_whose_submission_commits_between_claim_and_read_is_still_run(store, jobs_database, settings):
+    submission = store.open_submission(JobKind.SCORE, REQUEST, "tester")
+    racing = CommitsDuringTheClaim(jobs_database, submission)
+    try:
+        job = await JobWorker(settings, racing, ExitingRunner([], settings.job_log_dir))._claim(submission.job.id)
+    finally:
+        racing.close()
+    assert job is not None
+    assert (job.state, job.attempts) == (JobState.RUNNING, 1)
