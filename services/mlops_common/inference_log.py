@@ -12,7 +12,7 @@ with one float64 column per feature, named as in the feature contract. Delivery 
 least once; the table holds each record once, because writers only ever MERGE on ``request_id`` and
 ``timestamp`` (``write_inference_log_rows``): a record delivered twice, by any path, is one row (its
 copies carry the same time). The MERGE reads only the data files of the batch's time range, so its
-cost does not grow with the table. Two requests a client sent with the same ``X-Request-ID`` were
+cost does not grow with the day's rows. Two requests a client sent with the same ``X-Request-ID`` were
 each scored, and are a row each.
 
 Changing the record, the Parquet schema or the feature contract means bumping ``SCHEMA_VERSION``:
