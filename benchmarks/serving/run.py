@@ -172,20 +172,25 @@ def v2_form(rows: list[dict]) -> dict:
 
 def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, float]]:
     """The BFF's per-request work for ``rows`` rows outside Triton, step by step: reading the body into
-    columns (``bff.bodies``) in each form, and writing the answer; then, for comparison, what FastAPI and
-    pydantic did per row before (``json.loads`` + ``list[PredictRequest]``, 256 ``Prediction`` objects
-    validated and dumped)."""
+    columns (``bff.bodies``) in each form, writing the answer and the rows' inference-log records; then,
+    for comparison, what FastAPI and pydantic did per row before (``json.loads`` + ``list[PredictRequest]``,
+    256 ``Prediction`` objects validated and dumped) and the log records as the BFF wrote them before (a
+    dict per row, orjson)."""
     import json
     import uuid
+    from datetime import UTC, datetime
 
     import orjson
     from pydantic import TypeAdapter
 
     from bff.app import answer_rows
     from bff.bodies import feature_names_where, parse_batch
+    from bff.inference_log import encode_records
     from bff.schemas import BatchPrediction, Prediction, PredictRequest
     from mlops_common.decisions import decide
     from mlops_common.features import FEATURE_NAMES
+    from mlops_common.inference_log import SCHEMA_VERSION
+    from mlops_common.rollout import Role
 
     bodies = feature_bodies(rows)
     raw = json.dumps(bodies).encode()
@@ -229,16 +234,58 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
         )
         return response_adapter.dump_json(response_adapter.validate_python(built))
 
+    matrix = parse_batch(raw, rows).matrix
+    record_ids = [f"{uuid.uuid4().hex}-{i}" for i in range(rows)]
+    log_columns = {
+        "request_ids": record_ids,
+        "entity_ids": [None] * rows,
+        "features": matrix,
+        "store_features": [[]] * rows,
+        "model_name": "credit_default",
+        "model_versions": ["1"] * rows,
+        "probabilities": probabilities.tolist(),
+        "decisions": ["approve"] * rows,
+        "latency_ms": 1.5,
+        "roles": [Role.CHAMPION] * rows,
+    }
+
+    def before_log_records() -> list[bytes]:
+        stamp, values = datetime.now(UTC), matrix.tolist()
+        return [
+            orjson.dumps(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "request_id": record_ids[i],
+                    "timestamp": stamp,
+                    "entity_id": None,
+                    "features": dict(zip(FEATURE_NAMES, values[i], strict=True)),
+                    "store_features": [],
+                    "model_name": "credit_default",
+                    "model_version": "1",
+                    "probability": log_columns["probabilities"][i],
+                    "decision": "approve",
+                    "latency_ms": 1.5,
+                    "role": Role.CHAMPION,
+                }
+            )
+            for i in range(rows)
+        ]
+
     steps = [
         ("body -> columns: list of objects (bff.bodies)", lambda: parse_batch(raw, rows)),
         ('body -> columns: pandas "split"', lambda: parse_batch(raw_split, rows)),
         ("body -> columns: KServe v2 inputs", lambda: parse_batch(raw_v2, rows)),
         ("answer: row ids, decisions, dicts from the arrays (bff.app) + orjson.dumps", answer),
         (
+            "inference-log records: wire structs, msgspec (bff.inference_log)",
+            lambda: encode_records(timestamp=datetime.now(UTC), **log_columns),
+        ),
+        (
             "before: json.loads + validate list[PredictRequest]",
             lambda: request_adapter.validate_python(json.loads(raw)),
         ),
         (f"before: {rows} Prediction objects, validated + dumped", before_answer),
+        ("before: inference-log records as dicts + orjson.dumps", before_log_records),
     ]
     # The steps alternate in rounds, so that the machine's load moves all of them alike; median of the rounds.
     rounds = min(PIECES_ROUNDS, repeat)

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import msgspec
 import numpy as np
-import orjson
 from aio_pika.abc import AbstractConnection, AbstractExchange
 from aiormq.exceptions import AMQPError
 from prometheus_client import Counter, Gauge
@@ -54,8 +54,8 @@ from prometheus_client import Counter, Gauge
 from bff.metrics import REGISTRY
 from bff.settings import Settings
 from bff.spool import Spool
-from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, SCHEMA_VERSION, InferenceLogRecord, encode_message
+from mlops_common.inference_log_wire import WireFeatures, WireRecord
 from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
 from mlops_common.rollout import Role
 
@@ -92,6 +92,7 @@ BROKER_CONNECTED = Gauge(
     registry=REGISTRY,
 )
 _RECONNECT_INITIAL_S = 0.1
+_ENCODER = msgspec.json.Encoder()
 # Errors that mean "the broker is not taking messages now", as opposed to a bug.
 _BROKER_ERRORS = (AMQPError, ConnectionError, OSError, TimeoutError)
 
@@ -165,27 +166,29 @@ def encode_records(
     latency_ms: float,
     roles: list[Role],
 ) -> list[bytes]:
-    """The JSON of an ``InferenceLogRecord`` for each row of a batch, built from its columns by orjson: the
-    request path builds and validates no model per row (the values were validated on the way in; the log
-    worker validates each record it reads). NaN features are written as null, as the model writes them."""
+    """The JSON line of each row of a batch, built from its columns as the log's wire structs and
+    encoded by msgspec: the request path builds and validates no model per row (the values were
+    validated on the way in; the log worker validates each record it reads). NaN features are written
+    as null, which the readers take as a missing value."""
     stamp = timestamp.astimezone(UTC)
     rows = features.tolist()
+    encode = _ENCODER.encode
     return [
-        orjson.dumps(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "request_id": request_ids[i],
-                "timestamp": stamp,
-                "entity_id": entity_ids[i],
-                "features": dict(zip(FEATURE_NAMES, rows[i], strict=True)),
-                "store_features": store_features[i],
-                "model_name": model_name,
-                "model_version": model_versions[i],
-                "probability": probabilities[i],
-                "decision": decisions[i],
-                "latency_ms": latency_ms,
-                "role": roles[i],
-            }
+        encode(
+            WireRecord(
+                request_id=request_ids[i],
+                timestamp=stamp,
+                features=WireFeatures(*rows[i]),
+                model_name=model_name,
+                model_version=model_versions[i],
+                probability=probabilities[i],
+                decision=decisions[i],
+                latency_ms=latency_ms,
+                schema_version=SCHEMA_VERSION,
+                entity_id=entity_ids[i],
+                store_features=store_features[i],
+                role=roles[i],
+            )
         )
         for i in range(len(request_ids))
     ]

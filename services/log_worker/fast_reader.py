@@ -12,39 +12,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 
 from mlops_common.features import FEATURE_NAMES
-from mlops_common.inference_log import KEY_SEGMENT_PATTERN, SCHEMA_VERSION, TABLE_SCHEMA
-from mlops_common.rollout import Role
+from mlops_common.inference_log import KEY_SEGMENT_PATTERN, TABLE_SCHEMA
+from mlops_common.inference_log_wire import WireRecord
 
-_WireFeatures = msgspec.defstruct(
-    "_WireFeatures", [(name, float | None) for name in FEATURE_NAMES], forbid_unknown_fields=True
-)
-
-
-class _WireRecord(msgspec.Struct, forbid_unknown_fields=True):
-    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    timestamp: Annotated[datetime, msgspec.Meta(tz=True)]
-    features: _WireFeatures  # type: ignore[valid-type]
-    # Checked once per distinct value (a message has one or two), not per record.
-    model_name: str
-    model_version: str
-    probability: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-    decision: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    latency_ms: Annotated[float, msgspec.Meta(ge=0.0)]
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
-    entity_id: int | None = None
-    store_features: list[str] = []
-    role: Role = Role.CHAMPION
-
-
-_WIRE_DECODER = msgspec.json.Decoder(_WireRecord)
+_WIRE_DECODER = msgspec.json.Decoder(WireRecord)
 # fullmatch, as pydantic's pattern (Python's ``$`` would also match before a final newline).
 _KEY_SEGMENT_RE = re.compile(KEY_SEGMENT_PATTERN.removeprefix("^").removesuffix("$"))
 _CONTRACT = frozenset(FEATURE_NAMES)
