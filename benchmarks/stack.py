@@ -105,6 +105,8 @@ class BenchPlatform:
     triton: TritonServer
     triton_home: TritonHome
     model_version: int = 0
+    # SeaweedFS, the platform's S3 server.
+    s3_pid: int | None = None
     _cleanups: list = field(default_factory=list)
 
     # -- bring-up ---------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ class BenchPlatform:
         log.info("servers up in %.0f s", time.monotonic() - started)
 
         env = cls._platform_env(work, s3, mlflow, triton, f"{redis_host}:{redis_port}", rabbit_host, rabbit_port)
-        platform = cls(work=work, env=env, triton=triton, triton_home=home)
+        platform = cls(work=work, env=env, triton=triton, triton_home=home, s3_pid=s3.daemon.pid())
         platform._cleanups = cleanups
         platform._train(s3)
         platform._start_model_sync(logs)
@@ -344,6 +346,16 @@ def feature_bodies(count: int, seed: int = 7) -> list[dict[str, float]]:
 
     rng = random.Random(seed)
     return [{k: float(round(v * rng.uniform(0.5, 1.5))) for k, v in FEATURES_EXAMPLE.items()} for _ in range(count)]
+
+
+def rabbitmq_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM (the machine's broker, which the benchmarks use), None if not found."""
+    import psutil
+
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] == "beam.smp" and "rabbit" in " ".join(process.info["cmdline"] or []):
+            return process.pid
+    return None
 
 
 def cpu_seconds(pid: int | None) -> float:

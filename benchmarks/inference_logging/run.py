@@ -31,6 +31,7 @@ from benchmarks.stack import (
     feature_bodies,
     load_average,
     machine_summary,
+    rabbitmq_pid,
     work_dir,
     write_report,
 )
@@ -51,34 +52,42 @@ def pooled(results: list[LoadResult]) -> LoadResult:
     )
 
 
+# The processes whose CPU is accounted, in the report's order ("BFF": the one that took the phase's traffic).
+PROCESSES = ("BFF", "log worker", "RabbitMQ", "SeaweedFS (S3)", "Triton")
+
+
 @dataclass(frozen=True)
 class Phase:
     logging_on: bool
     result: LoadResult
-    # CPU seconds spent during the phase by the BFF that took the traffic, and by the log worker.
-    bff_cpu_s: float
-    worker_cpu_s: float
+    # CPU seconds of each process (PROCESSES) from the phase's start to the next phase's start: the load
+    # and the pause after it, in which the log worker writes what the phase logged.
+    cpu_s: dict[str, float]
 
-    @property
-    def bff_cpu_us_per_request(self) -> float:
-        return self.bff_cpu_s / self.result.requests * 1e6 if self.result.requests else float("nan")
+    def cpu_us_per_request(self, process: str) -> float:
+        return self.cpu_s[process] / self.result.requests * 1e6 if self.result.requests else float("nan")
 
 
 async def alternate(
     urls: dict[bool, str],
-    pids: dict[bool, int | None],
-    worker_pid: int | None,
+    pids: dict[str, int | None],
     rounds: int,
     concurrency: int,
     duration_s: float,
     settle_s: float,
 ) -> list[Phase]:
+    """``pids``: "BFF on", "BFF off" and the shared processes of PROCESSES."""
     bodies = feature_bodies(1000)
     order = [logging_on for i in range(rounds) for logging_on in ((True, False) if i % 2 == 0 else (False, True))]
+
+    def cpu_now(logging_on: bool) -> dict[str, float]:
+        bff = pids["BFF on" if logging_on else "BFF off"]
+        return {name: cpu_seconds(bff if name == "BFF" else pids[name]) for name in PROCESSES}
+
     phases: list[Phase] = []
+    await asyncio.sleep(settle_s)
     for logging_on in order:
-        await asyncio.sleep(settle_s)
-        bff_cpu, worker_cpu = cpu_seconds(pids[logging_on]), cpu_seconds(worker_pid)
+        started = cpu_now(logging_on)
         result = await run_load(
             f"{urls[logging_on]}/predict",
             lambda i: bodies[i % len(bodies)],
@@ -95,9 +104,9 @@ async def alternate(
             result.p50_ms,
             result.p99_ms,
         )
-        bff_cpu = cpu_seconds(pids[logging_on]) - bff_cpu
-        worker_cpu = cpu_seconds(worker_pid) - worker_cpu
-        phases.append(Phase(logging_on, result, bff_cpu, worker_cpu))
+        await asyncio.sleep(settle_s)
+        ended = cpu_now(logging_on)
+        phases.append(Phase(logging_on, result, {name: ended[name] - started[name] for name in PROCESSES}))
     return phases
 
 
@@ -109,10 +118,14 @@ def report(
     off = pooled([p.result for p in phases if not p.logging_on])
     on_phases = [p for p in phases if p.logging_on]
     off_phases = [p for p in phases if not p.logging_on]
-    bff_cpu_on = sum(p.bff_cpu_s for p in on_phases) / on.requests * 1e6
-    bff_cpu_off = sum(p.bff_cpu_s for p in off_phases) / off.requests * 1e6
-    worker_cpu_on = delivered["worker_cpu_s"] / on.requests * 1e6
+    cpu = {
+        mode: {name: sum(p.cpu_s[name] for p in group) / pooled_result.requests * 1e6 for name in PROCESSES}
+        for mode, group, pooled_result in (("off", off_phases, off), ("on", on_phases, on))
+    }
+    bff_cpu_off, bff_cpu_on = cpu["off"]["BFF"], cpu["on"]["BFF"]
     bff_cpu_cost = (bff_cpu_on - bff_cpu_off) / bff_cpu_off * 100
+    total = {mode: sum(cpu[mode].values()) for mode in cpu}
+    logging_cpu = total["on"] - total["off"]
     spread = {
         label: (min(p.result.requests_per_s for p in group), max(p.result.requests_per_s for p in group))
         for label, group in (("off", off_phases), ("on", on_phases))
@@ -157,17 +170,32 @@ def report(
         f"and {spread['on'][0]:,.0f}-{spread['on'][1]:,.0f} req/s with it on. The BFF's CPU time per request "
         "(user + system time of the BFF process and its workers, psutil: other tenants' CPU does not count, "
         "though CPU steal and cache contention still move it) is the closest measure of what logging costs the "
-        "BFF itself. "
-        f"The log worker used {worker_cpu_on:.0f} us of CPU per logged request "
-        "(over the whole run, pauses included) on the same cores, plus RabbitMQ's share (not measured).",
+        "BFF itself.",
+        "",
+        "## Where logging's CPU goes",
+        "",
+        "CPU time of each process per request (user + system, psutil; the process and its children), from each "
+        "phase's start to the next one's, so that the pause after an on phase, in which the log worker writes "
+        "what it logged, counts with it; pooled by mode. In the off phases the log worker, RabbitMQ and "
+        "SeaweedFS idle (RabbitMQ is the machine's broker: other vhosts' traffic, if any, would show too).",
+        "",
+        "| process | logging off µs/request | logging on µs/request | on - off |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} | {cpu['off'][name]:.1f} | {cpu['on'][name]:.1f} | {cpu['on'][name] - cpu['off'][name]:+.1f} |"
+            for name in PROCESSES
+        ),
+        f"| all of them | {total['off']:.1f} | {total['on']:.1f} | {logging_cpu:+.1f} "
+        f"({logging_cpu / total['off'] * 100:+.1f} %) |",
         "",
         "## Phases",
         "",
-        "| # | logging | req/s | p50 ms | p99 ms | BFF CPU us/request |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| # | logging | req/s | p50 ms | p99 ms | BFF CPU us/request | log worker + RabbitMQ + S3 CPU us/request |",
+        "|---:|---|---:|---:|---:|---:|---:|",
         *(
             f"| {i + 1} | {p.result.label} | {p.result.requests_per_s:,.0f} | {p.result.p50_ms:.2f} "
-            f"| {p.result.p99_ms:.2f} | {p.bff_cpu_us_per_request:.0f} |"
+            f"| {p.result.p99_ms:.2f} | {p.cpu_us_per_request('BFF'):.0f} "
+            f"| {sum(p.cpu_us_per_request(name) for name in PROCESSES[1:4]):.0f} |"
             for i, p in enumerate(phases)
         ),
         "",
@@ -198,12 +226,18 @@ def main() -> int:
         worker = platform.start_log_worker()
         bff_on = platform.start_bff("bff-logging-on", inference_logging=True)
         bff_off = platform.start_bff("bff-logging-off", inference_logging=False)
-        worker_cpu_start = cpu_seconds(worker.pid())
+        pids = {
+            "BFF on": bff_on.daemon.pid(),
+            "BFF off": bff_off.daemon.pid(),
+            "log worker": worker.pid(),
+            "RabbitMQ": rabbitmq_pid(),
+            "SeaweedFS (S3)": platform.s3_pid,
+            "Triton": platform.triton.daemon.pid(),
+        }
         phases = asyncio.run(
             alternate(
                 {True: bff_on.url, False: bff_off.url},
-                {True: bff_on.daemon.pid(), False: bff_off.daemon.pid()},
-                worker.pid(),
+                pids,
                 args.rounds,
                 args.concurrency,
                 args.duration,
@@ -225,7 +259,6 @@ def main() -> int:
             for outcome in ("enqueued", "confirmed", "spooled", "dropped")
         }
         delivered["written"] = written
-        delivered["worker_cpu_s"] = cpu_seconds(worker.pid()) - worker_cpu_start
         text = report(command, platform, phases, args.concurrency, args.duration, delivered, took, load_at_start)
     write_report(args.out, text)
     return 0

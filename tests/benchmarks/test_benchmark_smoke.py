@@ -5,6 +5,7 @@ something, without errors, and its report (section) must be written from it."""
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -81,15 +82,23 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     assert len(verdicts) == 7, text
 
 
-def test_logging_cost_alternates_on_and_off_phases(serving):
-    # The serving BFF stands in for both (logging on and off): the alternation and the CPU accounting run.
+def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(serving, triton_server):
+    # The serving BFF stands in for both (logging on and off), Triton for itself, the rest for none (0 s):
+    # the alternation, the CPU accounting per process and the report run.
     urls = dict.fromkeys((True, False), serving.bff_url)
-    pids = dict.fromkeys((True, False), serving.bff.pid())
-    phases = asyncio.run(logging_cost.alternate(urls, pids, None, rounds=2, concurrency=2, duration_s=0.5, settle_s=0))
+    pids = dict.fromkeys(logging_cost.PROCESSES) | dict.fromkeys(("BFF on", "BFF off"), serving.bff.pid())
+    pids["Triton"] = triton_server.daemon.pid()
+    phases = asyncio.run(logging_cost.alternate(urls, pids, rounds=2, concurrency=2, duration_s=0.5, settle_s=0))
     assert [phase.logging_on for phase in phases] == [True, False, False, True]
-    assert all(p.result.requests > 0 and p.result.errors == 0 and p.bff_cpu_s > 0 for p in phases), phases
+    assert all(p.result.requests > 0 and p.result.errors == 0 for p in phases), phases
+    assert all(p.cpu_s["BFF"] > 0 and p.cpu_s["Triton"] > 0 and p.cpu_s["log worker"] == 0 for p in phases), phases
     pooled = logging_cost.pooled([p.result for p in phases if p.logging_on])
     assert pooled.requests == sum(p.result.requests for p in phases if p.logging_on)
+    platform = SimpleNamespace(model_name=serving.env["TRITON_MODEL_NAME"], model_version=1)
+    delivered = dict.fromkeys(("enqueued", "confirmed", "spooled", "dropped", "written"), 0.0)
+    text = logging_cost.report("smoke", platform, phases, 2, 0.5, delivered, 0.0, "")
+    cpu_rows = [line for line in text.splitlines() if line.startswith(("| BFF |", "| Triton |", "| all of them |"))]
+    assert len(cpu_rows) == 3, text
 
 
 def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
