@@ -1,13 +1,18 @@
-"""Records per inference-log message: the BFF's CPU per ``/predict/batch`` (256 rows, logging on) with
-``LOG_MESSAGE_MAX_RECORDS`` 100 (the default before) beside 500 (the default now), in one run.
+"""Records per inference-log message, and what they cost, in one run. Fuller messages cost the BFF,
+RabbitMQ and the log worker less per record; two settings decide how full they are:
+
+1. ``LOG_MESSAGE_MAX_RECORDS`` 100 (the default before) beside 500 (now), under ``/predict/batch`` of
+   256 rows (wrk, concurrency 1, KServe v2 bodies): a batch is one message, not three.
+2. ``LOG_PUBLISH_LINGER_S`` 0.05 (the default before) beside 0.25 (now), under ``/predict`` (wrk,
+   concurrency 4): single predictions wait that long for company before their message is published.
 
     .venv/bin/python benchmarks/inference_logging/message_size.py --out benchmarks/results/inference_log_message_size.md
 
-Two BFFs with logging on run side by side on the same Triton, RabbitMQ and log worker, identical but for
-``LOG_MESSAGE_MAX_RECORDS``; only one gets traffic at a time, the settings alternating in ABBA order
-(wrk, concurrency 1, KServe v2 bodies of 256 rows). Reported per setting, pooled over its phases: requests/s,
-p50/p99 of the medians of the phases, and the CPU per request of the BFF that took the traffic. No target:
-it is why the default changed.
+For each comparison two BFFs with logging on run side by side on the same Triton, RabbitMQ and log worker,
+identical but for the setting; only one gets traffic at a time, the settings alternating in ABBA order.
+Each phase is followed by a pause in which the log worker writes what it logged (its batch age is 5 s);
+the CPU of the BFF that took the traffic, the log worker, RabbitMQ and SeaweedFS is counted over the phase
+and its pause. Reported per setting, pooled over its phases. No target: it is why the defaults changed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,80 +37,151 @@ from benchmarks.stack import (
     feature_bodies,
     load_average,
     machine_summary,
+    rabbitmq_pid,
     work_dir,
     write_report,
 )
 from benchmarks.wrk import WrkResult, run_wrk
 
 log = logging.getLogger("benchmarks.inference_log_message_size")
-ROWS = 256
-SETTINGS = (100, 500)
+# The processes whose CPU is counted ("BFF": the one that took the phase's traffic).
+PROCESSES = ("BFF", "log worker", "RabbitMQ", "SeaweedFS (S3)")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    setting: str  # the BFF's environment variable
+    before: str
+    now: str
+    path: str
+    concurrency: int
+    rows: int  # per request
+    bodies: Callable[[], list[object]]
+    load_text: str
+
+
+COMPARISONS = (
+    Comparison(
+        "LOG_MESSAGE_MAX_RECORDS",
+        "100",
+        "500",
+        "/predict/batch",
+        1,
+        256,
+        lambda: [v2_form(feature_bodies(256, seed=8))],
+        "`/predict/batch` of 256 rows (KServe v2 body), concurrency 1",
+    ),
+    Comparison(
+        "LOG_PUBLISH_LINGER_S",
+        "0.05",
+        "0.25",
+        "/predict",
+        4,
+        1,
+        lambda: feature_bodies(1000),
+        "`/predict` (all features in the body), concurrency 4",
+    ),
+)
 
 
 @dataclass(frozen=True)
 class Phase:
-    max_records: int
+    value: str
     load: WrkResult
-    bff_cpu_s: float
-
-    @property
-    def cpu_ms_per_request(self) -> float:
-        return self.bff_cpu_s / max(1, self.load.requests) * 1000
+    # CPU seconds of each of PROCESSES over the phase and the pause after it.
+    cpu_s: dict[str, float]
 
 
-def alternate(targets: dict[int, tuple[str, int | None]], rounds: int, duration_s: float) -> list[Phase]:
-    """ABBA over the settings: ``targets`` maps each to its BFF's URL and process id."""
-    body = v2_form(feature_bodies(ROWS, seed=8))
-    first, second = targets
-    order = [s for r in range(rounds) for s in ((first, second) if r % 2 == 0 else (second, first))]
+def alternate(
+    comparison: Comparison,
+    targets: dict[str, tuple[str, int | None]],
+    shared_pids: dict[str, int | None],
+    rounds: int,
+    duration_s: float,
+    pause_s: float,
+) -> list[Phase]:
+    """ABBA over the comparison's two values: ``targets`` maps each to its BFF's URL and process id;
+    ``shared_pids`` names the processes every phase shares (the log worker, RabbitMQ, SeaweedFS)."""
+    bodies = comparison.bodies()
+    order = [
+        value
+        for r in range(rounds)
+        for value in ((comparison.before, comparison.now) if r % 2 == 0 else (comparison.now, comparison.before))
+    ]
     phases = []
-    for max_records in order:
-        url, pid = targets[max_records]
-        before = cpu_seconds(pid)
-        load = run_wrk(f"{url}/predict/batch", [body], concurrency=1, rows_per_request=ROWS, duration_s=duration_s)
-        phases.append(Phase(max_records, load, cpu_seconds(pid) - before))
-        log.info("LOG_MESSAGE_MAX_RECORDS=%d: %.0f req/s", max_records, load.requests_per_s)
+    for value in order:
+        url, bff_pid = targets[value]
+        pids = {"BFF": bff_pid, **shared_pids}
+        before = {name: cpu_seconds(pids.get(name)) for name in PROCESSES}
+        load = run_wrk(
+            url + comparison.path,
+            bodies,
+            concurrency=comparison.concurrency,
+            rows_per_request=comparison.rows,
+            duration_s=duration_s,
+        )
+        time.sleep(pause_s)
+        phases.append(Phase(value, load, {name: cpu_seconds(pids.get(name)) - before[name] for name in PROCESSES}))
+        log.info("%s=%s: %.0f req/s", comparison.setting, value, load.requests_per_s)
     return phases
 
 
-def report(phases: list[Phase], rounds: int, duration_s: float, took_s: float, command: str, load_at_start: str) -> str:
+def section(comparison: Comparison, phases: list[Phase], rounds: int, duration_s: float) -> list[str]:
+    lines = [
+        f"## {comparison.setting}: {comparison.before} (before) beside {comparison.now} (now)",
+        "",
+        f"Load: wrk, {comparison.load_text}, {rounds} phases of {duration_s:g} s per setting in ABBA order.",
+        "",
+        f"| {comparison.setting} | requests | req/s | rows/s | p50 ms (median of phases) | p99 ms (median of "
+        "phases) | " + " | ".join(f"{name} CPU µs/request" for name in PROCESSES) + " |",
+        "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PROCESSES),
+    ]
+    per_value = {}
+    for value in (comparison.before, comparison.now):
+        mine = [p for p in phases if p.value == value]
+        requests = sum(p.load.requests for p in mine)
+        seconds = sum(p.load.elapsed_s for p in mine)
+        cpu_us = {name: sum(p.cpu_s[name] for p in mine) / max(1, requests) * 1e6 for name in PROCESSES}
+        per_value[value] = (requests / seconds, cpu_us)
+        lines.append(
+            f"| {value} | {requests:,} | {requests / seconds:,.0f} | {requests * comparison.rows / seconds:,.0f} | "
+            f"{statistics.median(p.load.p50_ms for p in mine):.2f} | "
+            f"{statistics.median(p.load.p99_ms for p in mine):.2f} | "
+            + " | ".join(f"{cpu_us[name]:,.1f}" for name in PROCESSES)
+            + " |"
+        )
+    (old_rate, old_cpu), (new_rate, new_cpu) = (per_value[v] for v in (comparison.before, comparison.now))
+    lines += [
+        "",
+        f"{comparison.now} ÷ {comparison.before}: throughput {new_rate / old_rate:.2f}; CPU per request: "
+        + ", ".join(f"{name} {new_cpu[name] / old_cpu[name]:.2f}" for name in PROCESSES if old_cpu[name] > 0)
+        + f"; all four {sum(new_cpu.values()) / sum(old_cpu.values()):.2f}.",
+        "",
+        "Per phase (req/s): " + "; ".join(f"{p.value}: {p.load.requests_per_s:,.0f}" for p in phases) + ".",
+        "",
+    ]
+    return lines
+
+
+def report(
+    sections: list[list[str]], rounds: int, duration_s: float, took_s: float, command: str, load_at_start: str
+) -> str:
     machine = machine_summary()
     lines = [
-        "# Records per inference-log message: the BFF's cost of logging a 256-row batch",
+        "# Records per inference-log message: what logging costs each process",
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- Command: `{command}` ({took_s:.0f} s, platform start included)",
         f"- Machine: {machine['nproc']} CPUs (shared), {machine['cpu']}, Python {machine['python']}; load average "
         f"before: {load_at_start}, after: {load_average()}",
-        f"- Load: wrk, concurrency 1, `/predict/batch` of {ROWS} rows (KServe v2 body), {rounds} phases of "
-        f"{duration_s:g} s per setting in ABBA order; two BFFs with inference logging on (one worker each), the "
-        "log worker writing to the table, everything on the same cores.",
-        "",
-        "| LOG_MESSAGE_MAX_RECORDS | requests | req/s | rows/s | p50 ms (median of phases) | p99 ms (median of "
-        "phases) | BFF CPU ms/request |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    per_setting = {}
-    for max_records in dict.fromkeys(p.max_records for p in phases):
-        mine = [p for p in phases if p.max_records == max_records]
-        requests = sum(p.load.requests for p in mine)
-        seconds = sum(p.load.elapsed_s for p in mine)
-        cpu_ms = sum(p.bff_cpu_s for p in mine) / max(1, requests) * 1000
-        per_setting[max_records] = (requests / seconds, cpu_ms)
-        lines.append(
-            f"| {max_records} | {requests:,} | {requests / seconds:,.0f} | {requests * ROWS / seconds:,.0f} | "
-            f"{statistics.median(p.load.p50_ms for p in mine):.2f} | "
-            f"{statistics.median(p.load.p99_ms for p in mine):.2f} | {cpu_ms:.3f} |"
-        )
-    (old_rate, old_cpu), (new_rate, new_cpu) = (per_setting[s] for s in SETTINGS)
-    lines += [
-        "",
-        f"{SETTINGS[1]} ÷ {SETTINGS[0]}: throughput {new_rate / old_rate:.2f}, BFF CPU per request "
-        f"{new_cpu / old_cpu:.2f}.",
-        "",
-        "Per phase: " + "; ".join(f"{p.max_records}: {p.cpu_ms_per_request:.2f} ms" for p in phases) + ".",
+        "- Two BFFs with inference logging on (one worker each) per comparison, identical but for the setting; "
+        "the log worker writing to the table, RabbitMQ and SeaweedFS, everything on the same cores. CPU: user + "
+        "system (psutil) over each phase and the pause after it, in which the log worker writes what the phase "
+        "logged; RabbitMQ is the machine's broker.",
         "",
     ]
+    for part in sections:
+        lines += part
     return "\n".join(lines)
 
 
@@ -113,22 +190,26 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "inference_log_message_size.md")
     parser.add_argument("--rounds", type=int, default=4, help="phases per setting")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
+    parser.add_argument("--pause", type=float, default=6.0, help="seconds after each phase (the log worker writes)")
     parser.add_argument("--keep-work", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     command = command_line("benchmarks/inference_logging/message_size.py")
     started = time.monotonic()
     load_at_start = load_average()
+    sections = []
     with work_dir("log-message-size-", keep=args.keep_work) as work, BenchPlatform.up(work) as platform:
-        platform.start_log_worker()
-        targets = {}
-        for max_records in SETTINGS:
-            bff = platform.start_bff(
-                f"bff-{max_records}", inference_logging=True, LOG_MESSAGE_MAX_RECORDS=str(max_records)
-            )
-            targets[max_records] = (bff.url, bff.daemon.pid())
-        phases = alternate(targets, args.rounds, args.duration)
-        text = report(phases, args.rounds, args.duration, time.monotonic() - started, command, load_at_start)
+        worker = platform.start_log_worker()
+        shared = {"log worker": worker.pid(), "RabbitMQ": rabbitmq_pid(), "SeaweedFS (S3)": platform.s3_pid}
+        for comparison in COMPARISONS:
+            targets = {}
+            for value in (comparison.before, comparison.now):
+                name = f"bff-{comparison.setting.lower()}-{value}"
+                bff = platform.start_bff(name, inference_logging=True, **{comparison.setting: value})
+                targets[value] = (bff.url, bff.daemon.pid())
+            phases = alternate(comparison, targets, shared, args.rounds, args.duration, args.pause)
+            sections.append(section(comparison, phases, args.rounds, args.duration))
+        text = report(sections, args.rounds, args.duration, time.monotonic() - started, command, load_at_start)
     write_report(args.out, text)
     return 0
 

@@ -66,12 +66,15 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Inference-log publishing (bff.inference_log): records per AMQP message (JSON lines), messages
     # awaiting confirms at once, and how long to wait for a fuller message before publishing (fewer,
     # fuller messages cost less CPU per record; benchmarks/inference_logging measures the total cost).
-    # 500: a 256-row batch is one message, not three (benchmarks/inference_logging/message_size.py: the
-    # BFF's CPU per logged batch 0.71 x that of 100); 500 of the largest records stay under the log
-    # worker's MAX_MESSAGE_BYTES (tests/bff/test_inference_log_publisher.py).
+    # 500: a 256-row batch is one message, not three; 500 of the largest records stay under the log
+    # worker's MAX_MESSAGE_BYTES (tests/bff/test_inference_log_publisher.py). Linger 0.25 s: single
+    # predictions at ~1,800/s fill a message of ~450 records, where 0.05 s sent five of ~90, each costing
+    # RabbitMQ and the log worker about as much again. Both measured by
+    # benchmarks/inference_logging/message_size.py. A SIGKILL loses what waits in memory (at most
+    # LOG_BUFFER_SIZE records however long the linger); SIGTERM publishes it first.
     log_message_max_records: int = Field(500, ge=1)
     log_publish_max_in_flight: int = Field(20, ge=1)
-    log_publish_linger_s: float = Field(0.05, ge=0)
+    log_publish_linger_s: float = Field(0.25, ge=0)
     # A confirm slower than this counts as a broker outage: the records go to the spool.
     log_publish_timeout_s: float = Field(5.0, gt=0)
     log_connect_timeout_s: float = Field(5.0, gt=0)

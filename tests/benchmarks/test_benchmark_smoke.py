@@ -102,15 +102,23 @@ def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(ser
 
 
 def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
-    # Both settings on the session's one BFF: the phases, their CPU and the report, not the two start-ups.
+    # Both values on the session's one BFF: the phases, their CPU and the report, not the two start-ups.
     target = (serving.bff_url, serving.bff.pid())
-    phases = message_size.alternate(dict.fromkeys(message_size.SETTINGS, target), rounds=2, duration_s=SECONDS)
-    assert [p.max_records for p in phases] == [100, 500, 500, 100]
-    assert all(p.load.requests > 0 and p.load.errors == 0 and p.bff_cpu_s > 0 for p in phases)
-    text = message_size.report(phases, 2, SECONDS, 0.0, "smoke", "")
+    sections = []
+    for comparison in message_size.COMPARISONS:
+        targets = dict.fromkeys((comparison.before, comparison.now), target)
+        shared = dict.fromkeys(message_size.PROCESSES[1:])
+        phases = message_size.alternate(comparison, targets, shared, rounds=2, duration_s=SECONDS, pause_s=0)
+        before, now = comparison.before, comparison.now
+        assert [p.value for p in phases] == [before, now, now, before]
+        assert all(p.load.requests > 0 and p.load.errors == 0 and p.cpu_s["BFF"] > 0 for p in phases)
+        assert all(p.cpu_s["log worker"] == 0 for p in phases)  # no process given: nothing counted
+        sections.append(message_size.section(comparison, phases, 2, SECONDS))
+    text = message_size.report(sections, 2, SECONDS, 0.0, "smoke", "")
     assert "| 100 |" in text
-    assert "| 500 |" in text
+    assert "| 0.05 |" in text
     assert "500 ÷ 100: throughput" in text
+    assert "0.25 ÷ 0.05: throughput" in text
 
 
 def test_table_write_throughput_merges_compacts_and_reads_back(serving, s3_server):
