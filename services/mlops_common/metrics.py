@@ -19,11 +19,20 @@ def service_registry() -> CollectorRegistry:
     return registry
 
 
+# Fewer values than this are observed one by one, which costs less than numpy's fixed cost (a single
+# prediction's score is one value).
+_OBSERVE_EACH_BELOW = 8
+
+
 def observe_all(histogram: Histogram, values: np.ndarray) -> None:
     """``histogram.observe(v)`` for every value, in one pass: the bucket counts from numpy, one increment
     per bucket (a 256-row batch costs one call per bucket, not 256 observes). It adds to the same
     counters ``observe`` does (prometheus_client's bucket and sum values, multiprocess mode included);
     tests/mlops_common/test_metrics.py checks the result equals ``observe`` value by value."""
+    if len(values) < _OBSERVE_EACH_BELOW:
+        for value in values.tolist():
+            histogram.observe(value)
+        return
     histogram._raise_if_not_observable()
     bounds = np.asarray(histogram._upper_bounds)
     # observe() counts a value in the first bucket whose bound is >= the value.

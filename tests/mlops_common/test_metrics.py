@@ -20,18 +20,23 @@ def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple], f
     }
 
 
-def test_observe_all_equals_observe_one_by_one():
+# One value (a single prediction) and a few are observed one by one, more in bulk with numpy.
+@pytest.mark.parametrize("count", [1, 7, 8, 505])
+def test_observe_all_equals_observe_one_by_one(count):
     rng = np.random.default_rng(5)
     # Values on the bounds (a bound belongs to its own bucket), beyond the last bound (+Inf), and random ones.
-    values = np.concatenate([np.array([0.1, 0.25, 1.0, 1.5, 0.0], dtype=np.float32), rng.random(500, np.float32)])
-    # Two names: in multiprocess mode (a PROMETHEUS_MULTIPROC_DIR in the environment) one name is one store.
+    edges = np.array([1.5, 0.1, 0.25, 1.0, 0.0], dtype=np.float32)
+    values = np.concatenate([edges, rng.random(500, np.float32)])[:count]
     registry = CollectorRegistry()
-    by_one = Histogram("score_one", "h", ["version"], buckets=BUCKETS, registry=registry).labels("1")
-    in_bulk = Histogram("score_bulk", "h", ["version"], buckets=BUCKETS, registry=registry).labels("1")
+    # A name of its own for each histogram and case: in multiprocess mode (a PROMETHEUS_MULTIPROC_DIR in the
+    # environment) one name is one store, whatever the registry.
+    one, bulk = f"score_one_{count}", f"score_bulk_{count}"
+    by_one = Histogram(one, "h", ["version"], buckets=BUCKETS, registry=registry).labels("1")
+    in_bulk = Histogram(bulk, "h", ["version"], buckets=BUCKETS, registry=registry).labels("1")
     for value in values.tolist():
         by_one.observe(value)
     observe_all(in_bulk, values)
-    got, expected = samples(registry, "score_bulk"), samples(registry, "score_one")
+    got, expected = samples(registry, bulk), samples(registry, one)
     assert len(expected) == len(BUCKETS) + 3  # the buckets, +Inf, _count, _sum
     assert got == pytest.approx(expected, rel=1e-6)
     assert got[("_count", (("version", "1"),))] == len(values)
