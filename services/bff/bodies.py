@@ -45,6 +45,8 @@ NOT_UTF8 = {"type": "json_invalid", "loc": ["body"], "msg": "body is not UTF-8 e
 def feature_names_where(mask: np.ndarray) -> list[list[str]]:
     """Per row of a [n, N_FEATURES] mask, the names of the features where it is true (rows with none: no loop)."""
     names: list[list[str]] = [[] for _ in range(len(mask))]
+    if not mask.any():  # the usual request, every feature given: one check
+        return names
     for row in np.flatnonzero(mask.any(axis=1)):
         names[row] = [FEATURE_NAMES[j] for j in np.flatnonzero(mask[row])]
     return names
