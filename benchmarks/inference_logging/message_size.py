@@ -28,12 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.serving.run import v2_form
+from benchmarks.serving.run import measured, v2_form
 from benchmarks.stack import (
     ROOT,
     BenchPlatform,
     command_line,
-    cpu_seconds,
     feature_bodies,
     load_average,
     machine_summary,
@@ -111,18 +110,21 @@ def alternate(
     phases = []
     for value in order:
         url, bff_pid = targets[value]
-        pids = {"BFF": bff_pid, **shared_pids}
-        before = {name: cpu_seconds(pids.get(name)) for name in PROCESSES}
-        load = run_wrk(
-            url + comparison.path,
-            bodies,
-            concurrency=comparison.concurrency,
-            rows_per_request=comparison.rows,
-            duration_s=duration_s,
-        )
-        time.sleep(pause_s)
-        phases.append(Phase(value, load, {name: cpu_seconds(pids.get(name)) - before[name] for name in PROCESSES}))
-        log.info("%s=%s: %.0f req/s", comparison.setting, value, load.requests_per_s)
+
+        def load_then_pause(url: str = url) -> WrkResult:
+            load = run_wrk(
+                url + comparison.path,
+                bodies,
+                concurrency=comparison.concurrency,
+                rows_per_request=comparison.rows,
+                duration_s=duration_s,
+            )
+            time.sleep(pause_s)
+            return load
+
+        phase = measured({"BFF": bff_pid, **shared_pids}, load_then_pause)
+        phases.append(Phase(value, phase.load, phase.cpu_s))
+        log.info("%s=%s: %.0f req/s", comparison.setting, value, phase.load.requests_per_s)
     return phases
 
 
