@@ -348,14 +348,15 @@ def feature_bodies(count: int, seed: int = 7) -> list[dict[str, float]]:
     return [{k: float(round(v * rng.uniform(0.5, 1.5))) for k, v in FEATURES_EXAMPLE.items()} for _ in range(count)]
 
 
-def rabbitmq_pid() -> int | None:
-    """The local RabbitMQ's Erlang VM (the machine's broker, which the benchmarks use), None if not found."""
+def rabbitmq_pid() -> int:
+    """The local RabbitMQ's Erlang VM (the machine's broker, which the benchmarks use), so that its CPU can
+    be counted; raises if there is none."""
     import psutil
 
     for process in psutil.process_iter(["name", "cmdline"]):
         if process.info["name"] == "beam.smp" and "rabbit" in " ".join(process.info["cmdline"] or []):
             return process.pid
-    return None
+    raise RuntimeError("no local RabbitMQ process (beam.smp running rabbit) to count the CPU of")
 
 
 def cpu_seconds(pid: int | None) -> float:

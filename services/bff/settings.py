@@ -68,10 +68,10 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # fuller messages cost less CPU per record; benchmarks/inference_logging measures the total cost).
     # 500: a 256-row batch is one message, not three; 500 of the largest records stay under the log
     # worker's MAX_MESSAGE_BYTES (tests/bff/test_inference_log_publisher.py). Linger 0.25 s: single
-    # predictions at ~1,800/s fill a message of ~450 records, where 0.05 s sent five of ~90, each costing
-    # RabbitMQ and the log worker about as much again. Both measured by
-    # benchmarks/inference_logging/message_size.py. A SIGKILL loses what waits in memory (at most
-    # LOG_BUFFER_SIZE records however long the linger); SIGTERM publishes it first.
+    # predictions at ~1,800/s fill one message of ~450 records where 0.05 s sent five of ~90, and RabbitMQ
+    # and the log worker pay per message. Both measured by benchmarks/inference_logging/message_size.py.
+    # A SIGKILL loses what waits in memory (at most LOG_BUFFER_SIZE records, whatever the linger);
+    # SIGTERM publishes it first.
     log_message_max_records: int = Field(500, ge=1)
     log_publish_max_in_flight: int = Field(20, ge=1)
     log_publish_linger_s: float = Field(0.25, ge=0)
