@@ -561,6 +561,73 @@ def profile_bff(pid: int | None, url: str, duration_s: float, out: Path) -> dict
     }
 
 
+# -- the plot: throughput vs p99 per variant ------------------------------------------------------------
+PLOT_NAME = "serving_throughput_vs_p99.png"
+
+
+def plot_variants(run: dict) -> dict[str, dict[str, list[tuple[int, float, float]]]]:
+    """Per panel (single rows, batches of 256), each variant's (concurrency, p99 ms, rows/s) points in order of
+    concurrency: direct Triton (perf_analyzer), the BFF with logging off in each body form, the baseline and
+    the BFF with logging on."""
+    panels: dict[str, dict[str, list[tuple[int, float, float]]]] = {"single rows": {}, "batches": {}}
+
+    def add(panel: str, variant: str, points: list[tuple[int, float, float]]) -> None:
+        if points:
+            panels[panel][variant] = sorted(points)
+
+    for batch, panel in ((1, "single rows"), (256, "batches")):
+        direct = [(r["concurrency"], r["p99_ms"], r["rows_per_s"]) for r in run["perf_analyzer"] if r["batch"] == batch]
+        add(panel, "direct Triton (perf_analyzer)", direct)
+    loads: list[WrkResult] = run["bff"]
+    for label in dict.fromkeys(r.label for r in loads):
+        if label == "/predict (SK_ID_CURR)":  # one concurrency: in the tables only
+            continue
+        panel = "single rows" if label == "/predict" else "batches"
+        mine = [(r.concurrency, r.p99_ms, r.rows_per_s) for r in loads if r.label == label]
+        add(panel, f"BFF, logging off: {label}", mine)
+    for variant, results in run["versus"].items():
+        points = [(m.load.rows_per_request, m.load.concurrency, m.load.p99_ms, m.load.rows_per_s) for m in results]
+        add("single rows", variant, [(c, p99, rows) for n, c, p99, rows in points if n == 1])
+        add("batches", variant, [(c, p99, rows) for n, c, p99, rows in points if n > 1])
+    return panels
+
+
+def plot_throughput_vs_p99(run: dict, out: Path) -> None:
+    """Two panels (single rows, batches of 256): one line per variant through its concurrencies (each point
+    marked with its own), p99 on x and rows/s on y, both on log scales (the baseline's batches are two orders
+    of magnitude off the rest)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = plot_variants(run)
+    figure, axes = plt.subplots(1, 2, figsize=(15, 6))
+    for ax, (title, variants) in zip(axes, panels.items(), strict=True):
+        for variant, points in variants.items():
+            (line,) = ax.plot([p99 for _, p99, _ in points], [rows for *_, rows in points], marker="o", label=variant)
+            for concurrency, p99, rows in points:
+                ax.annotate(
+                    f"c{concurrency}",
+                    (p99, rows),
+                    fontsize=6,
+                    color=line.get_color(),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("p99 latency (ms)")
+        ax.set_ylabel("rows/s")
+        ax.set_title(f"{title}: each line through its concurrencies")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.suptitle(f"Serving {run['model_name']} v{run['model_version']} on 2 shared cores ({run['command']})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
 # -- report ---------------------------------------------------------------------------------------
 def _load_rows(loads: list[WrkResult]) -> list[str]:
     return [
@@ -657,6 +724,13 @@ def report(run: dict) -> str:
         "",
         "Logging on vs off (p99 and throughput within 5 %) is measured by `inference_logging/run.py` "
         "(`inference_logging.md`).",
+        "",
+        "## Throughput vs p99 per variant",
+        "",
+        "Each line runs through the concurrencies its variant was measured at (parts (b), (c) and (f)); rows/s "
+        "and p99 on log scales.",
+        "",
+        f"![throughput vs p99 per variant]({PLOT_NAME})",
         "",
         "## (a) In-process ONNX Runtime (1 thread, no server)",
         "",
@@ -783,6 +857,7 @@ def main() -> int:
             logged.daemon.stop()
         run["took_s"] = time.monotonic() - started
         text = report(run)
+    plot_throughput_vs_p99(run, args.out.parent / PLOT_NAME)
     write_report(args.out, text)
     return 0
 

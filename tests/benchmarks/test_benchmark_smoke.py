@@ -77,6 +77,14 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     assert all(m.cpu_s["server"] > 0 for results in run["versus"].values() for m in results)
     text = bench.report(run)
     assert "## Targets" in text
+    assert f"]({bench.PLOT_NAME})" in text
+    # The plot: every variant of both panels with a point per concurrency measured, written as a PNG.
+    panels = bench.plot_variants(run)
+    assert {"direct Triton (perf_analyzer)", "baseline", "BFF, logging off: /predict"} <= set(panels["single rows"])
+    assert len(panels["batches"]["BFF, logging off: /predict/batch (256 rows, split)"]) == 2
+    plot = tmp_path / bench.PLOT_NAME
+    bench.plot_throughput_vs_p99(run, plot)
+    assert plot.read_bytes().startswith(b"\x89PNG")
     # Three body forms against Triton, /predict's overhead, the store's cost, and two ratios to the baseline.
     verdicts = [line for line in text.splitlines() if line.endswith(("| **met** |", "| **not met** |"))]
     assert len(verdicts) == 7, text
