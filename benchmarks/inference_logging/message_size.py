@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.serving.run import measured, v2_form
+from benchmarks.serving.run import Measured, measured, v2_form
 from benchmarks.stack import (
     ROOT,
     BenchPlatform,
@@ -84,11 +84,11 @@ COMPARISONS = (
 
 
 @dataclass(frozen=True)
-class Phase:
+class Phase(Measured):
+    """A phase's load and the CPU seconds of each of PROCESSES over it and the pause after it, with the
+    setting's value it ran under."""
+
     value: str
-    load: WrkResult
-    # CPU seconds of each of PROCESSES over the phase and the pause after it.
-    cpu_s: dict[str, float]
 
 
 def alternate(
@@ -122,8 +122,8 @@ def alternate(
             time.sleep(pause_s)
             return load
 
-        phase = measured({"BFF": bff_pid, **shared_pids}, load_then_pause)
-        phases.append(Phase(value, phase.load, phase.cpu_s))
+        phase = Phase(**vars(measured({"BFF": bff_pid, **shared_pids}, load_then_pause)), value=value)
+        phases.append(phase)
         log.info("%s=%s: %.0f req/s", comparison.setting, value, phase.load.requests_per_s)
     return phases
 
