@@ -1,12 +1,15 @@
-"""The log worker's reading of one inference-log message into table rows: the fast reader
-(``log_worker.fast_reader``, msgspec, no model per record) beside the record model (``InferenceLogRecord``,
-pydantic, what every message went through before and what a message with a bad line still goes through).
+"""The log worker's reading of one inference-log message into table rows, by message form: a message of
+blocks as the BFF publishes it (``log_worker.fast_reader.blocks_to_table``, columns read whole), the same
+records as JSON lines read by the fast reader (``lines_to_table``, msgspec; what the BFF's spool replays
+and the dead-letter queue holds), and by the record model (``InferenceLogRecord``, pydantic, what a
+message with a bad record goes through).
 
     .venv/bin/python benchmarks/inference_logging/reader.py --out benchmarks/results/log_worker_reader.md
 
-In-process, no server: messages of 1, 50, 256 and 500 records as the BFF writes them (``encode_records``:
-ten features, some missing, the online store's features on some rows), the two readers taking turns in
-``--rounds`` rounds of ``--repeats`` reads each; medians of the rounds. Both must give the same rows.
+In-process, no server: messages of 1, 50, 256 and 500 records (ten features, some missing, the online
+store's features on some rows; the blocks of single predictions joined as the publisher joins them), the
+readers taking turns in ``--rounds`` rounds of ``--repeats`` reads each, each read from the message's
+bytes (``parse_message``, as on arrival); medians of the rounds. All three must give the same rows.
 """
 
 from __future__ import annotations
@@ -24,82 +27,120 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.stack import ROOT, command_line, machine_summary, write_report
-from bff.inference_log import encode_records
-from log_worker.fast_reader import lines_to_table
-from log_worker.worker import parse_lines_with_model
+from log_worker.worker import parse_lines_with_model, parse_message
 from mlops_common.features import FEATURE_NAMES
+from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, encode_message
+from mlops_common.inference_log_wire import (
+    BLOCKS_CONTENT_TYPE,
+    block_lines,
+    decode_blocks,
+    encode_blocks_message,
+    log_block,
+    merge_blocks,
+)
 from mlops_common.rollout import Role
 
 SIZES = (1, 50, 256, 500)
 
 
-def bff_lines(n: int, seed: int = 11) -> list[bytes]:
-    """``n`` records as the BFF's request path serialises them."""
+def bff_message(n: int, seed: int = 11) -> bytes:
+    """A message of ``n`` records as the BFF publishes them: single predictions' blocks, joined."""
     rng = np.random.default_rng(seed)
-    matrix = rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32)
-    matrix[rng.random(matrix.shape) < 0.1] = np.nan
-    return encode_records(
-        request_ids=[f"{rng.bytes(16).hex()}-{i}" for i in range(n)],
-        timestamp=datetime.now(UTC),
-        entity_ids=[100000 + i if i % 4 == 0 else None for i in range(n)],
-        features=matrix,
-        store_features=[list(FEATURE_NAMES[5:]) if i % 4 == 0 else [] for i in range(n)],
-        model_name="credit_default",
-        model_versions=["3"] * n,
-        probabilities=rng.random(n).tolist(),
-        decisions=["approve" if p < 0.5 else "review" for p in rng.random(n)],
-        latency_ms=2.5,
-        roles=[Role.CHAMPION] * n,
-    )
+    blocks = []
+    for i in range(n):
+        matrix = rng.normal(size=(1, len(FEATURE_NAMES))).astype(np.float32)
+        matrix[rng.random(matrix.shape) < 0.1] = np.nan
+        stored = i % 4 == 0
+        blocks.append(
+            log_block(
+                request_ids=[rng.bytes(16).hex()],
+                timestamp=datetime.now(UTC),
+                entity_ids=[100000 + i if stored else None],
+                features=matrix,
+                store_features=[list(FEATURE_NAMES[5:]) if stored else []],
+                model_name="credit_default",
+                model_versions=["3"],
+                probabilities=rng.random(1).astype(np.float32),
+                decisions=["approve" if rng.random() < 0.5 else "review"],
+                latency_ms=float(rng.uniform(1, 5)),
+                roles=[Role.CHAMPION],
+            )
+        )
+    return encode_blocks_message(merge_blocks(blocks))
 
 
 @dataclass(frozen=True)
 class Reading:
     records: int
-    fast_ms: float
+    blocks_bytes: int
+    lines_bytes: int
+    blocks_ms: float
+    lines_ms: float
     model_ms: float
 
 
-def _seconds(read, lines: list[bytes], repeats: int) -> float:
+def _seconds(read, repeats: int) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
-        read(lines)
+        read()
     return (time.perf_counter() - started) / repeats
+
+
+def _same(a, b) -> bool:
+    return repr(a.to_pylist()) == repr(b.to_pylist())
 
 
 def measure(sizes: tuple[int, ...], rounds: int, repeats: int) -> list[Reading]:
     readings = []
     for n in sizes:
-        lines = bff_lines(n)
-        fast_rows, model_rows = lines_to_table(lines), parse_lines_with_model(lines).rows
-        if fast_rows is None or repr(fast_rows.to_pylist()) != repr(model_rows.to_pylist()):
-            raise AssertionError(f"the two readers disagree on a message of {n} records")
-        fast, model = [], []
+        blocks_body = bff_message(n)
+        lines = block_lines_of(blocks_body)
+        lines_body = encode_message(lines)
+        readers = {
+            "blocks": lambda body=blocks_body: parse_message(body, BLOCKS_CONTENT_TYPE),
+            "lines": lambda body=lines_body: parse_message(body, MESSAGE_CONTENT_TYPE),
+            "model": lambda lines=lines: parse_lines_with_model(lines),
+        }
+        rows = {name: read() for name, read in readers.items()}
+        if any(parsed.rejects for parsed in rows.values()) or not (
+            _same(rows["blocks"].rows, rows["lines"].rows) and _same(rows["lines"].rows, rows["model"].rows)
+        ):
+            raise AssertionError(f"the readers disagree on a message of {n} records")
+        times: dict[str, list[float]] = {name: [] for name in readers}
         for _ in range(rounds):
-            fast.append(_seconds(lines_to_table, lines, repeats))
-            model.append(_seconds(parse_lines_with_model, lines, repeats))
-        readings.append(Reading(n, statistics.median(fast) * 1000, statistics.median(model) * 1000))
+            for name, read in readers.items():
+                times[name].append(_seconds(read, repeats))
+        ms = {name: statistics.median(values) * 1000 for name, values in times.items()}
+        readings.append(Reading(n, len(blocks_body), len(lines_body), ms["blocks"], ms["lines"], ms["model"]))
     return readings
+
+
+def block_lines_of(body: bytes) -> list[bytes]:
+    return [line for block in decode_blocks(body) for line in block_lines(block)]
 
 
 def report(readings: list[Reading], rounds: int, repeats: int, took_s: float, command: str) -> str:
     machine = machine_summary()
     lines = [
-        "# The log worker's reading of a message: fast reader beside the record model",
+        "# The log worker's reading of a message: blocks beside JSON lines (fast reader, record model)",
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- Command: `{command}` ({took_s:.0f} s)",
         f"- Machine: {machine['nproc']} CPUs (shared), {machine['cpu']}, Python {machine['python']}; load average "
         f"after: {machine['loadavg']}",
-        f"- In-process: messages as the BFF writes them, the readers taking turns in {rounds} rounds of "
-        f"{repeats} reads; medians of the rounds. Both gave the same rows for every message.",
+        f"- In-process: each message read from its bytes as the worker reads it on arrival, the three readers "
+        f"taking turns in {rounds} rounds of {repeats} reads; medians of the rounds. All three gave the same "
+        "rows for every message.",
         "",
-        "| records per message | fast reader ms | record model ms | fast reader µs/record | record model "
-        "µs/record | model ÷ fast |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| records per message | blocks KB | JSON lines KB | blocks ms | JSON lines, fast reader ms | JSON lines, "
+        "record model ms | blocks µs/record | fast reader µs/record | record model µs/record | fast reader ÷ "
+        "blocks | record model ÷ blocks |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {r.records:,} | {r.fast_ms:.3f} | {r.model_ms:.3f} | {r.fast_ms / r.records * 1000:.1f} "
-            f"| {r.model_ms / r.records * 1000:.1f} | {r.model_ms / r.fast_ms:.1f} |"
+            f"| {r.records:,} | {r.blocks_bytes / 1024:.1f} | {r.lines_bytes / 1024:.1f} | {r.blocks_ms:.3f} "
+            f"| {r.lines_ms:.3f} | {r.model_ms:.3f} | {r.blocks_ms / r.records * 1000:.1f} "
+            f"| {r.lines_ms / r.records * 1000:.1f} | {r.model_ms / r.records * 1000:.1f} "
+            f"| {r.lines_ms / r.blocks_ms:.1f} | {r.model_ms / r.blocks_ms:.1f} |"
             for r in readings
         ),
         "",

@@ -185,11 +185,11 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
 
     from bff.app import answer_rows
     from bff.bodies import feature_names_where, parse_batch
-    from bff.inference_log import encode_records
     from bff.schemas import BatchPrediction, Prediction, PredictRequest
     from mlops_common.decisions import decide
     from mlops_common.features import FEATURE_NAMES
     from mlops_common.inference_log import SCHEMA_VERSION
+    from mlops_common.inference_log_wire import encode_blocks_message, log_block
     from mlops_common.rollout import Role
 
     bodies = feature_bodies(rows)
@@ -243,14 +243,14 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
         "store_features": [[]] * rows,
         "model_name": "credit_default",
         "model_versions": ["1"] * rows,
-        "probabilities": probabilities.tolist(),
+        "probabilities": probabilities,
         "decisions": ["approve"] * rows,
         "latency_ms": 1.5,
         "roles": [Role.CHAMPION] * rows,
     }
 
     def before_log_records() -> list[bytes]:
-        stamp, values = datetime.now(UTC), matrix.tolist()
+        stamp, values, chances = datetime.now(UTC), matrix.tolist(), probabilities.tolist()
         return [
             orjson.dumps(
                 {
@@ -262,7 +262,7 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
                     "store_features": [],
                     "model_name": "credit_default",
                     "model_version": "1",
-                    "probability": log_columns["probabilities"][i],
+                    "probability": chances[i],
                     "decision": "approve",
                     "latency_ms": 1.5,
                     "role": Role.CHAMPION,
@@ -277,8 +277,12 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
         ("body -> columns: KServe v2 inputs", lambda: parse_batch(raw_v2, rows)),
         ("answer: row ids, decisions, dicts from the arrays (bff.app) + orjson.dumps", answer),
         (
-            "inference-log records: wire structs, msgspec (bff.inference_log)",
-            lambda: encode_records(timestamp=datetime.now(UTC), **log_columns),
+            "inference-log block of the rows, on the request path (log_block)",
+            lambda: log_block(timestamp=datetime.now(UTC), **log_columns),
+        ),
+        (
+            "inference-log message of that block, in the publisher (encode_blocks_message)",
+            lambda: encode_blocks_message([log_block(timestamp=datetime.now(UTC), **log_columns)]),
         ),
         (
             "before: json.loads + validate list[PredictRequest]",

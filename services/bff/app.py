@@ -33,7 +33,7 @@ from bff.docs import (
 )
 from bff.errors import EntityNotFoundError
 from bff.health import DependencyProbe
-from bff.inference_log import InferenceLogPublisher, encode_records
+from bff.inference_log import InferenceLogPublisher
 from bff.jobs import Jobs, jobs_router
 from bff.limits import BodyLimitMiddleware
 from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware
@@ -60,6 +60,7 @@ from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import ENTITY_KEY
 from mlops_common.ground_truth import write_labels
+from mlops_common.inference_log_wire import log_block
 from mlops_common.logging import configure_logging
 from mlops_common.rollout import Role
 from mlops_common.triton_client import TritonPredictor
@@ -136,7 +137,7 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
             logs,
             rows,
             request_ids=row_ids,
-            probabilities=probabilities,
+            probabilities=scored.probabilities,
             decisions=decisions,
             versions=scored.versions,
             roles=scored.roles,
@@ -151,7 +152,7 @@ async def _predict(platform: Platform, parsed: Rows, *, batch: bool, request_id:
                 logs,
                 rows,
                 request_ids=shadow.request_ids,
-                probabilities=shadow.probabilities.tolist(),
+                probabilities=shadow.probabilities,
                 decisions=decide(shadow.probabilities, threshold).tolist(),
                 versions=[shadow.version] * n,
                 roles=[Role.SHADOW] * n,
@@ -200,16 +201,16 @@ def _log_inferences(
     rows: FeatureRows,
     *,
     request_ids: list[str],
-    probabilities: list[float],
+    probabilities: np.ndarray,
     decisions: list[str],
     versions: list[str],
     roles: list[Role],
     model_name: str,
     latency_ms: float,
 ) -> None:
-    """One record per row, serialized in one pass."""
-    logs.submit_serialized(
-        encode_records(
+    """The rows' records as one block of columns: nothing per row, nothing encoded on the request path."""
+    logs.submit_block(
+        log_block(
             request_ids=request_ids,
             timestamp=datetime.now(UTC),
             entity_ids=rows.entity_ids,

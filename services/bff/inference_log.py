@@ -1,15 +1,17 @@
 """Fire-and-forget publishing of inference logs to RabbitMQ, with an on-disk spool so none is lost.
 
-Request path: ``submit(record)`` appends the record to a bounded in-memory buffer and returns; it does
-no I/O and never raises. Only when the buffer is full does it append the record to the spool itself
-(a write into the page cache).
+Request path: ``submit_block(block)`` appends a request's records, as one block of columns
+(``mlops_common.inference_log_wire.log_block``: nothing per row, nothing encoded), to a bounded
+in-memory buffer and returns; it does no I/O and never raises. Only when the buffer has no room for
+them does it append the records to the spool itself (a write into the page cache).
 
 Background task: publishes the buffer as persistent, ``mandatory`` messages of up to
-``log_message_max_records`` JSON lines each, several in flight, and waits for the broker's confirms.
-What is not confirmed in time (broker down, slow, refusing, message unroutable) goes to the spool
-(``bff.spool``) and the task reconnects with backoff; while the broker is unreachable it moves every
-new record from the buffer to the spool. Once connected, it replays the spool in order, moving the
-spool's cursor only past records the broker confirmed.
+``log_message_max_records`` records each (a larger block alone), the blocks of a message joined into
+one and encoded once, several in flight, and waits for the broker's confirms. What is not confirmed
+in time (broker down, slow, refusing, message unroutable) goes to the spool (``bff.spool``, a JSON
+line per record, replayed as messages of JSON lines) and the task reconnects with backoff; while the
+broker is unreachable it moves every new record from the buffer to the spool. Once connected, it
+replays the spool in order, moving the spool's cursor only past records the broker confirmed.
 
 The spool holds at most ``log_spool_max_bytes``: a record that does not fit is dropped (the oldest
 stay), counted and logged at ERROR at most once per ``SPOOL_FULL_LOG_INTERVAL_S``.
@@ -39,13 +41,11 @@ import logging
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import aio_pika
-import msgspec
 import numpy as np
 from aio_pika.abc import AbstractConnection, AbstractExchange
 from aiormq.exceptions import AMQPError
@@ -54,10 +54,17 @@ from prometheus_client import Counter, Gauge
 from bff.metrics import REGISTRY
 from bff.settings import Settings
 from bff.spool import Spool
+from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, SCHEMA_VERSION, InferenceLogRecord, encode_message
-from mlops_common.inference_log_wire import WireFeatures, WireRecord
+from mlops_common.inference_log_wire import (
+    BLOCKS_CONTENT_TYPE,
+    WireBlock,
+    block_lines,
+    encode_blocks_message,
+    log_block,
+    merge_blocks,
+)
 from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
-from mlops_common.rollout import Role
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +99,6 @@ BROKER_CONNECTED = Gauge(
     registry=REGISTRY,
 )
 _RECONNECT_INITIAL_S = 0.1
-_ENCODER = msgspec.json.Encoder()
 # Errors that mean "the broker is not taking messages now", as opposed to a bug.
 _BROKER_ERRORS = (AMQPError, ConnectionError, OSError, TimeoutError)
 
@@ -152,46 +158,21 @@ class _SpoolFullLog:
         self._last = time.monotonic()
 
 
-def encode_records(
-    *,
-    request_ids: list[str],
-    timestamp: datetime,
-    entity_ids: list[int | None],
-    features: np.ndarray,
-    store_features: list[list[str]],
-    model_name: str,
-    model_versions: list[str],
-    probabilities: list[float],
-    decisions: list[str],
-    latency_ms: float,
-    roles: list[Role],
-) -> list[bytes]:
-    """The JSON line of each row of a batch, built from its columns as the log's wire structs and
-    encoded by msgspec: the request path builds and validates no model per row (the values were
-    validated on the way in; the log worker validates each record it reads). NaN features are written
-    as null, which the readers take as a missing value."""
-    stamp = timestamp.astimezone(UTC)
-    rows = features.tolist()
-    encode = _ENCODER.encode
-    return [
-        encode(
-            WireRecord(
-                request_id=request_ids[i],
-                timestamp=stamp,
-                features=WireFeatures(*rows[i]),
-                model_name=model_name,
-                model_version=model_versions[i],
-                probability=probabilities[i],
-                decision=decisions[i],
-                latency_ms=latency_ms,
-                schema_version=SCHEMA_VERSION,
-                entity_id=entity_ids[i],
-                store_features=store_features[i],
-                role=roles[i],
-            )
-        )
-        for i in range(len(request_ids))
-    ]
+def record_block(record: InferenceLogRecord) -> WireBlock:
+    """One record as a block of one row."""
+    return log_block(
+        request_ids=[record.request_id],
+        timestamp=record.timestamp,
+        entity_ids=[record.entity_id],
+        features=np.array([[np.nan if (v := record.features[name]) is None else v for name in FEATURE_NAMES]]),
+        store_features=[record.store_features],
+        model_name=record.model_name,
+        model_versions=[record.model_version],
+        probabilities=np.array([record.probability]),
+        decisions=[record.decision],
+        latency_ms=record.latency_ms,
+        roles=[record.role],
+    )
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -204,14 +185,15 @@ class InferenceLogPublisher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._topology = InferenceLogTopology.from_settings(settings)
-        self._buffer: deque[bytes] = deque()  # serialized records (JSON lines)
+        self._buffer: deque[WireBlock] = deque()
+        self._buffered_records = 0
         self._wakeup = asyncio.Event()
         self._spool: Spool | None = None
         self._task: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
         self._exchange: AbstractExchange | None = None
-        # Messages (lists of serialized records) whose confirms are awaited: spooled if cut short.
-        self._inflight: list[list[bytes]] = []
+        # Messages (lists of blocks) whose confirms are awaited: spooled if cut short.
+        self._inflight: list[list[WireBlock]] = []
         self._closing_connections: set[asyncio.Future[None]] = set()
         self._state = PublisherState.NEW
         self._closing = False
@@ -236,7 +218,8 @@ class InferenceLogPublisher:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Records in memory, waiting to be published."""
+        return self._buffered_records
 
     @property
     def spool_backlog_bytes(self) -> int:
@@ -263,31 +246,32 @@ class InferenceLogPublisher:
         self._task = asyncio.create_task(self._run(), name="inference-log-publisher")
 
     def submit(self, record: InferenceLogRecord) -> None:
-        """Hand a record over for publishing. Never blocks on the network, never raises."""
+        """Hand one record over for publishing. Never blocks on the network, never raises."""
         try:
-            body = record.to_json_bytes()
+            block = record_block(record)
         except Exception:
             log.exception("inference log record DROPPED")
             self._count("enqueued", 1)
             self._count("dropped", 1)
             return
-        self.submit_serialized([body])
+        self.submit_block(block)
 
-    def submit_serialized(self, bodies: list[bytes]) -> None:
-        """Hand records over already serialized (``encode_records``): the request path's way, a batch at
-        once. Never blocks on the network, never raises."""
+    def submit_block(self, block: WireBlock) -> None:
+        """Hand a request's records over as one block (``log_block``): the request path's way. Never
+        blocks on the network, never raises."""
+        records = block.rows
         try:
-            self._count("enqueued", len(bodies))
+            self._count("enqueued", records)
             open_ = self._state is not PublisherState.CLOSED
-            room = self._settings.log_buffer_size - len(self._buffer) if open_ else 0
-            if room > 0:
-                self._buffer.extend(bodies[:room])
+            if open_ and self._buffered_records + records <= self._settings.log_buffer_size:
+                self._buffer.append(block)
+                self._buffered_records += records
                 self._wakeup.set()
-            if len(bodies) > room:
-                self._spool_bodies(bodies[room:])
+            else:
+                self._spool_blocks([block])
         except Exception:
-            log.exception("%d inference log records DROPPED", len(bodies))
-            self._count("dropped", len(bodies))
+            log.exception("%d inference log records DROPPED", records)
+            self._count("dropped", records)
 
     # The timeout is not a cancellation: what is unconfirmed when it expires is spooled, not lost.
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
@@ -311,7 +295,7 @@ class InferenceLogPublisher:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        self._spool_bodies([body for message in self._inflight for body in message])
+        self._spool_blocks([block for message in self._inflight for block in message])
         self._inflight = []
         self._spool_buffer()
         await self._disconnect()
@@ -364,10 +348,22 @@ class InferenceLogPublisher:
                 self._spool_full_log.flush(self._spool, "; it takes records again")
         SPOOL_BACKLOG.set(self.spool_backlog_bytes)
 
+    def _spool_blocks(self, blocks: list[WireBlock]) -> None:
+        """Spool blocks as their records' JSON lines: the spool, and its accounting, go by record."""
+        lines = []
+        for block in blocks:
+            try:
+                lines += block_lines(block)
+            except Exception:
+                log.exception("inference-log block unreadable: %d records DROPPED", block.rows)
+                self._count("dropped", block.rows)
+        self._spool_bodies(lines)
+
     def _spool_buffer(self) -> None:
-        bodies = list(self._buffer)
+        blocks = list(self._buffer)
         self._buffer.clear()
-        self._spool_bodies(bodies)
+        self._buffered_records = 0
+        self._spool_blocks(blocks)
 
     # -- background task ----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -481,7 +477,7 @@ class InferenceLogPublisher:
                     return
                 continue
             if self._buffer:
-                if len(self._buffer) < self._settings.log_message_max_records:
+                if self._buffered_records < self._settings.log_message_max_records:
                     # A fuller message costs the broker, and this event loop, less per record.
                     await asyncio.sleep(self._settings.log_publish_linger_s)
                 await self._publish_fresh()
@@ -491,18 +487,28 @@ class InferenceLogPublisher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
 
-    def _messages(self, bodies: list[bytes]) -> list[list[bytes]]:
+    def _take_fresh(self) -> list[list[WireBlock]]:
+        """Messages from the head of the buffer: up to ``log_message_max_records`` records each (a larger
+        block alone), up to ``log_publish_max_in_flight`` of them."""
+        messages: list[list[WireBlock]] = []
         size = self._settings.log_message_max_records
-        return [bodies[i : i + size] for i in range(0, len(bodies), size)]
+        while self._buffer and len(messages) < self._settings.log_publish_max_in_flight:
+            message, records = [], 0
+            while self._buffer and (not message or records + self._buffer[0].rows <= size):
+                block = self._buffer.popleft()
+                message.append(block)
+                records += block.rows
+            self._buffered_records -= records
+            messages.append(message)
+        return messages
 
     async def _publish_fresh(self) -> None:
-        limit = self._settings.log_message_max_records * self._settings.log_publish_max_in_flight
-        bodies = [self._buffer.popleft() for _ in range(min(limit, len(self._buffer)))]
-        messages = self._inflight = self._messages(bodies)
-        confirmed = await self._publish(messages)
+        messages = self._inflight = self._take_fresh()
+        bodies = [encode_blocks_message(merge_blocks(message)) for message in messages]
+        confirmed = await self._publish(bodies, BLOCKS_CONTENT_TYPE)
         self._inflight = []
-        self._count("confirmed", sum(len(m) for m, ok in zip(messages, confirmed, strict=True) if ok))
-        self._spool_bodies([body for m, ok in zip(messages, confirmed, strict=True) if not ok for body in m])
+        self._count("confirmed", sum(b.rows for m, ok in zip(messages, confirmed, strict=True) if ok for b in m))
+        self._spool_blocks([block for m, ok in zip(messages, confirmed, strict=True) if not ok for block in m])
         if not all(confirmed):
             raise _BrokerFailure(f"{confirmed.count(False)} of {len(messages)} messages not confirmed")
         self._backoff = _RECONNECT_INITIAL_S
@@ -516,7 +522,9 @@ class InferenceLogPublisher:
         if batch.torn_bytes:
             log.error("inference-log spool: %d bytes of a torn write at a segment end discarded", batch.torn_bytes)
         if batch.payloads:
-            confirmed = await self._publish(self._messages(batch.payloads))
+            size = self._settings.log_message_max_records
+            bodies = [encode_message(batch.payloads[i : i + size]) for i in range(0, len(batch.payloads), size)]
+            confirmed = await self._publish(bodies, MESSAGE_CONTENT_TYPE)
             if not all(confirmed):
                 # The records stay in the spool; those that did get through will come again.
                 raise _BrokerFailure("replayed messages not confirmed")
@@ -525,17 +533,17 @@ class InferenceLogPublisher:
         SPOOL_BACKLOG.set(self.spool_backlog_bytes)
         self._backoff = _RECONNECT_INITIAL_S
 
-    async def _publish(self, messages: list[list[bytes]]) -> list[bool]:
-        """Publish the messages concurrently; True for each one the broker confirmed in time."""
+    async def _publish(self, bodies: list[bytes], content_type: str) -> list[bool]:
+        """Publish the message bodies concurrently; True for each one the broker confirmed in time."""
         exchange = self._exchange
         if exchange is None:
-            return [False] * len(messages)
+            return [False] * len(bodies)
         tasks = [
             asyncio.ensure_future(
                 exchange.publish(
                     aio_pika.Message(
-                        encode_message(bodies),
-                        content_type=MESSAGE_CONTENT_TYPE,
+                        body,
+                        content_type=content_type,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         headers={"x-schema-version": SCHEMA_VERSION},
                         app_id="bff",
@@ -544,7 +552,7 @@ class InferenceLogPublisher:
                     mandatory=True,
                 )
             )
-            for bodies in messages
+            for body in bodies
         ]
         for task in tasks:
             task.add_done_callback(_retrieve)

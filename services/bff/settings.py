@@ -63,7 +63,7 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     inference_logging_enabled: bool = True
     log_buffer_size: int = Field(10_000, ge=1)
     log_spool_dir: str = "/tmp/bff-log-spool"
-    # Inference-log publishing (bff.inference_log): records per AMQP message (JSON lines), messages
+    # Inference-log publishing (bff.inference_log): records per AMQP message (one block of columns), messages
     # awaiting confirms at once, and how long to wait for a fuller message before publishing (fewer,
     # fuller messages cost less CPU per record; benchmarks/inference_logging measures the total cost).
     # 500: a 256-row batch is one message, not three; 500 of the largest records stay under the log

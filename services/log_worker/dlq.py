@@ -1,6 +1,7 @@
 """``python -m log_worker.dlq list|replay|purge``: the inference-log dead-letter queue.
 
-- ``list``: how many records wait there, by reason kind, and the first ``--limit`` with their reasons.
+- ``list``: how many records wait there, by reason kind, and the first ``--limit`` with their reasons
+  (a record each, as a JSON line, but for a block that did not decode: its whole message).
   The messages are returned to the queue (on RabbitMQ 4, a quorum queue counts each return as a
   delivery).
 - ``replay``: republish them to the inference-log exchange (confirmed), then remove them; once the
@@ -25,6 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from log_worker.settings import Settings
 from log_worker.worker import ERROR_HEADER, ERROR_KIND_HEADER
+from mlops_common.inference_log_wire import BLOCKS_CONTENT_TYPE
 from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
 
 _PREVIEW_CHARS = 160
@@ -63,11 +65,17 @@ async def list_dead_letters(settings: Settings, limit: int) -> int:
         for kind, count in sorted(kinds.items()):
             print(f"  {kind}: {count}")
         for message in shown:
-            body = message.body.decode(errors="replace")[:_PREVIEW_CHARS]
+            body = _preview(message)
             print(f"- [{_header(message, ERROR_KIND_HEADER) or 'unknown'}] {_header(message, ERROR_HEADER)}")
             print(f"  {body}")
         # Closing the channel returns every message fetched above to the queue.
     return 0
+
+
+def _preview(message: aio_pika.abc.AbstractIncomingMessage) -> str:
+    if message.content_type == BLOCKS_CONTENT_TYPE:  # a block that did not decode: binary
+        return f"(a message of one inference-log block, {len(message.body)} bytes of msgpack)"
+    return message.body.decode(errors="replace")[:_PREVIEW_CHARS]
 
 
 async def replay_dead_letters(settings: Settings, limit: int | None) -> int:

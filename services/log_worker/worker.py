@@ -1,24 +1,26 @@
 """The log worker: inference-log records from RabbitMQ to the Delta table in S3, each exactly once.
 
 It consumes with manual acks and a prefetch window sized from bytes (``Settings.prefetch_count``).
-Messages (JSON lines, see ``mlops_common.inference_log``) are parsed and turned into Arrow rows on
-arrival (``log_worker.fast_reader``; the record model only for a message with a line that reader
-does not take) and collect into a batch, written when it holds ``batch_max_records`` records, the
-window is full, or its oldest message is ``batch_max_age_s`` old (a timer, so a quiet queue still
-flushes); a write takes all that waits by then, up to ``batch_backlog_max_records``. A batch is one
-MERGE on ``request_id`` and ``timestamp`` into the table: a record the table already holds (a
-redelivery, a second worker, a replay from the dead-letter queue) is not inserted again.
+Messages (blocks of columns from the BFF, or JSON lines: ``mlops_common.inference_log_wire``) are
+parsed and turned into Arrow rows on arrival (``log_worker.fast_reader``; the record model only for a
+message with a record those readers do not take) and collect into a batch, written when it holds
+``batch_max_records`` records, the window is full, or its oldest message is ``batch_max_age_s`` old (a
+timer, so a quiet queue still flushes); a write takes all that waits by then, up to
+``batch_backlog_max_records``. A batch is one MERGE on ``request_id`` and ``timestamp`` into the table:
+a record the table already holds (a redelivery, a second worker, a replay from the dead-letter queue)
+is not inserted again.
 
 Its messages are acked only after the MERGE has committed. Failures are told apart by asking S3:
 - S3 does not answer: the batch stays in hand (unacked, so nothing new arrives beyond the window) and
   the worker probes S3 with backoff, then writes the same batch again;
 - S3 answers, so the rows are at fault: the batch is split in halves until the failing records are
   alone, and those records alone go to the dead-letter queue with the reason.
-A record that does not parse, validate or fit an Arrow row, and a message over ``max_message_bytes``,
-is republished to the dead-letter queue (confirmed, the reason in the ``x-inference-log-error``
-header) before its message is acked. If the connection drops, the messages in hand are forgotten: the
-broker redelivers them. On ``stop`` (SIGTERM) the worker stops consuming, writes what it holds and
-returns.
+A record that does not parse, validate or fit an Arrow row (as a JSON line), a block that does not
+decode or whose columns disagree (as a message of that block alone), and a message over
+``max_message_bytes`` are republished to the dead-letter queue (confirmed, the reason in the
+``x-inference-log-error`` header) before their message is acked. If the connection drops, the messages
+in hand are forgotten: the broker redelivers them. On ``stop`` (SIGTERM) the worker stops consuming,
+writes what it holds and returns.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import msgspec
 import pyarrow as pa
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
@@ -40,16 +43,25 @@ from deltalake import DeltaTable
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from log_worker.fast_reader import lines_to_table
+from log_worker.fast_reader import blocks_to_table, lines_to_table
 from log_worker.settings import Settings
 from mlops_common.delta import TableSchemaError
 from mlops_common.inference_log import (
+    MESSAGE_CONTENT_TYPE,
     TABLE_SCHEMA,
     InferenceLogRecord,
     open_inference_log_table,
     records_to_table,
     split_message,
     write_inference_log_rows,
+)
+from mlops_common.inference_log_wire import (
+    BLOCKS_CONTENT_TYPE,
+    WireBlock,
+    block_lines,
+    decode_blocks,
+    encode_blocks_message,
+    split_blocks,
 )
 from mlops_common.metrics import service_registry
 from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
@@ -117,31 +129,87 @@ class Reject:
     line: bytes
     reason: str
     kind: str  # one of DEAD_LETTER_REASONS
+    # What ``line`` is: a record's JSON line, or a message of its own (a block, a message too large).
+    content_type: str = MESSAGE_CONTENT_TYPE
 
 
 @dataclass
 class ParsedMessage:
-    """The rows of a message's valid records (``TABLE_SCHEMA``), the index of each row's line in the
-    message, and the lines rejected with their reasons."""
+    """The rows of a message's valid records (``TABLE_SCHEMA``), the index of each row's record in the
+    message, and the records rejected with their reasons. ``lines`` are the message's records as JSON
+    lines: for a message of blocks made only when read (to dead-letter a row the table refused)."""
 
     rows: pa.Table
-    lines: list[bytes]
     row_lines: list[int]
     rejects: list[Reject]
+    source_lines: list[bytes] | Callable[[], list[bytes]] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[bytes]:
+        if callable(self.source_lines):
+            self.source_lines = self.source_lines()
+        return self.source_lines
 
 
-def parse_message(body: bytes, *, max_bytes: int | None = None) -> ParsedMessage:
+def _rejected(reject: Reject) -> ParsedMessage:
+    return ParsedMessage(TABLE_SCHEMA.empty_table(), [], [reject])
+
+
+def parse_message(
+    body: bytes, content_type: str | None = MESSAGE_CONTENT_TYPE, *, max_bytes: int | None = None
+) -> ParsedMessage:
+    """A message of either form (``mlops_common.inference_log_wire``): blocks if its content type says
+    so, else JSON lines."""
     if max_bytes is not None and len(body) > max_bytes:
         reason = f"message of {len(body)} bytes is over the limit of {max_bytes} bytes (MAX_MESSAGE_BYTES)"
-        return ParsedMessage(TABLE_SCHEMA.empty_table(), [], [], [Reject(body, reason, "too_large")])
+        return _rejected(Reject(body, reason, "too_large", content_type or MESSAGE_CONTENT_TYPE))
+    if content_type == BLOCKS_CONTENT_TYPE:
+        return parse_blocks(body)
     lines = split_message(body)
     if not lines:
-        return ParsedMessage(TABLE_SCHEMA.empty_table(), [], [], [Reject(body, "empty message", "invalid")])
+        return _rejected(Reject(body, "empty message", "invalid"))
     rows = lines_to_table(lines)
     if rows is not None:
-        return ParsedMessage(rows, lines, list(range(len(lines))), [])
+        return ParsedMessage(rows, list(range(len(lines))), [], lines)
     # Some line is not a plain valid record: the model validates each, and says what is wrong.
     return parse_lines_with_model(lines)
+
+
+def parse_blocks(body: bytes) -> ParsedMessage:
+    """A message of blocks: read column by column when every record is valid (the usual message); a
+    block that does not decode, or whose columns disagree, is rejected whole (as a message of its own);
+    otherwise the model validates each record, and says what is wrong."""
+    rejects: list[Reject] = []
+    try:
+        decoded = decode_blocks(body)
+    except msgspec.DecodeError:
+        try:
+            decoded, bad = split_blocks(body)
+        except msgspec.DecodeError as err:
+            reason = f"not a msgpack array of inference-log blocks: {err}"[:_MAX_REASON_CHARS]
+            return _rejected(Reject(body, reason, "invalid", BLOCKS_CONTENT_TYPE))
+        rejects += [Reject(block, reason[:_MAX_REASON_CHARS], "invalid", BLOCKS_CONTENT_TYPE) for block, reason in bad]
+    blocks = []
+    for block in decoded:
+        if error := block.shape_error():
+            own = encode_blocks_message([block])
+            rejects.append(
+                Reject(own, f"invalid inference-log block: {error}"[:_MAX_REASON_CHARS], "invalid", BLOCKS_CONTENT_TYPE)
+            )
+        else:
+            blocks.append(block)
+    if not rejects and not any(block.rows for block in blocks):
+        return _rejected(Reject(body, "empty message", "invalid", BLOCKS_CONTENT_TYPE))
+    rows = blocks_to_table(blocks)
+    if rows is not None:
+        return ParsedMessage(rows, list(range(rows.num_rows)), rejects, lambda: _lines_of(blocks))
+    parsed = parse_lines_with_model(_lines_of(blocks))
+    parsed.rejects[:0] = rejects
+    return parsed
+
+
+def _lines_of(blocks: list[WireBlock]) -> list[bytes]:
+    return [line for block in blocks for line in block_lines(block)]
 
 
 def parse_lines_with_model(lines: list[bytes]) -> ParsedMessage:
@@ -171,7 +239,7 @@ def parse_lines_with_model(lines: list[bytes]) -> ParsedMessage:
                 kept.append(record)
                 kept_lines.append(index)
         rows, row_lines = records_to_table(kept), kept_lines
-    return ParsedMessage(rows, lines, row_lines, rejects)
+    return ParsedMessage(rows, row_lines, rejects, lines)
 
 
 class StorageUnavailableError(Exception):
@@ -302,7 +370,7 @@ class LogWorker:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         CONSUMED.inc()
-        parsed = parse_message(message.body, max_bytes=self._settings.max_message_bytes)
+        parsed = parse_message(message.body, message.content_type, max_bytes=self._settings.max_message_bytes)
         delivery = _Delivery(message, parsed, asyncio.get_running_loop().time())
         self._pending.append(delivery)
         self._pending_records += delivery.size
@@ -437,7 +505,7 @@ class LogWorker:
         return await self._dlx.publish(
             aio_pika.Message(
                 reject.line,
-                content_type=message.content_type,
+                content_type=reject.content_type,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 headers=headers,
             ),

@@ -1,10 +1,12 @@
 """The inference log: one record per prediction, shared by the BFF (producer), the log worker (RabbitMQ
 to Parquet in S3) and every job that reads the logs back (drift analysis, retraining, audits).
 
-On the wire a record is one JSON object; an AMQP message carries one or more records as JSON lines
-(``MESSAGE_CONTENT_TYPE``). NaN and ±inf feature values travel as the JSON constants ``NaN`` and
-``Infinity`` (as Python's ``json`` writes them) so the logged vector is exactly the one sent to
-Triton. In S3 the records are rows of a Delta Lake table (``mlops_common.delta``) at
+A record is one JSON object (this model); an AMQP message carries records either as JSON lines
+(``MESSAGE_CONTENT_TYPE``: the BFF's spool, the dead-letter queue, hand-written messages) or as blocks
+of columns (``mlops_common.inference_log_wire``: what the BFF publishes). A feature without a value is
+null (NaN in a block); ±inf travel as the JSON constant ``Infinity`` (as Python's ``json`` writes it),
+so the logged vector is the one sent to Triton. In S3 the records are rows of a Delta Lake table
+(``mlops_common.delta``) at
 
     s3://<LOGS_BUCKET>/<LOGS_PREFIX>/    partitioned by model_name, model_version, date (UTC, YYYY-MM-DD)
 

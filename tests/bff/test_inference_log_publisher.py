@@ -30,7 +30,14 @@ from bff.spool import Spool
 from devstack.processes import free_port
 from log_worker.settings import Settings as LogWorkerSettings
 from mlops_common.features import FEATURE_NAMES, MAX_ENTITY_ID
-from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, InferenceLogRecord, encode_message, split_message
+from mlops_common.inference_log import InferenceLogRecord, encode_message
+from mlops_common.inference_log_wire import (
+    BLOCKS_CONTENT_TYPE,
+    block_lines,
+    encode_blocks_message,
+    log_block,
+    message_lines,
+)
 from mlops_common.rabbit import InferenceLogTopology
 from mlops_common.rollout import Role
 from mlops_common.settings import REPO_ROOT
@@ -249,7 +256,7 @@ async def queued_messages(url: str, names: InferenceLogTopology, queue: str | No
 
 
 @pytest.mark.integration
-async def test_records_are_confirmed_as_persistent_json_lines_messages(tmp_path, rabbitmq_url, topology):
+async def test_records_are_confirmed_as_persistent_messages_of_blocks(tmp_path, rabbitmq_url, topology):
     publisher = InferenceLogPublisher(broker_settings(tmp_path, rabbitmq_url, topology, log_message_max_records=40))
     await publisher.start()
     records = [record() for _ in range(250)]
@@ -261,11 +268,11 @@ async def test_records_are_confirmed_as_persistent_json_lines_messages(tmp_path,
     assert (publisher.stats.spooled, publisher.stats.dropped) == (0, 0)
 
     messages = await queued_messages(rabbitmq_url, topology)
-    lines = [line for m in messages for line in split_message(m.body)]
+    lines = [line for m in messages for line in message_lines(m.body, m.content_type)]
     assert [InferenceLogRecord.from_json_bytes(line) for line in lines] == records
-    assert all(len(split_message(m.body)) <= 40 for m in messages)
+    assert all(len(message_lines(m.body, m.content_type)) <= 40 for m in messages)
     assert {(m.delivery_mode, m.content_type) for m in messages} == {
-        (aio_pika.DeliveryMode.PERSISTENT, MESSAGE_CONTENT_TYPE)
+        (aio_pika.DeliveryMode.PERSISTENT, BLOCKS_CONTENT_TYPE)
     }
 
 
@@ -284,7 +291,9 @@ async def test_a_new_process_replays_the_spool_in_order(tmp_path, rabbitmq_url, 
     await wait_for(lambda: online.stats.replayed == 300, "the replay")
     assert online.spool_backlog_bytes == 0
     await online.close(5.0)
-    lines = [line for m in await queued_messages(rabbitmq_url, topology) for line in split_message(m.body)]
+    lines = [
+        line for m in await queued_messages(rabbitmq_url, topology) for line in message_lines(m.body, m.content_type)
+    ]
     assert [InferenceLogRecord.from_json_bytes(line).request_id for line in lines] == [r.request_id for r in records]
 
 
@@ -307,7 +316,10 @@ async def test_rejected_messages_are_dead_lettered_by_the_broker(tmp_path, rabbi
     while not (dead := await queued_messages(rabbitmq_url, topology, topology.dead_letter_queue)):
         assert time.monotonic() < deadline, "the rejected message never reached the dead-letter queue"
         await asyncio.sleep(0.05)
-    assert [m.body for m in dead] == [r.to_json_bytes()]
+    dead_records = [
+        InferenceLogRecord.from_json_bytes(line) for m in dead for line in message_lines(m.body, m.content_type)
+    ]
+    assert dead_records == [r]
     assert dead[0].headers["x-death"][0]["reason"] == "rejected"
 
 
@@ -338,7 +350,9 @@ async def test_close_drains_the_spool_to_the_broker_once_it_is_back(tmp_path, ra
     # On disk: nothing left for a next process.
     assert spooled_ids(tmp_path) == []
     # In RabbitMQ: every record, in order, once.
-    lines = [line for m in await queued_messages(rabbitmq_url, topology) for line in split_message(m.body)]
+    lines = [
+        line for m in await queued_messages(rabbitmq_url, topology) for line in message_lines(m.body, m.content_type)
+    ]
     assert [InferenceLogRecord.from_json_bytes(line).request_id for line in lines] == [r.request_id for r in records]
 
 
@@ -358,7 +372,9 @@ async def test_close_drains_a_backlog_left_by_an_earlier_process(tmp_path, rabbi
     await online.close(30.0)
     assert (online.stats.replayed, online.stats.undrained) == (250, 0)
     assert spooled_ids(tmp_path) == []
-    lines = [line for m in await queued_messages(rabbitmq_url, topology) for line in split_message(m.body)]
+    lines = [
+        line for m in await queued_messages(rabbitmq_url, topology) for line in message_lines(m.body, m.content_type)
+    ]
     assert [InferenceLogRecord.from_json_bytes(line).request_id for line in lines] == [r.request_id for r in records]
 
 
@@ -388,61 +404,13 @@ async def test_close_with_the_broker_still_down_counts_and_logs_what_stays_in_th
     assert spooled_ids(tmp_path) == [r.request_id for r in [*records, extra]]
 
 
-def test_records_encoded_from_columns_are_the_records_the_model_would_write():
-    """encode_records (the request path's serializer) writes what InferenceLogRecord reads back, field for
-    field, including NaN features (null), rows without an id, and every role."""
-    features = np.array([[1.5] * len(FEATURE_NAMES), [np.nan] + [2.0] * (len(FEATURE_NAMES) - 1)], dtype=np.float32)
-    stamp = datetime(2026, 11, 28, 3, 4, 5, 123456, tzinfo=UTC)
-    lines = inference_log.encode_records(
-        request_ids=["r-0", "r-1"],
-        timestamp=stamp,
-        entity_ids=[100002, None],
-        features=features,
-        store_features=[list(FEATURE_NAMES[1:3]), []],
-        model_name="credit_default",
-        model_versions=["3", "4"],
-        probabilities=[0.125, 0.75],
-        decisions=["approve", "reject"],
-        latency_ms=2.5,
-        roles=[Role.CHAMPION, Role.CANARY],
-    )
-    expected = [
-        InferenceLogRecord(
-            request_id="r-0",
-            timestamp=stamp,
-            entity_id=100002,
-            features=dict.fromkeys(FEATURE_NAMES, 1.5),
-            store_features=list(FEATURE_NAMES[1:3]),
-            model_name="credit_default",
-            model_version="3",
-            probability=0.125,
-            decision="approve",
-            latency_ms=2.5,
-            role=Role.CHAMPION,
-        ),
-        InferenceLogRecord(
-            request_id="r-1",
-            timestamp=stamp,
-            entity_id=None,
-            features={name: None if k == 0 else 2.0 for k, name in enumerate(FEATURE_NAMES)},
-            model_name="credit_default",
-            model_version="4",
-            probability=0.75,
-            decision="reject",
-            latency_ms=2.5,
-            role=Role.CANARY,
-        ),
-    ]
-    assert [InferenceLogRecord.from_json_bytes(line) for line in lines] == expected
-
-
 def test_a_full_message_of_the_largest_records_fits_the_log_workers_limit():
     """The log worker dead-letters a message over MAX_MESSAGE_BYTES whole, so a message of
     LOG_MESSAGE_MAX_RECORDS records, every field at the longest the BFF can write it, must stay under it
-    (both services' defaults)."""
+    (both services' defaults): as blocks (published) and as JSON lines (replayed from the spool)."""
     n = Settings().log_message_max_records
     batch_row_id = "r" * 100 + f"-{Settings().max_batch_size - 1}"  # the longest X-Request-ID, then the row
-    records = inference_log.encode_records(
+    block = log_block(
         request_ids=[batch_row_id] * n,
         timestamp=datetime.now(UTC),
         entity_ids=[MAX_ENTITY_ID] * n,
@@ -450,10 +418,12 @@ def test_a_full_message_of_the_largest_records_fits_the_log_workers_limit():
         store_features=[list(FEATURE_NAMES)] * n,
         model_name="m" * 128,
         model_versions=["v" * 128] * n,
-        probabilities=[0.12345678901234568] * n,
+        probabilities=np.full(n, 0.12345678901234568),
         decisions=["approve"] * n,
         latency_ms=123456.78901234567,
         roles=[Role.SHADOW] * n,
     )
+    records = block_lines(block)
     InferenceLogRecord.from_json_bytes(records[0])  # a record the model accepts
     assert len(encode_message(records)) <= LogWorkerSettings().max_message_bytes
+    assert len(encode_blocks_message([block])) <= LogWorkerSettings().max_message_bytes

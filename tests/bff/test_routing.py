@@ -17,6 +17,7 @@ from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
 from mlops_common.errors import DependencyUnavailableError
 from mlops_common.inference_log import InferenceLogRecord
+from mlops_common.inference_log_wire import WireBlock, block_lines
 from mlops_common.rollout import RolloutMode, RolloutPolicy, Routing, routing_key
 
 CHAMPION, CHALLENGER = "4", "5"
@@ -53,8 +54,8 @@ class Logged:
     def __init__(self) -> None:
         self.records = []
 
-    def submit_serialized(self, bodies: list[bytes]) -> None:
-        self.records += [InferenceLogRecord.from_json_bytes(body) for body in bodies]
+    def submit_block(self, block: WireBlock) -> None:
+        self.records += [InferenceLogRecord.from_json_bytes(line) for line in block_lines(block)]
 
 
 @pytest.fixture

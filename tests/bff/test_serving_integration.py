@@ -25,7 +25,8 @@ from devstack.processes import free_port
 from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.feast_store import open_feature_store
 from mlops_common.features import FEATURE_NAMES, FEATURE_SERVICE
-from mlops_common.inference_log import InferenceLogRecord, split_message
+from mlops_common.inference_log import InferenceLogRecord
+from mlops_common.inference_log_wire import message_lines
 from mlops_common.triton_client import TritonPredictor
 from trainer.model import onnx_probabilities
 from trainer.settings import Settings as TrainerSettings
@@ -358,7 +359,9 @@ async def test_the_request_id_reaches_the_inference_log_record(serving):
             if message is None:
                 await asyncio.sleep(0.2)
                 continue
-            records = [InferenceLogRecord.from_json_bytes(line) for line in split_message(message.body)]
+            records = [
+                InferenceLogRecord.from_json_bytes(line) for line in message_lines(message.body, message.content_type)
+            ]
             found = [r for r in records if r.request_id == request_id]
         # Closing the channel returns every message taken above to the queue.
     assert len(found) == 1

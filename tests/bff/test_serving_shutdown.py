@@ -21,7 +21,8 @@ from bff.schemas import FEATURES_EXAMPLE
 from bff.spool import Spool
 from devstack.components import app_daemon
 from devstack.processes import Daemon
-from mlops_common.inference_log import InferenceLogRecord, split_message
+from mlops_common.inference_log import InferenceLogRecord
+from mlops_common.inference_log_wire import message_lines
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,10 @@ def queued_request_ids(rabbitmq_url: str, queue: str) -> list[str]:
             ids = []
             while (message := await source.get(fail=False)) is not None:
                 await message.ack()
-                ids += [InferenceLogRecord.from_json_bytes(line).request_id for line in split_message(message.body)]
+                ids += [
+                    InferenceLogRecord.from_json_bytes(line).request_id
+                    for line in message_lines(message.body, message.content_type)
+                ]
             return ids
 
     return asyncio.run(consume())

@@ -15,8 +15,11 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from datetime import UTC, datetime
 
 import aio_pika
+import msgspec
+import numpy as np
 import pytest
 from log_pipeline import (
     LogSetup,
@@ -33,7 +36,11 @@ from tcp_proxy import TcpProxy, via_proxy
 
 from log_worker import dlq
 from log_worker.worker import ERROR_HEADER, ERROR_KIND_HEADER
+from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE
+from mlops_common.inference_log_wire import BLOCKS_CONTENT_TYPE, WireBlock, log_block
+from mlops_common.rabbit import declare_topology
+from mlops_common.rollout import Role
 from mlops_common.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -300,6 +307,65 @@ async def test_poison_messages_end_in_the_dead_letter_queue(log_setup: LogSetup)
     assert "schema_version" in reasons[poison[2]]
     assert "timestamp" in reasons[poison[1]]
     assert all(m.headers["x-original-routing-key"] == log_setup.topology.routing_key for m in dead)
+
+
+async def test_a_bad_block_is_dead_lettered_and_the_records_beside_it_are_written(log_setup: LogSetup, monkeypatch):
+    """A message of blocks (the BFF's form) holding a good block, a block with one invalid row and a
+    block that does not decode: the worker writes every valid record, dead-letters the invalid row alone
+    as a JSON line and the undecodable block whole, and a replay from the dead-letter queue brings each
+    back (the row as a record, the block as blocks) without writing anything twice."""
+    ids = [f"blk-{i}" for i in range(6)]
+
+    def block(request_ids: list[str]) -> WireBlock:
+        n = len(request_ids)
+        return log_block(
+            request_ids=request_ids,
+            timestamp=datetime.now(UTC),
+            entity_ids=[None] * n,
+            features=np.ones((n, len(FEATURE_NAMES)), dtype=np.float32),
+            store_features=[[]] * n,
+            model_name="credit_default",
+            model_versions=["1"] * n,
+            probabilities=np.full(n, 0.25),
+            decisions=["approve"] * n,
+            latency_ms=1.0,
+            roles=[Role.CHAMPION] * n,
+        )
+
+    with_bad_row = block(ids[3:])
+    with_bad_row.probabilities = np.array([0.5, 1.5, 0.5]).tobytes()  # ids[4]: a probability above 1
+    undecodable = msgspec.msgpack.encode(msgspec.structs.replace(block(["never"]), roles=["boss"]))
+    encoded = [msgspec.msgpack.encode(b) for b in (block(ids[:3]), with_bad_row)]
+    body = b"\x93" + encoded[0] + encoded[1] + undecodable  # a msgpack array of the three blocks
+    expected = set(ids) - {ids[4]}
+    async with running_worker(log_setup.worker_settings()):
+        connection = await aio_pika.connect(log_setup.rabbitmq_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange, _, _ = await declare_topology(channel, log_setup.topology)
+            await exchange.publish(
+                aio_pika.Message(body, content_type=BLOCKS_CONTENT_TYPE), log_setup.topology.routing_key
+            )
+        await eventually(lambda: table_has_exactly(log_setup, expected), what="the valid records in the table")
+        await eventually(lambda: dlq_holds(log_setup, 2), what="the two rejects in the DLQ")
+        connection = await aio_pika.connect(log_setup.rabbitmq_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(log_setup.topology.dead_letter_queue)
+            dead = [await queue.get(no_ack=False) for _ in range(2)]
+            by_type = {m.content_type: m for m in dead}
+            assert set(by_type) == {MESSAGE_CONTENT_TYPE, BLOCKS_CONTENT_TYPE}
+            assert json.loads(by_type[MESSAGE_CONTENT_TYPE].body)["request_id"] == ids[4]
+            assert "probability" in by_type[MESSAGE_CONTENT_TYPE].headers[ERROR_HEADER]
+            assert by_type[BLOCKS_CONTENT_TYPE].body == b"\x91" + undecodable
+            assert "$.roles[0]" in by_type[BLOCKS_CONTENT_TYPE].headers[ERROR_HEADER]
+            # Closing the channel returns both to the queue.
+        for key, value in log_setup.worker_env().items():
+            monkeypatch.setenv(key, value)
+        assert await asyncio.to_thread(dlq.main, ["replay"]) == 0
+        # Both are refused again: back in the DLQ, nothing written twice.
+        await eventually(lambda: dlq_holds(log_setup, 2), what="the rejects back in the DLQ")
+        assert await table_has_exactly(log_setup, expected)
 
 
 async def test_dead_letter_tool_lists_replays_written_records_once_and_purges(log_setup: LogSetup, monkeypatch, capsys):

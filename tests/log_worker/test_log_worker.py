@@ -90,7 +90,7 @@ def test_a_write_takes_the_backlog_up_to_its_limit():
 
     def wait(*sizes: int) -> None:
         for size in sizes:
-            parsed = ParsedMessage(TABLE_SCHEMA.empty_table(), [], [], [Reject(b"{}", "test", "invalid")] * size)
+            parsed = ParsedMessage(TABLE_SCHEMA.empty_table(), [], [Reject(b"{}", "test", "invalid")] * size)
             worker._pending.append(_Delivery(None, parsed, 0.0))  # type: ignore[arg-type]
             worker._pending_records += size
 
