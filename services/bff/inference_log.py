@@ -264,9 +264,19 @@ class InferenceLogPublisher:
             self._count("enqueued", records)
             open_ = self._state is not PublisherState.CLOSED
             if open_ and self._buffered_records + records <= self._settings.log_buffer_size:
+                before = self._buffered_records
                 self._buffer.append(block)
                 self._buffered_records += records
-                self._wakeup.set()
+                # Wake the background task when there is something to do: the first records (to publish
+                # after the linger), a full message (no need to linger), anything while disconnected (to
+                # spool at once); not for every request.
+                full = self._settings.log_message_max_records
+                if (
+                    not before
+                    or (before < full <= self._buffered_records)
+                    or self._state is not PublisherState.CONNECTED
+                ):
+                    self._wakeup.set()
             else:
                 self._spool_blocks([block])
         except Exception:
@@ -477,15 +487,28 @@ class InferenceLogPublisher:
                     return
                 continue
             if self._buffer:
-                if self._buffered_records < self._settings.log_message_max_records:
-                    # A fuller message costs the broker, and this event loop, less per record.
-                    await asyncio.sleep(self._settings.log_publish_linger_s)
+                await self._linger()
                 await self._publish_fresh()
             if self._spool.has_pending():
                 await self._replay()
             elif not self._buffer and not self._closing:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+
+    async def _linger(self) -> None:
+        """Wait up to ``log_publish_linger_s`` for a full message, no longer than it takes to fill one: a
+        fuller message costs the broker, the log worker and this event loop less per record, and a burst
+        of batches must not outgrow the buffer while it waits."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._settings.log_publish_linger_s
+        while (
+            self._buffered_records < self._settings.log_message_max_records
+            and not self._closing
+            and (remaining := until - loop.time()) > 0
+        ):
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
 
     def _take_fresh(self) -> list[list[WireBlock]]:
         """Messages from the head of the buffer: up to ``log_message_max_records`` records each (a larger

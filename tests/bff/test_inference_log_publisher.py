@@ -277,6 +277,33 @@ async def test_records_are_confirmed_as_persistent_messages_of_blocks(tmp_path, 
 
 
 @pytest.mark.integration
+async def test_a_full_message_is_published_without_waiting_out_the_linger(tmp_path, rabbitmq_url, topology):
+    """Batches arriving faster than the linger: each full message goes at once, so the buffer never fills
+    and nothing is spooled (with a fixed wait, the records past LOG_BUFFER_SIZE went to disk)."""
+    publisher = InferenceLogPublisher(
+        broker_settings(
+            tmp_path,
+            rabbitmq_url,
+            topology,
+            log_message_max_records=100,
+            log_publish_linger_s=60.0,
+            log_buffer_size=300,
+        )
+    )
+    await publisher.start()
+    await wait_for(lambda: publisher.ready, "the connection")
+    publisher.submit(record())
+    await asyncio.sleep(0.1)  # the publisher lingers for a fuller message now
+    for _ in range(10):
+        for _ in range(100):
+            publisher.submit(record())
+        await asyncio.sleep(0.01)
+    await wait_for(lambda: publisher.stats.confirmed >= 1000, "the full messages confirmed, long before the linger")
+    assert (publisher.stats.spooled, publisher.stats.dropped) == (0, 0)
+    await publisher.close(5.0)
+
+
+@pytest.mark.integration
 async def test_a_new_process_replays_the_spool_in_order(tmp_path, rabbitmq_url, topology):
     offline = InferenceLogPublisher(settings(tmp_path))
     await offline.start()
