@@ -77,9 +77,8 @@ def lines_to_table(lines: Sequence[bytes]) -> pa.Table | None:
         return None
 
 
-def _lengths_within(values: list[str], low: int, high: int) -> bool:
-    lengths = pc.utf8_length(pa.array(values, pa.string()))
-    bounds = pc.min_max(lengths)
+def _lengths_within(values: pa.StringArray, low: int, high: int) -> bool:
+    bounds = pc.min_max(pc.utf8_length(values))
     return low <= bounds["min"].as_py() and bounds["max"].as_py() <= high
 
 
@@ -93,8 +92,8 @@ def blocks_to_table(blocks: Sequence[WireBlock]) -> pa.Table | None:
     rows (``WireBlock.shape_error`` is None)."""
     if not blocks or not (total := sum(block.rows for block in blocks)):
         return None
-    request_ids = [rid for block in blocks for rid in block.request_ids]
-    decisions = [decision for block in blocks for decision in block.decisions]
+    request_ids = pa.array([rid for block in blocks for rid in block.request_ids], pa.string())
+    decisions = pa.array([decision for block in blocks for decision in block.decisions], pa.string())
     versions = [version for block in blocks for version in block.model_versions]
     store_features = [names for block in blocks for names in block.store_features]
     times = _column(blocks, "timestamps", TIME_DTYPE)

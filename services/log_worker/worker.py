@@ -471,6 +471,8 @@ class LogWorker:
         batch: list[_Delivery], failed: list[tuple[int, str]]
     ) -> list[tuple[AbstractIncomingMessage, Reject]]:
         """The message and line of each row of the batch the table refused."""
+        if not failed:
+            return []
         owners = [(d, line) for d in batch for line in d.parsed.row_lines]
         rejects = []
         for position, reason in failed:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import chain, groupby
@@ -121,10 +122,13 @@ _BLOCKS_DECODER = msgspec.msgpack.Decoder(list[WireBlock])
 _RAW_BLOCKS_DECODER = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _BLOCK_DECODER = msgspec.msgpack.Decoder(WireBlock)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# TIME_DTYPE and VALUE_DTYPE, one value.
+_TIME, _VALUE = struct.Struct("<q"), struct.Struct("<d")
 # The times a record can hold (``datetime``'s range), in microseconds since the epoch.
 TIME_RANGE_US = (
-    (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1),
-    (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1),
+    (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND,
+    (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND,
 )
 
 
@@ -150,8 +154,9 @@ def log_block(
         schema_version=SCHEMA_VERSION,
         model_name=model_name,
         request_ids=request_ids,
-        timestamps=np.full(rows, (timestamp - _EPOCH) // timedelta(microseconds=1), TIME_DTYPE).tobytes(),
-        latencies_ms=np.full(rows, latency_ms, VALUE_DTYPE).tobytes(),
+        # One value repeated: bytes repeated, cheaper than an array for the single rows of /predict.
+        timestamps=_TIME.pack((timestamp - _EPOCH) // _MICROSECOND) * rows,
+        latencies_ms=_VALUE.pack(latency_ms) * rows,
         features=np.ascontiguousarray(features, dtype=VALUE_DTYPE).tobytes(),
         probabilities=np.ascontiguousarray(probabilities, dtype=VALUE_DTYPE).tobytes(),
         model_versions=model_versions,
@@ -231,7 +236,7 @@ def _record_time(microseconds: int) -> str:
     """A row's time as the record's ISO 8601, or, out of ``datetime``'s range, text the model refuses."""
     if not TIME_RANGE_US[0] <= microseconds <= TIME_RANGE_US[1]:
         return f"{microseconds} µs since the epoch: out of range"
-    return (_EPOCH + timedelta(microseconds=microseconds)).isoformat()
+    return (_EPOCH + microseconds * _MICROSECOND).isoformat()
 
 
 def block_lines(block: WireBlock) -> list[bytes]:
