@@ -32,11 +32,10 @@ from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, encode_message
 from mlops_common.inference_log_wire import (
     BLOCKS_CONTENT_TYPE,
-    block_lines,
-    decode_blocks,
     encode_blocks_message,
     log_block,
     merge_blocks,
+    message_lines,
 )
 from mlops_common.rollout import Role
 
@@ -94,7 +93,7 @@ def measure(sizes: tuple[int, ...], rounds: int, repeats: int) -> list[Reading]:
     readings = []
     for n in sizes:
         blocks_body = bff_message(n)
-        lines = block_lines_of(blocks_body)
+        lines = message_lines(blocks_body, BLOCKS_CONTENT_TYPE)
         lines_body = encode_message(lines)
         readers = {
             "blocks": lambda body=blocks_body: parse_message(body, BLOCKS_CONTENT_TYPE),
@@ -113,10 +112,6 @@ def measure(sizes: tuple[int, ...], rounds: int, repeats: int) -> list[Reading]:
         ms = {name: statistics.median(values) * 1000 for name, values in times.items()}
         readings.append(Reading(n, len(blocks_body), len(lines_body), ms["blocks"], ms["lines"], ms["model"]))
     return readings
-
-
-def block_lines_of(body: bytes) -> list[bytes]:
-    return [line for block in decode_blocks(body) for line in block_lines(block)]
 
 
 def report(readings: list[Reading], rounds: int, repeats: int, took_s: float, command: str) -> str:
