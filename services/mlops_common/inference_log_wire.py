@@ -240,8 +240,9 @@ def _record_time(microseconds: int) -> str:
 
 
 def block_lines(block: WireBlock) -> list[bytes]:
-    """The block's records as JSON lines (``InferenceLogRecord``'s form, NaN and infinities as the JSON
-    constants): for the spool, the dead-letter queue and a validation that names each bad record. The
+    """The block's records as JSON lines (``InferenceLogRecord``'s form: a NaN feature as null, any other
+    NaN and the infinities as the JSON constants): for the spool, the dead-letter queue and a validation
+    that names each bad record. The
     block's columns must describe the same rows (``shape_error`` is None)."""
     times = block.time_vector().tolist()
     latencies = block.latency_vector().tolist()
