@@ -526,8 +526,21 @@ class InferenceLogPublisher:
         return messages
 
     async def _publish_fresh(self) -> None:
-        messages = self._inflight = self._take_fresh()
-        bodies = [encode_blocks_message(merge_blocks(message)) for message in messages]
+        messages, bodies = [], []
+        for message in self._take_fresh():
+            try:
+                bodies.append(encode_blocks_message(merge_blocks(message)))
+            except Exception:
+                # A value the request path handed over that msgpack cannot hold (a bug, not an outage):
+                # the message's records go to the spool (or are counted dropped if JSON cannot hold them
+                # either), never left uncounted.
+                log.exception("an inference-log message could not be encoded; spooling its records")
+                self._spool_blocks(message)
+            else:
+                messages.append(message)
+        if not messages:
+            return
+        self._inflight = messages
         confirmed = await self._publish(bodies, BLOCKS_CONTENT_TYPE)
         self._inflight = []
         self._count("confirmed", sum(b.rows for m, ok in zip(messages, confirmed, strict=True) if ok for b in m))

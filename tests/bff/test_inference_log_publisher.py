@@ -304,6 +304,33 @@ async def test_a_full_message_is_published_without_waiting_out_the_linger(tmp_pa
 
 
 @pytest.mark.integration
+async def test_a_block_that_cannot_be_encoded_is_counted_and_the_rest_published(
+    tmp_path, rabbitmq_url, topology, caplog
+):
+    """Blocks are encoded in the background, not by the request: a value msgpack cannot hold (here a numpy
+    integer, which JSON cannot hold either) costs its own records, counted and logged, and nothing else."""
+    publisher = InferenceLogPublisher(broker_settings(tmp_path, rabbitmq_url, topology, log_publish_linger_s=0.0))
+    await publisher.start()
+    await wait_for(lambda: publisher.ready, "the connection")
+    good = record()
+    bad = inference_log.record_block(record())
+    bad.entity_ids = [np.int64(7)]
+    with caplog.at_level(logging.ERROR, logger="bff.inference_log"):
+        publisher.submit_block(bad)
+        await wait_for(lambda: publisher.stats.dropped == 1, "the bad record counted")
+        publisher.submit(good)
+        await wait_for(lambda: publisher.stats.confirmed == 1, "the good record confirmed")
+    assert publisher.ready
+    await publisher.close(5.0)
+    assert (publisher.stats.enqueued, publisher.stats.confirmed, publisher.stats.dropped) == (2, 1, 1)
+    assert any("could not be encoded" in r.getMessage() for r in caplog.records)
+    lines = [
+        line for m in await queued_messages(rabbitmq_url, topology) for line in message_lines(m.body, m.content_type)
+    ]
+    assert [InferenceLogRecord.from_json_bytes(line) for line in lines] == [good]
+
+
+@pytest.mark.integration
 async def test_a_new_process_replays_the_spool_in_order(tmp_path, rabbitmq_url, topology):
     offline = InferenceLogPublisher(settings(tmp_path))
     await offline.start()
