@@ -7,7 +7,9 @@ Brings a whole platform up on free ports (``benchmarks/stack.py``), measures wit
 tears it down, and writes a markdown report with issue 13's targets: ``/predict/batch`` (256 rows, each
 body form) rows/s >= 0.5 x direct Triton batch-256 rows/s; ``/predict`` p50 - direct Triton p50 (batch 1,
 concurrency 1) <= 1 ms; ``SK_ID_CURR`` p50 - body p50 <= 1 ms; with logging on, ``/predict`` req/s at
-concurrency 8 >= 1.5 x the baseline's and ``/predict/batch`` rows/s >= 40 x the baseline's.
+concurrency 8 >= 1.5 x the baseline's and ``/predict/batch`` rows/s >= 40 x the baseline's. The batch
+targets name no concurrency: each is compared at concurrency 1 and 2 (both sides at the same one), and
+reported for each.
 """
 
 from __future__ import annotations
@@ -305,6 +307,11 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
     return [(name, statistics.median(times)) for name, times in per_round.items()]
 
 
+# The concurrencies at which the batch targets compare the BFF with direct Triton and with the baseline: 1
+# (one request at a time, the BFF waiting on Triton) and 2 (the BFF and Triton working at once).
+BATCH_CONCURRENCIES = (1, 2)
+
+
 # -- (c) the BFF, (f) beside the in-process baseline ---------------------------------------------------
 def bff_loads(url: str, duration_s: float, *, warmup_s: float = 1.0, applicants: int = 1000) -> list[WrkResult]:
     """The BFF with logging off, one worker: ``/predict`` (body, then the first ``applicants`` ids read
@@ -314,7 +321,7 @@ def bff_loads(url: str, duration_s: float, *, warmup_s: float = 1.0, applicants:
     ids = [{"SK_ID_CURR": FIRST_ID + i} for i in range(applicants)]
     loads.append(("/predict", ids, 1, 1, "/predict (SK_ID_CURR)"))
     for name, body in (("list of objects", batch), ("split", split_form(batch)), ("KServe v2", v2_form(batch))):
-        loads += [("/predict/batch", [body], c, 256, f"/predict/batch (256 rows, {name})") for c in (1, 2)]
+        loads += [("/predict/batch", [body], c, 256, f"/predict/batch (256 rows, {name})") for c in BATCH_CONCURRENCIES]
     return [
         run_wrk(
             url + path,
@@ -355,12 +362,15 @@ def versus_baseline_loads(
     warmup_s: float = 1.0,
     batch_rows: int = 256,
 ) -> list[Measured]:
-    """``/predict`` at concurrency 1 and 8, ``/predict/batch`` of ``batch_rows`` (list of objects) at 1: what
+    """``/predict`` at concurrency 1 and 8, ``/predict/batch`` of ``batch_rows`` (list of objects) at 1 and 2: what
     the targets against the baseline compare; with the CPU of ``processes`` (name -> pid) during each
     (the warm-up before each is in neither)."""
     batch = feature_bodies(batch_rows, seed=8)
     loads = [("/predict", feature_bodies(1000), c, 1, f"{label}: /predict") for c in (1, 8)]
-    loads.append(("/predict/batch", [batch], 1, batch_rows, f"{label}: /predict/batch ({batch_rows} rows)"))
+    loads += [
+        ("/predict/batch", [batch], c, batch_rows, f"{label}: /predict/batch ({batch_rows} rows)")
+        for c in BATCH_CONCURRENCIES
+    ]
     results = []
     for path, bodies, concurrency, rows, name in loads:
         if warmup_s > 0:
@@ -659,10 +669,10 @@ def _find(loads: list[WrkResult], label: str, concurrency: int) -> WrkResult:
 def report(run: dict) -> str:
     machine = machine_summary()
     ok = {True: "**met**", False: "**not met**"}
-    pa256 = next(r for r in run["perf_analyzer"] if r["batch"] == 256 and r["concurrency"] == 1)
+    pa256 = {r["concurrency"]: r for r in run["perf_analyzer"] if r["batch"] == 256}
     pa1 = next(r for r in run["perf_analyzer"] if r["batch"] == 1 and r["concurrency"] == 1)
     bff: list[WrkResult] = run["bff"]
-    batches = [r for r in bff if r.rows_per_request == 256 and r.concurrency == 1]
+    batches = [r for r in bff if r.rows_per_request == 256]
     single = _find(bff, "/predict", 1)
     by_id = _find(bff, "/predict (SK_ID_CURR)", 1)
     overhead = single.p50_ms - pa1["p50_ms"]
@@ -680,13 +690,15 @@ def report(run: dict) -> str:
             f"| {loads['/predict c8'].requests_per_s:,.0f} / {baseline['/predict c8'].requests_per_s:,.0f} "
             f"= **{ratio:.2f}** | {ok[ratio >= 1.5]} |"
         )
-        key = "/predict/batch c1"
-        ratio = loads[key].rows_per_s / baseline[key].rows_per_s
-        target_rows.append(
-            f"| `/predict/batch` ({loads[key].rows_per_request} rows) rows/s, {variant} ÷ the baseline looping "
-            "`predict_proba` per row >= 40 "
-            f"| {loads[key].rows_per_s:,.0f} / {baseline[key].rows_per_s:,.0f} = **{ratio:.1f}** | {ok[ratio >= 40]} |"
-        )
+        for concurrency in BATCH_CONCURRENCIES:
+            key = f"/predict/batch c{concurrency}"
+            ratio = loads[key].rows_per_s / baseline[key].rows_per_s
+            target_rows.append(
+                f"| `/predict/batch` ({loads[key].rows_per_request} rows) rows/s at c={concurrency}, {variant} ÷ "
+                f"the baseline looping `predict_proba` per row (c={concurrency}) >= 40 "
+                f"| {loads[key].rows_per_s:,.0f} / {baseline[key].rows_per_s:,.0f} = **{ratio:.1f}** "
+                f"| {ok[ratio >= 40]} |"
+            )
     cpu_rows = [
         f"| `{m.load.label}` | {m.load.concurrency} | {m.load.requests_per_s:,.0f} | "
         + " | ".join(f"{m.cpu_ms_per_request(name):.3f}" if name in m.cpu_s else "" for name in ("server", "triton"))
@@ -715,9 +727,10 @@ def report(run: dict) -> str:
         "| target | measured | result |",
         "|---|---|---|",
         *(
-            f"| BFF `{r.label}`, c=1, rows/s >= 0.5 x direct Triton batch-256 (c=1) rows/s "
-            f"| {r.rows_per_s:,.0f} / {pa256['rows_per_s']:,.0f} = **{r.rows_per_s / pa256['rows_per_s']:.2f}** "
-            f"| {ok[r.rows_per_s / pa256['rows_per_s'] >= 0.5]} |"
+            f"| BFF `{r.label}`, c={r.concurrency}, rows/s >= 0.5 x direct Triton batch-256 (c={r.concurrency}) "
+            f"rows/s | {r.rows_per_s:,.0f} / {pa256[r.concurrency]['rows_per_s']:,.0f} "
+            f"= **{r.rows_per_s / pa256[r.concurrency]['rows_per_s']:.2f}** "
+            f"| {ok[r.rows_per_s / pa256[r.concurrency]['rows_per_s'] >= 0.5]} |"
             for r in batches
         ),
         f"| BFF `/predict` p50 - direct Triton p50 (batch 1, c=1) <= 1 ms "
@@ -725,6 +738,9 @@ def report(run: dict) -> str:
         f"| BFF `/predict` with `SK_ID_CURR` (online store) p50 - body-only p50 (c=1) <= 1 ms "
         f"| {by_id.p50_ms:.2f} - {single.p50_ms:.2f} = **{store_cost:.2f} ms** | {ok[store_cost <= 1.0]} |",
         *target_rows,
+        "",
+        "The batch targets name no concurrency: each is measured at concurrency 1 (one request at a time, the BFF "
+        "waiting on Triton) and 2 (the BFF and Triton working at once), both sides of a ratio at the same one.",
         "",
         "Logging on vs off (p99 and throughput within 5 %) is measured by `inference_logging/run.py` "
         "(`inference_logging.md`).",
@@ -837,7 +853,8 @@ def main() -> int:
         run |= {"model_name": platform.model_name, "model_version": platform.model_version}
         run["ort"] = [bench_onnxruntime(platform.onnx_path, b) for b in (1, 256)]
         triton = TritonTarget(platform.model_name, platform.triton.grpc_url, platform.triton_home.env())
-        run["perf_analyzer"] = [bench_perf_analyzer(triton, b, c, work) for b, c in ((1, 1), (1, 2), (256, 1))]
+        levels = ((1, 1), (1, 2), *((256, c) for c in BATCH_CONCURRENCIES))
+        run["perf_analyzer"] = [bench_perf_analyzer(triton, b, c, work) for b, c in levels]
         run["pieces"] = bench_request_path(PIECES_ROWS)
         run["triton_clients"] = bench_triton_clients(
             platform.triton.http_url, platform.triton.grpc_url, platform.model_name
