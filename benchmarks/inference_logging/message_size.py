@@ -5,6 +5,10 @@ RabbitMQ and the log worker less per record; two settings decide how full they a
    256 rows (wrk, concurrency 1, KServe v2 bodies): a batch is one message, not three.
 2. ``LOG_PUBLISH_LINGER_S`` 0.05 (the default before) beside 0.25 (now), under ``/predict`` (wrk,
    concurrency 4): single predictions wait that long for company before their message is published.
+3. ``LOG_BUFFER_SIZE`` 10,000 (the default before) beside 50,000 (now), under ``/predict/batch`` of 256
+   rows at concurrency 2: while the broker's confirms stall (tens to hundreds of milliseconds on these
+   shared cores), batches keep coming; what the buffer cannot hold goes to the spool as JSON lines, and is
+   replayed, both at a cost in CPU that the records' blocks do not have.
 
     .venv/bin/python benchmarks/inference_logging/message_size.py --out benchmarks/results/inference_log_message_size.md
 
@@ -12,7 +16,8 @@ For each comparison two BFFs with logging on run side by side on the same Triton
 identical but for the setting; only one gets traffic at a time, the settings alternating in ABBA order.
 Each phase is followed by a pause in which the log worker writes what it logged (its batch age is 5 s);
 the CPU of the BFF that took the traffic, the log worker, RabbitMQ and SeaweedFS is counted over the phase
-and its pause. Reported per setting, pooled over its phases. No target: it is why the defaults changed.
+and its pause, and the records that BFF spooled (``bff_inference_log_records_total``). Reported per
+setting, pooled over its phases. No target: it is why the defaults changed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -80,26 +87,57 @@ COMPARISONS = (
         lambda: feature_bodies(1000),
         "`/predict` (all features in the body), concurrency 4",
     ),
+    Comparison(
+        "LOG_BUFFER_SIZE",
+        "10000",
+        "50000",
+        "/predict/batch",
+        2,
+        256,
+        lambda: [v2_form(feature_bodies(256, seed=8))],
+        "`/predict/batch` of 256 rows (KServe v2 body), concurrency 2",
+    ),
 )
+
+
+@dataclass(frozen=True)
+class Target:
+    """The BFF that takes a setting's phases."""
+
+    url: str
+    pid: int | None
+    metrics_url: str
 
 
 @dataclass(frozen=True)
 class Phase(Measured):
     """A phase's load and the CPU seconds of each of PROCESSES over it and the pause after it, with the
-    setting's value it ran under."""
+    setting's value it ran under and the records its BFF enqueued and spooled meanwhile."""
 
     value: str
+    enqueued: int
+    spooled: int
+
+
+def _records(metrics_url: str) -> dict[str, int]:
+    """The BFF's inference-log record counts by outcome (``bff_inference_log_records_total``)."""
+    counts = dict.fromkeys(("enqueued", "spooled"), 0)
+    for line in httpx.get(metrics_url, timeout=5).text.splitlines():
+        for outcome in counts:
+            if line.startswith(f'bff_inference_log_records_total{{outcome="{outcome}"}}'):
+                counts[outcome] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
 
 
 def alternate(
     comparison: Comparison,
-    targets: dict[str, tuple[str, int | None]],
+    targets: dict[str, Target],
     shared_pids: dict[str, int | None],
     rounds: int,
     duration_s: float,
     pause_s: float,
 ) -> list[Phase]:
-    """ABBA over the comparison's two values: ``targets`` maps each to its BFF's URL and process id;
+    """ABBA over the comparison's two values: ``targets`` maps each to its BFF;
     ``shared_pids`` names the processes every phase shares (the log worker, RabbitMQ, SeaweedFS)."""
     bodies = comparison.bodies()
     order = [
@@ -109,9 +147,10 @@ def alternate(
     ]
     phases = []
     for value in order:
-        url, bff_pid = targets[value]
+        target = targets[value]
+        records_before = _records(target.metrics_url)
 
-        def load_then_pause(url: str = url) -> WrkResult:
+        def load_then_pause(url: str = target.url) -> WrkResult:
             load = run_wrk(
                 url + comparison.path,
                 bodies,
@@ -122,7 +161,9 @@ def alternate(
             time.sleep(pause_s)
             return load
 
-        phase = Phase(**vars(measured({"BFF": bff_pid, **shared_pids}, load_then_pause)), value=value)
+        load = measured({"BFF": target.pid, **shared_pids}, load_then_pause)
+        records = {k: n - records_before[k] for k, n in _records(target.metrics_url).items()}
+        phase = Phase(**vars(load), value=value, **records)
         phases.append(phase)
         log.info("%s=%s: %.0f req/s", comparison.setting, value, phase.load.requests_per_s)
     return phases
@@ -135,8 +176,8 @@ def section(comparison: Comparison, phases: list[Phase], rounds: int, duration_s
         f"Load: wrk, {comparison.load_text}, {rounds} phases of {duration_s:g} s per setting in ABBA order.",
         "",
         f"| {comparison.setting} | requests | req/s | rows/s | p50 ms (median of phases) | p99 ms (median of "
-        "phases) | " + " | ".join(f"{name} CPU µs/request" for name in PROCESSES) + " |",
-        "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PROCESSES),
+        "phases) | records spooled | " + " | ".join(f"{name} CPU µs/request" for name in PROCESSES) + " |",
+        "|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(PROCESSES),
     ]
     per_value = {}
     for value in (comparison.before, comparison.now):
@@ -145,10 +186,12 @@ def section(comparison: Comparison, phases: list[Phase], rounds: int, duration_s
         seconds = sum(p.load.elapsed_s for p in mine)
         cpu_us = {name: sum(p.cpu_s[name] for p in mine) / max(1, requests) * 1e6 for name in PROCESSES}
         per_value[value] = (requests / seconds, cpu_us)
+        enqueued, spooled = sum(p.enqueued for p in mine), sum(p.spooled for p in mine)
         lines.append(
             f"| {value} | {requests:,} | {requests / seconds:,.0f} | {requests * comparison.rows / seconds:,.0f} | "
             f"{statistics.median(p.load.p50_ms for p in mine):.2f} | "
             f"{statistics.median(p.load.p99_ms for p in mine):.2f} | "
+            f"{spooled:,} of {enqueued:,} ({spooled / max(1, enqueued):.1%}) | "
             + " | ".join(f"{cpu_us[name]:,.1f}" for name in PROCESSES)
             + " |"
         )
@@ -208,7 +251,7 @@ def main() -> int:
             for value in (comparison.before, comparison.now):
                 name = f"bff-{comparison.setting.lower()}-{value}"
                 bff = platform.start_bff(name, inference_logging=True, **{comparison.setting: value})
-                targets[value] = (bff.url, bff.daemon.pid())
+                targets[value] = Target(bff.url, bff.daemon.pid(), bff.metrics_url)
             phases = alternate(comparison, targets, shared, args.rounds, args.duration, args.pause)
             sections.append(section(comparison, phases, args.rounds, args.duration))
         text = report(sections, args.rounds, args.duration, time.monotonic() - started, command, load_at_start)

@@ -489,7 +489,10 @@ class InferenceLogPublisher:
             if self._buffer:
                 await self._linger()
                 await self._publish_fresh()
-            if self._spool.has_pending():
+            # Fresh records first: the buffer's are lost if the process dies, the spool's are on disk. While a
+            # burst keeps a message's worth waiting, the backlog waits; replaying it then would take the pump
+            # away from a buffer that fills meanwhile, and spill more of it to disk.
+            if self._spool.has_pending() and self._buffered_records < self._settings.log_message_max_records:
                 await self._replay()
             elif not self._buffer and not self._closing:
                 self._wakeup.clear()

@@ -61,7 +61,11 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # POST /labels: each S3 request of the ground-truth write (it retries up to three times).
     labels_write_timeout_s: float = Field(5.0, gt=0)
     inference_logging_enabled: bool = True
-    log_buffer_size: int = Field(10_000, ge=1)
+    # Records waiting in memory for the publisher, of every request; past it they go to the spool (JSON lines,
+    # which cost CPU to write and to replay). 50,000: 256-row batches at ~60,000 rows/s outran 10,000 while the
+    # broker's confirms stalled (benchmarks/inference_logging/message_size.py); ~15 MiB of such batches, up to
+    # ~45 MiB of single predictions (blocks of one row), per worker; Kafka's producer buffers 32 MiB.
+    log_buffer_size: int = Field(50_000, ge=1)
     log_spool_dir: str = "/tmp/bff-log-spool"
     # Inference-log publishing (bff.inference_log): records per AMQP message (one block of columns), messages
     # awaiting confirms at once, and how long to wait for a fuller message before publishing (fewer,

@@ -32,7 +32,8 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     home = ensure_triton_home(infra_dir / "triton-home", stack_settings.triton_venv)
     triton = bench.TritonTarget(env["TRITON_MODEL_NAME"], env["TRITON_GRPC_URL"], home.env())
     run["perf_analyzer"] = [
-        bench.bench_perf_analyzer(triton, batch, 1, tmp_path, measurement_ms=300) for batch in (1, 256)
+        bench.bench_perf_analyzer(triton, batch, concurrency, tmp_path, measurement_ms=300)
+        for batch, concurrency in ((1, 1), *((256, c) for c in bench.BATCH_CONCURRENCIES))
     ]
     run["pieces"] = bench.bench_request_path(rows=16, repeat=2)
     run["triton_clients"] = bench.bench_triton_clients(
@@ -85,9 +86,12 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     plot = tmp_path / bench.PLOT_NAME
     bench.plot_throughput_vs_p99(run, plot)
     assert plot.read_bytes().startswith(b"\x89PNG")
-    # Three body forms against Triton, /predict's overhead, the store's cost, and two ratios to the baseline.
+    # Three body forms against Triton at each batch concurrency, /predict's overhead, the store's cost, and the
+    # ratios to the baseline (/predict at c=8, the batch at each batch concurrency).
     verdicts = [line for line in text.splitlines() if line.endswith(("| **met** |", "| **not met** |"))]
-    assert len(verdicts) == 7, text
+    batch_levels = len(bench.BATCH_CONCURRENCIES)
+    assert len(verdicts) == 3 * batch_levels + 2 + 1 + batch_levels, text
+    assert all(f"(c={c})" in text for c in bench.BATCH_CONCURRENCIES)
 
 
 def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(serving, triton_server):
@@ -111,7 +115,7 @@ def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(ser
 
 def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
     # Both values on the session's one BFF: the phases, their CPU and the report, not the two start-ups.
-    target = (serving.bff_url, serving.bff.pid())
+    target = message_size.Target(serving.bff_url, serving.bff.pid(), serving.metrics_url)
     sections = []
     for comparison in message_size.COMPARISONS:
         targets = dict.fromkeys((comparison.before, comparison.now), target)
@@ -121,12 +125,15 @@ def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
         assert [p.value for p in phases] == [before, now, now, before]
         assert all(p.load.requests > 0 and p.load.errors == 0 and p.cpu_s["BFF"] > 0 for p in phases)
         assert all(p.cpu_s["log worker"] == 0 for p in phases)  # no process given: nothing counted
+        assert all(p.enqueued >= p.load.requests * comparison.rows for p in phases)  # the warm-up too
         sections.append(message_size.section(comparison, phases, 2, SECONDS))
     text = message_size.report(sections, 2, SECONDS, 0.0, "smoke", "")
     assert "| 100 |" in text
     assert "| 0.05 |" in text
     assert "500 ÷ 100: throughput" in text
     assert "0.25 ÷ 0.05: throughput" in text
+    assert "50000 ÷ 10000: throughput" in text
+    assert "records spooled" in text
 
 
 def test_table_write_throughput_merges_compacts_and_reads_back(serving, s3_server):

@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 import time
+import tracemalloc
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from itertools import count
@@ -349,6 +351,66 @@ async def test_a_new_process_replays_the_spool_in_order(tmp_path, rabbitmq_url, 
         line for m in await queued_messages(rabbitmq_url, topology) for line in message_lines(m.body, m.content_type)
     ]
     assert [InferenceLogRecord.from_json_bytes(line).request_id for line in lines] == [r.request_id for r in records]
+
+
+@pytest.mark.integration
+async def test_fresh_records_are_published_before_the_spool_backlog(tmp_path, rabbitmq_url, topology):
+    """While a message's worth of fresh records waits (in memory, lost if the process dies), the backlog (on
+    disk) waits: the buffer is published first, the spool once less than a message is left."""
+    offline = InferenceLogPublisher(settings(tmp_path))
+    await offline.start()
+    backlog = [record() for _ in range(200)]
+    for r in backlog:
+        offline.submit(r)
+    await offline.close(1.0)
+    assert offline.stats.spooled == 200
+
+    # One message of 100 records per round: three rounds of fresh records wait when the publisher connects.
+    online = InferenceLogPublisher(
+        broker_settings(tmp_path, rabbitmq_url, topology, log_message_max_records=100, log_publish_max_in_flight=1)
+    )
+    fresh = [record() for _ in range(300)]
+    for r in fresh:
+        online.submit(r)
+    await online.start()
+    await wait_for(lambda: online.stats.replayed == 200, "the replay")
+    await online.close(5.0)
+    assert (online.stats.confirmed, online.stats.spooled, online.stats.dropped) == (300, 0, 0)
+    lines = [
+        line for m in await queued_messages(rabbitmq_url, topology) for line in message_lines(m.body, m.content_type)
+    ]
+    assert [InferenceLogRecord.from_json_bytes(line).request_id for line in lines] == [
+        r.request_id for r in [*fresh, *backlog]
+    ]
+
+
+def test_the_buffer_holds_a_record_in_under_a_kibibyte():
+    """LOG_BUFFER_SIZE's memory, as its comment states it: under 1 KiB a record in blocks of one row (single
+    predictions), under 400 bytes in blocks of 256 rows."""
+    for rows, blocks, limit in ((1, 5000, 1024), (256, 20, 400)):
+        tracemalloc.start()
+        try:
+            held = [
+                log_block(
+                    request_ids=[f"{uuid.uuid4()}-{i}" for i in range(rows)],
+                    timestamp=datetime.now(UTC),
+                    entity_ids=[None] * rows,
+                    features=np.ones((rows, len(FEATURE_NAMES)), dtype=np.float32),
+                    store_features=[[] for _ in range(rows)],
+                    model_name="credit_default",
+                    model_versions=["1"] * rows,
+                    probabilities=np.full(rows, 0.5, dtype=np.float32),
+                    decisions=["approve"] * rows,
+                    latency_ms=1.0,
+                    roles=[Role.CHAMPION] * rows,
+                )
+                for _ in range(blocks)
+            ]
+            per_record = tracemalloc.get_traced_memory()[0] / (rows * blocks)
+        finally:
+            tracemalloc.stop()
+        assert len(held) == blocks
+        assert per_record < limit, (rows, per_record)
 
 
 @pytest.mark.integration
