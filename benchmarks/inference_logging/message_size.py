@@ -6,9 +6,9 @@ RabbitMQ and the log worker less per record; two settings decide how full they a
 2. ``LOG_PUBLISH_LINGER_S`` 0.05 (the default before) beside 0.25 (now), under ``/predict`` (wrk,
    concurrency 4): single predictions wait that long for company before their message is published.
 3. ``LOG_BUFFER_SIZE`` 10,000 (the default before) beside 50,000 (now), under ``/predict/batch`` of 256
-   rows at concurrency 2: while the broker's confirms stall (tens to hundreds of milliseconds on these
-   shared cores), batches keep coming; what the buffer cannot hold goes to the spool as JSON lines, and is
-   replayed, both at a cost in CPU that the records' blocks do not have.
+   rows at concurrency 2: while the broker's confirms lag, batches keep coming; what the buffer cannot hold
+   goes to the spool as JSON lines, and is replayed, both at a cost in CPU that the records' blocks do not
+   have.
 
     .venv/bin/python benchmarks/inference_logging/message_size.py --out benchmarks/results/inference_log_message_size.md
 
