@@ -1,8 +1,10 @@
 """Records per inference-log message, and what they cost, in one run. Fuller messages cost the BFF,
-RabbitMQ and the log worker less per record; two settings decide how full they are:
+RabbitMQ and the log worker less per record; two settings decide how full they are, a third how much
+waits for them in memory:
 
-1. ``LOG_MESSAGE_MAX_RECORDS`` 100 (the default before) beside 500 (now), under ``/predict/batch`` of
-   256 rows (wrk, concurrency 1, KServe v2 bodies): a batch is one message, not three.
+1. ``LOG_MESSAGE_MAX_RECORDS`` 500 (the default before) beside 2,000 (now), under ``/predict/batch`` of
+   256 rows (wrk, concurrency 1, KServe v2 bodies): a request's block is never split, so with 500 each
+   batch was a message of its own; with 2,000 up to seven share one.
 2. ``LOG_PUBLISH_LINGER_S`` 0.05 (the default before) beside 0.25 (now), under ``/predict`` (wrk,
    concurrency 4): single predictions wait that long for company before their message is published.
 3. ``LOG_BUFFER_SIZE`` 10,000 (the default before) beside 50,000 (now), under ``/predict/batch`` of 256
@@ -69,8 +71,8 @@ class Comparison:
 COMPARISONS = (
     Comparison(
         "LOG_MESSAGE_MAX_RECORDS",
-        "100",
         "500",
+        "2000",
         "/predict/batch",
         1,
         256,

@@ -11,7 +11,8 @@ one and encoded once, several in flight, and waits for the broker's confirms. Wh
 in time (broker down, slow, refusing, message unroutable) goes to the spool (``bff.spool``, a JSON
 line per record, replayed as messages of JSON lines) and the task reconnects with backoff; while the
 broker is unreachable it moves every new record from the buffer to the spool. Once connected, it
-replays the spool in order, moving the spool's cursor only past records the broker confirmed.
+replays the spool in order whenever less than a message waits in the buffer (fresh records first: a
+crash loses those, not the spool's), moving the spool's cursor only past records the broker confirmed.
 
 The spool holds at most ``log_spool_max_bytes``: a record that does not fit is dropped (the oldest
 stay), counted and logged at ERROR at most once per ``SPOOL_FULL_LOG_INTERVAL_S``.

@@ -71,15 +71,15 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Inference-log publishing (bff.inference_log): records per AMQP message (one block of columns), messages
     # awaiting confirms at once, and how long to wait for a fuller message before publishing (fewer,
     # fuller messages cost less CPU per record; benchmarks/inference_logging measures the total cost).
-    # 500: single predictions' blocks fill a message of up to 500 records (a request's block is never
-    # split: a 256-row batch is one message whatever the limit); 500 of the largest records stay under the
-    # log worker's MAX_MESSAGE_BYTES, as blocks and as JSON lines (tests/bff/test_inference_log_publisher.py).
-    # The linger ends as soon as a message is full. Linger 0.25 s: single predictions at ~1,800/s fill
-    # one message of ~450 records where 0.05 s sent five of ~90, and RabbitMQ and the log worker pay per
-    # message. Both measured by benchmarks/inference_logging/message_size.py.
+    # 2,000: batches share a message (a request's block is never split, so with 500 each 256-row batch was a
+    # message of its own, and RabbitMQ and the log worker pay per message); 2,000 of the largest records stay
+    # under the log worker's MAX_MESSAGE_BYTES, as blocks and as JSON lines (the spool's replays)
+    # (tests/bff/test_inference_log_publisher.py). The linger ends as soon as a message is full. Linger
+    # 0.25 s: single predictions at ~1,800/s fill one message of ~450 records where 0.05 s sent five of ~90.
+    # Both measured by benchmarks/inference_logging/message_size.py.
     # A SIGKILL loses what waits in memory (at most LOG_BUFFER_SIZE records, whatever the linger);
     # SIGTERM publishes it first.
-    log_message_max_records: int = Field(500, ge=1)
+    log_message_max_records: int = Field(2_000, ge=1)
     log_publish_max_in_flight: int = Field(20, ge=1)
     log_publish_linger_s: float = Field(0.25, ge=0)
     # A confirm slower than this counts as a broker outage: the records go to the spool.

@@ -21,10 +21,10 @@ class Settings(RabbitSettings, GroundTruthStoreSettings):
     batch_max_age_s: float = Field(5.0, gt=0)
     # Memory bound: at most this many message bytes are held unacknowledged (their parsed rows take
     # about as much again). The prefetch window is this over MAX_MESSAGE_BYTES; a larger message goes
-    # to the dead-letter queue. The BFF's messages hold up to LOG_MESSAGE_MAX_RECORDS (500) records of
+    # to the dead-letter queue. The BFF's messages hold up to LOG_MESSAGE_MAX_RECORDS (2,000) records of
     # at most ~1.3 KB.
     max_held_bytes: int = Field(256 << 20, ge=1 << 20)
-    max_message_bytes: int = Field(1 << 20, ge=64 << 10)
+    max_message_bytes: int = Field(4 << 20, ge=64 << 10)
     log_worker_metrics_port: int = 9103
     # Connect and read timeout of each S3 call (botocore retries a failed call up to 3 times).
     s3_timeout_s: float = Field(10.0, gt=0)

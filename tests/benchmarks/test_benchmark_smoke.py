@@ -128,9 +128,9 @@ def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
         assert all(p.enqueued >= p.load.requests * comparison.rows for p in phases)  # the warm-up too
         sections.append(message_size.section(comparison, phases, 2, SECONDS))
     text = message_size.report(sections, 2, SECONDS, 0.0, "smoke", "")
-    assert "| 100 |" in text
+    assert "| 2000 |" in text
     assert "| 0.05 |" in text
-    assert "500 ÷ 100: throughput" in text
+    assert "2000 ÷ 500: throughput" in text
     assert "0.25 ÷ 0.05: throughput" in text
     assert "50000 ÷ 10000: throughput" in text
     assert "records spooled" in text
