@@ -297,7 +297,8 @@ class BenchPlatform:
         self._cleanups.append(("log_worker", daemon.stop))
         return daemon
 
-    def metric(self, url: str, name: str) -> float:
+    @staticmethod
+    def metric(url: str, name: str) -> float:
         """Sum of a Prometheus metric's samples (all labels) at ``url``; ``name{label="x"}`` for one series."""
         total = 0.0
         text = httpx.get(url, timeout=5).text

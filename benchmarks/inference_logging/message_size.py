@@ -33,8 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.serving.run import Measured, measured, v2_form
@@ -122,13 +120,11 @@ class Phase(Measured):
 
 
 def _records(metrics_url: str) -> dict[str, int]:
-    """The BFF's inference-log record counts by outcome (``bff_inference_log_records_total``)."""
-    counts = dict.fromkeys(("enqueued", "spooled"), 0)
-    for line in httpx.get(metrics_url, timeout=5).text.splitlines():
-        for outcome in counts:
-            if line.startswith(f'bff_inference_log_records_total{{outcome="{outcome}"}}'):
-                counts[outcome] = int(float(line.rsplit(" ", 1)[1]))
-    return counts
+    """The BFF's inference-log records enqueued and spooled so far (``bff_inference_log_records_total``)."""
+    return {
+        outcome: int(BenchPlatform.metric(metrics_url, f'bff_inference_log_records_total{{outcome="{outcome}"}}'))
+        for outcome in ("enqueued", "spooled")
+    }
 
 
 def alternate(
