@@ -386,7 +386,8 @@ async def test_fresh_records_are_published_before_the_spool_backlog(tmp_path, ra
 
 def test_the_buffer_holds_a_record_in_under_a_kibibyte():
     """LOG_BUFFER_SIZE's memory, as its comment states it: under 1 KiB a record in blocks of one row (single
-    predictions), under 400 bytes in blocks of 256 rows."""
+    predictions), under 400 bytes in blocks of 256 rows, with the request ids the BFF generates (a client's
+    X-Request-ID may be longer)."""
     for rows, blocks, limit in ((1, 5000, 1024), (256, 20, 400)):
         tracemalloc.start()
         try:
