@@ -39,6 +39,7 @@ from benchmarks.serving.run import Measured, measured, v2_form
 from benchmarks.stack import (
     ROOT,
     BenchPlatform,
+    Bff,
     command_line,
     feature_bodies,
     load_average,
@@ -101,15 +102,6 @@ COMPARISONS = (
 
 
 @dataclass(frozen=True)
-class Target:
-    """The BFF that takes a setting's phases."""
-
-    url: str
-    pid: int | None
-    metrics_url: str
-
-
-@dataclass(frozen=True)
 class Phase(Measured):
     """A phase's load and the CPU seconds of each of PROCESSES over it and the pause after it, with the
     setting's value it ran under and the records its BFF enqueued and spooled meanwhile."""
@@ -129,7 +121,7 @@ def _records(metrics_url: str) -> dict[str, int]:
 
 def alternate(
     comparison: Comparison,
-    targets: dict[str, Target],
+    targets: dict[str, Bff],
     shared_pids: dict[str, int | None],
     rounds: int,
     duration_s: float,
@@ -159,7 +151,7 @@ def alternate(
             time.sleep(pause_s)
             return load
 
-        load = measured({"BFF": target.pid, **shared_pids}, load_then_pause)
+        load = measured({"BFF": target.daemon.pid(), **shared_pids}, load_then_pause)
         records = {k: n - records_before[k] for k, n in _records(target.metrics_url).items()}
         phase = Phase(**vars(load), value=value, **records)
         phases.append(phase)
@@ -248,8 +240,7 @@ def main() -> int:
             targets = {}
             for value in (comparison.before, comparison.now):
                 name = f"bff-{comparison.setting.lower()}-{value}"
-                bff = platform.start_bff(name, inference_logging=True, **{comparison.setting: value})
-                targets[value] = Target(bff.url, bff.daemon.pid(), bff.metrics_url)
+                targets[value] = platform.start_bff(name, inference_logging=True, **{comparison.setting: value})
             phases = alternate(comparison, targets, shared, args.rounds, args.duration, args.pause)
             sections.append(section(comparison, phases, args.rounds, args.duration))
         text = report(sections, args.rounds, args.duration, time.monotonic() - started, command, load_at_start)

@@ -13,7 +13,7 @@ from benchmarks.batch_scoring import run as batch_scoring
 from benchmarks.inference_logging import message_size, table
 from benchmarks.inference_logging import run as logging_cost
 from benchmarks.serving import run as bench
-from benchmarks.stack import settings_from
+from benchmarks.stack import Bff, settings_from
 from devstack.triton_home import ensure_triton_home
 from log_worker.settings import Settings as LogWorkerSettings
 
@@ -115,7 +115,7 @@ def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(ser
 
 def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
     # Both values on the session's one BFF: the phases, their CPU and the report, not the two start-ups.
-    target = message_size.Target(serving.bff_url, serving.bff.pid(), serving.metrics_url)
+    target = Bff("bff", serving.bff_url, serving.metrics_url, serving.bff)
     sections = []
     for comparison in message_size.COMPARISONS:
         targets = dict.fromkeys((comparison.before, comparison.now), target)
