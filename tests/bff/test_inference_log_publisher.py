@@ -332,15 +332,21 @@ async def test_a_block_that_cannot_be_encoded_is_counted_and_the_rest_published(
     assert [InferenceLogRecord.from_json_bytes(line) for line in lines] == [good]
 
 
-@pytest.mark.integration
-async def test_a_new_process_replays_the_spool_in_order(tmp_path, rabbitmq_url, topology):
-    offline = InferenceLogPublisher(settings(tmp_path))
+async def left_in_the_spool(spool_dir: Path, n: int) -> list[InferenceLogRecord]:
+    """``n`` records that a publisher which never reached the broker left in the spool (an earlier process)."""
+    offline = InferenceLogPublisher(settings(spool_dir))
     await offline.start()
-    records = [record() for _ in range(300)]
+    records = [record() for _ in range(n)]
     for r in records:
         offline.submit(r)
     await offline.close(1.0)
-    assert offline.stats.spooled == 300
+    assert offline.stats.spooled == offline.stats.undrained == n
+    return records
+
+
+@pytest.mark.integration
+async def test_a_new_process_replays_the_spool_in_order(tmp_path, rabbitmq_url, topology):
+    records = await left_in_the_spool(tmp_path, 300)
 
     online = InferenceLogPublisher(broker_settings(tmp_path, rabbitmq_url, topology))
     await online.start()
@@ -357,13 +363,7 @@ async def test_a_new_process_replays_the_spool_in_order(tmp_path, rabbitmq_url, 
 async def test_fresh_records_are_published_before_the_spool_backlog(tmp_path, rabbitmq_url, topology):
     """While a message's worth of fresh records waits (in memory, lost if the process dies), the backlog (on
     disk) waits: the buffer is published first, the spool once less than a message is left."""
-    offline = InferenceLogPublisher(settings(tmp_path))
-    await offline.start()
-    backlog = [record() for _ in range(200)]
-    for r in backlog:
-        offline.submit(r)
-    await offline.close(1.0)
-    assert offline.stats.spooled == 200
+    backlog = await left_in_the_spool(tmp_path, 200)
 
     # One message of 100 records per round: three rounds of fresh records wait when the publisher connects.
     online = InferenceLogPublisher(
@@ -475,13 +475,7 @@ async def test_close_drains_the_spool_to_the_broker_once_it_is_back(tmp_path, ra
 
 @pytest.mark.integration
 async def test_close_drains_a_backlog_left_by_an_earlier_process(tmp_path, rabbitmq_url, topology):
-    offline = InferenceLogPublisher(settings(tmp_path))
-    await offline.start()
-    records = [record() for _ in range(250)]
-    for r in records:
-        offline.submit(r)
-    await offline.close(1.0)
-    assert offline.stats.undrained == 250
+    records = await left_in_the_spool(tmp_path, 250)
 
     # Started and closed at once: the replay happens inside close, not before.
     online = InferenceLogPublisher(broker_settings(tmp_path, rabbitmq_url, topology))
