@@ -271,7 +271,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Only the registry is used: OnlineFeatures reads Redis itself (Feast's online client stays closed).
         store = open_feature_store(settings)
         triton = TritonPredictor(settings.triton_http_url, settings.triton_model_name, settings.triton_timeout_s)
-        router = Router(triton, refresh_s=settings.routing_refresh_s, shadow_max_pending=settings.shadow_max_pending)
+        router = Router(
+            triton,
+            refresh_s=settings.routing_refresh_s,
+            shadow_max_pending=settings.shadow_max_pending,
+            max_rows=settings.max_batch_size,
+            max_calls_in_flight=settings.triton_max_calls_in_flight,
+        )
         await router.start()
         logs = InferenceLogPublisher(settings) if settings.inference_logging_enabled else None
         if logs is not None:

@@ -66,8 +66,16 @@ API_KEY_RATE_LIMITED = Counter(
 CALL_OUTCOMES = ("ok", "error")
 MODEL_CALLS = Counter(
     "bff_model_calls",
-    "Triton calls per model version and role; error: failed, or answered a probability outside [0, 1]",
+    "Model calls of predictions per version and role (concurrent ones share a Triton request); error: failed, "
+    "or answered a probability outside [0, 1]",
     ["version", "role", "outcome"],
+    registry=REGISTRY,
+)
+# Concurrent calls of one version share a Triton request (bff.batching): rows per request show how much.
+TRITON_REQUEST_ROWS = Histogram(
+    "bff_triton_request_rows",
+    "Rows per request to Triton (the calls of concurrent predictions merged: TRITON_MAX_CALLS_IN_FLIGHT)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     registry=REGISTRY,
 )
 MODEL_ROWS = Counter("bff_model_rows", "Rows scored per model version and role", ["version", "role"], registry=REGISTRY)

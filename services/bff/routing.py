@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bff.batching import TritonBatcher
 from bff.metrics import SHADOW_SKIPPED, observe_call, observe_shadow, track_routing
 from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.rollout import SHADOW_ID_SUFFIX, Role, RolloutMode, Routing, routing_key
@@ -41,8 +42,18 @@ class ShadowScored:
 
 
 class Router:
-    def __init__(self, triton: TritonPredictor, *, refresh_s: float, shadow_max_pending: int):
+    def __init__(
+        self,
+        triton: TritonPredictor,
+        *,
+        refresh_s: float,
+        shadow_max_pending: int,
+        max_rows: int,
+        max_calls_in_flight: int,
+    ):
+        """``max_rows`` and ``max_calls_in_flight``: how calls are merged into Triton requests (bff.batching)."""
         self.triton = triton
+        self._batcher = TritonBatcher(triton, max_rows=max_rows, max_calls=max_calls_in_flight)
         self.refresh_s = refresh_s
         self.shadow_max_pending = shadow_max_pending
         self.routing: Routing | None = None
@@ -60,6 +71,7 @@ class Router:
         # Shadow calls are for the analysis only: finish the ones under way, briefly.
         if self._shadows:
             await asyncio.wait(self._shadows, timeout=self.triton.timeout_s)
+        await self._batcher.close()
 
     async def refresh(self) -> None:
         try:
@@ -89,7 +101,7 @@ class Router:
     async def _call(self, matrix: np.ndarray, version: str, role: Role, request_id: str) -> tuple[np.ndarray, str]:
         started = time.perf_counter()
         try:
-            probabilities, answered_by = await self.triton.predict(matrix, version=version, request_id=request_id)
+            probabilities, answered_by = await self._batcher.predict(matrix, version=version, request_id=request_id)
             check_probabilities(probabilities, self.triton.model_name, answered_by)
         except (DependencyUnavailableError, InferenceError):
             observe_call(version or "unknown", role, time.perf_counter() - started, None)

@@ -46,6 +46,9 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Requests in flight beyond this get 503 + Retry-After instead of queueing up.
     max_in_flight: int = Field(128, ge=1)
     triton_timeout_s: float = Field(2.0, gt=0)
+    # Triton requests under way per model version and worker; calls beyond wait for one to answer and then
+    # go as one request (bff.batching), up to MAX_BATCH_SIZE rows. 0: every call its own request.
+    triton_max_calls_in_flight: int = Field(4, ge=0)
     # How often the routing (champion, challenger, rollout policy) is re-read from the Triton model's
     # config; model sync keeps retired versions loaded longer than this (its ROUTING_GRACE_S).
     routing_refresh_s: float = Field(1.0, gt=0)

@@ -99,7 +99,7 @@ class Fakes:
         self.settings = settings
         self.triton = FakeTriton()
         self.app = create_app(settings)
-        router = Router(self.triton, refresh_s=1.0, shadow_max_pending=4)  # type: ignore[arg-type]
+        router = Router(self.triton, refresh_s=1.0, shadow_max_pending=4, max_rows=256, max_calls_in_flight=0)  # type: ignore[arg-type]
         online = FakeOnlineStore()
         dependencies = DependencyProbe(self.triton, online, interval_s=1.0)  # type: ignore[arg-type]
         platform = Platform(settings, self.triton, router, online, None, dependencies)  # type: ignore[arg-type]

@@ -61,7 +61,7 @@ class Logged:
 @pytest.fixture
 def serving():
     triton = VersionedTriton()
-    router = Router(triton, refresh_s=60, shadow_max_pending=8)  # type: ignore[arg-type]
+    router = Router(triton, refresh_s=60, shadow_max_pending=8, max_rows=256, max_calls_in_flight=0)  # type: ignore[arg-type]
     logs = Logged()
     settings = Settings()
     app = create_app(settings)
