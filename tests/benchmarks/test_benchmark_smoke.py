@@ -1,7 +1,7 @@
 """Every benchmark's measurements, seconds long, on the test session's platform (one serving fixture for
-them all), so that `benchmarks/serving/run.py`, `benchmarks/inference_logging/` (`run.py`, `message_size.py`,
-`table.py`) do not rot between their full runs (`make bench`). No timing is asserted: each part must measure
-something, without errors, and its report (section) must be written from it."""
+them all), so that `benchmarks/serving/` (`run.py`, `call_merging.py`), `benchmarks/inference_logging/`
+(`run.py`, `message_size.py`, `table.py`) do not rot between their full runs (`make bench`). No timing is
+asserted: each part must measure something, without errors, and its report (section) must be written from it."""
 
 import asyncio
 from pathlib import Path
@@ -12,6 +12,7 @@ import pytest
 from benchmarks.batch_scoring import run as batch_scoring
 from benchmarks.inference_logging import message_size, table
 from benchmarks.inference_logging import run as logging_cost
+from benchmarks.serving import call_merging
 from benchmarks.serving import run as bench
 from benchmarks.stack import Bff, settings_from
 from devstack.triton_home import ensure_triton_home
@@ -92,6 +93,24 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     batch_levels = len(bench.BATCH_CONCURRENCIES)
     assert len(verdicts) == 3 * batch_levels + 2 + 1 + batch_levels, text
     assert all(f"(c={c})" in text for c in bench.BATCH_CONCURRENCIES)
+
+
+def test_call_merging_benchmark_alternates_the_settings_and_reports(serving, triton_server):
+    # Every setting on the session's one BFF: the phases, the CPU, the Triton requests and the report.
+    target = Bff("bff", serving.bff_url, serving.metrics_url, serving.bff)
+    targets = dict.fromkeys(call_merging.VALUES, target)
+    phases = call_merging.alternate(targets, triton_server.daemon.pid(), rounds=2, duration_s=SECONDS, warmup_s=0)
+    assert len(phases) == 2 * len(call_merging.VALUES) * len(call_merging.CONCURRENCIES)
+    assert [p.value for p in phases[: len(call_merging.VALUES)]] == list(call_merging.VALUES)
+    assert [p.value for p in phases[-len(call_merging.VALUES) :]] == list(reversed(call_merging.VALUES))
+    assert all(p.load.requests > 0 and p.load.errors == 0 for p in phases), phases
+    assert all(p.cpu_s["BFF"] > 0 and p.cpu_s["Triton"] > 0 for p in phases), phases
+    # Every prediction's rows went to Triton in some request: at least as many rows as requests measured.
+    assert all(0 < p.triton_requests <= p.triton_rows and p.triton_rows >= p.load.requests for p in phases), phases
+    text = call_merging.report(phases, 2, SECONDS, 0.0, "smoke", "")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert len(rows) == len(call_merging.VALUES) * len(call_merging.CONCURRENCIES), text
+    assert "rows per Triton request" in text
 
 
 def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(serving, triton_server):

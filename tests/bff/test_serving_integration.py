@@ -119,6 +119,30 @@ def test_batch_is_one_call_in_input_order(serving, champion_onnx, trained_platfo
     assert triton_counter(triton_server, "nv_inference_count", model) - rows_before == len(batch)
 
 
+async def test_concurrent_predictions_share_triton_requests_and_each_gets_its_own_answer(
+    serving, champion_onnx, triton_server
+):
+    # Bursts of concurrent /predict calls, each body different: beyond TRITON_MAX_CALLS_IN_FLIGHT under way,
+    # a worker merges the waiting calls into one Triton request. Every answer must still be its own body's.
+    bodies = [{**FEATURES_EXAMPLE, "AMT_CREDIT": 100_000.0 + 7_919.0 * k, "DAYS_EMPLOYED": -30 * k} for k in range(64)]
+    want = expected(champion_onnx, [[body[n] for n in FEATURE_NAMES] for body in bodies])
+    model = serving.env["TRITON_MODEL_NAME"]
+    limits = httpx.Limits(max_connections=len(bodies))
+    merged = False
+    async with httpx.AsyncClient(base_url=serving.bff_url, timeout=10.0, limits=limits) as client:
+        for _ in range(5):  # the merging depends on timing: a burst or two may find every call alone
+            triton_requests = triton_counter(triton_server, "nv_inference_request_success", model)
+            answers = await asyncio.gather(*(client.post("/predict", json=body) for body in bodies))
+            assert [a.status_code for a in answers] == [200] * len(bodies)
+            got = [a.json()["probability"] for a in answers]
+            np.testing.assert_allclose(got, want, atol=1e-6)
+            sent = triton_counter(triton_server, "nv_inference_request_success", model) - triton_requests
+            merged = sent < len(bodies)
+            if merged:
+                break
+    assert merged, "64 concurrent predictions never shared a Triton request in five bursts"
+
+
 def test_rows_with_missing_values_score_as_the_trainer_scores_them(serving, champion_onnx):
     # An applicant without an annuity, one without bureau history, one with nothing known but income.
     unknown = [
