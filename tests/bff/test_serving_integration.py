@@ -17,6 +17,7 @@ from platform_fixtures import QUICK_MODEL
 from serving_fixtures import wait_for
 from tcp_proxy import TcpProxy
 
+from bff.batching import TritonBatcher
 from bff.errors import EntityNotFoundError
 from bff.online_features import OnlineFeatures
 from bff.schemas import FEATURES_EXAMPLE
@@ -119,28 +120,49 @@ def test_batch_is_one_call_in_input_order(serving, champion_onnx, trained_platfo
     assert triton_counter(triton_server, "nv_inference_count", model) - rows_before == len(batch)
 
 
-async def test_concurrent_predictions_share_triton_requests_and_each_gets_its_own_answer(
-    serving, champion_onnx, triton_server
-):
-    # Bursts of concurrent /predict calls, each body different: beyond TRITON_MAX_CALLS_IN_FLIGHT under way,
-    # a worker merges the waiting calls into one Triton request. Every answer must still be its own body's.
+async def test_concurrent_predictions_each_get_their_own_answer(serving, champion_onnx):
+    # 64 different bodies at once: however a worker merges their Triton calls (TRITON_MAX_CALLS_IN_FLIGHT),
+    # every answer must be its own body's.
     bodies = [{**FEATURES_EXAMPLE, "AMT_CREDIT": 100_000.0 + 7_919.0 * k, "DAYS_EMPLOYED": -30 * k} for k in range(64)]
     want = expected(champion_onnx, [[body[n] for n in FEATURE_NAMES] for body in bodies])
-    model = serving.env["TRITON_MODEL_NAME"]
     limits = httpx.Limits(max_connections=len(bodies))
-    merged = False
     async with httpx.AsyncClient(base_url=serving.bff_url, timeout=10.0, limits=limits) as client:
-        for _ in range(5):  # the merging depends on timing: a burst or two may find every call alone
-            triton_requests = triton_counter(triton_server, "nv_inference_request_success", model)
+        for _ in range(3):
             answers = await asyncio.gather(*(client.post("/predict", json=body) for body in bodies))
             assert [a.status_code for a in answers] == [200] * len(bodies)
-            got = [a.json()["probability"] for a in answers]
-            np.testing.assert_allclose(got, want, atol=1e-6)
-            sent = triton_counter(triton_server, "nv_inference_request_success", model) - triton_requests
-            merged = sent < len(bodies)
-            if merged:
+            np.testing.assert_allclose([a.json()["probability"] for a in answers], want, atol=1e-6)
+
+
+async def test_calls_waiting_for_a_triton_request_go_as_one_request_and_get_their_own_rows(
+    serving, champion_onnx, triton_server
+):
+    # The real Triton behind a proxy that holds the first request until every other call waits: with one
+    # request under way at most, the 63 calls that came meanwhile must go as exactly one request.
+    host, port = serving.env["TRITON_HTTP_URL"].rsplit(":", 1)
+    proxy = TcpProxy(host, int(port)).start()
+    model = serving.env["TRITON_MODEL_NAME"]
+    batcher = TritonBatcher(TritonPredictor(f"127.0.0.1:{proxy.port}", model, 10.0), max_rows=256, max_calls=1)
+    rows = np.tile(np.array([[FEATURES_EXAMPLE[n] for n in FEATURE_NAMES]], dtype=np.float32), (64, 1))
+    rows[:, FEATURE_NAMES.index("AMT_CREDIT")] += 7_919.0 * np.arange(64)
+    requests_before = triton_counter(triton_server, "nv_inference_request_success", model)
+    try:
+        proxy.stall()
+        calls = [
+            asyncio.create_task(batcher.predict(rows[k : k + 1], version="", request_id=f"call-{k}")) for k in range(64)
+        ]
+        for _ in range(500):  # the first call's request reaches the proxy (the others wait in the batcher)
+            if proxy.held_bytes:
                 break
-    assert merged, "64 concurrent predictions never shared a Triton request in five bursts"
+            await asyncio.sleep(0.01)
+        assert proxy.held_bytes, "the first call's request never reached the proxy"
+        proxy.up()
+        answers = await asyncio.gather(*calls)
+    finally:
+        proxy.close()
+        await batcher.triton.close()
+    np.testing.assert_allclose(np.concatenate([p for p, _ in answers]), expected(champion_onnx, rows), atol=1e-6)
+    assert {version for _, version in answers} == {"1"}
+    assert triton_counter(triton_server, "nv_inference_request_success", model) - requests_before == 2
 
 
 def test_rows_with_missing_values_score_as_the_trainer_scores_them(serving, champion_onnx):
