@@ -126,7 +126,7 @@ dashboards: $(VENV)/.installed ## Every Grafana dashboard drawn from the local P
 bench-tools: $(MODEL_ANALYZER_VENV)/.installed ## wrk (Debian's package) and Model Analyzer + perf_analyzer (.tools/model-analyzer) for the benchmarks (idempotent)
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || { echo "wrk is missing and apt-get could not install it: install Debian's wrk package" >&2; exit 1; }
 
-bench: setup bench-tools ## Every benchmark, one after the other (~45 min on this machine): rewrites benchmarks/results/
+bench: setup bench-tools ## Every benchmark, one after the other (~50 min on this machine): rewrites benchmarks/results/
 	$(PY) benchmarks/serving/run.py --out benchmarks/results/serving.md
 	$(PY) benchmarks/serving/call_merging.py --out benchmarks/results/serving_call_merging.md
 	$(PY) benchmarks/inference_logging/run.py --out benchmarks/results/inference_logging.md

@@ -1,15 +1,17 @@
-"""Merging concurrent Triton calls (``TRITON_MAX_CALLS_IN_FLIGHT``, ``bff/batching.py``) in one run: BFFs
-identical but for the setting, side by side on the same Triton, under ``/predict`` at several concurrencies.
+"""Merging concurrent Triton calls while a BFF worker is busy (``TRITON_MERGE_MIN_IN_FLIGHT``,
+``services/bff/batching.py``) in one run: BFFs identical but for the setting, side by side on the same
+Triton, under ``/predict`` at several concurrencies.
 
     .venv/bin/python benchmarks/serving/call_merging.py --out benchmarks/results/serving_call_merging.md
 
 0 is the BFF before: every call its own Triton request (Triton's dynamic batcher merges them after each
-has paid for its HTTP request and its trip to the Python backend). With N, calls beyond N under way wait
-for one to answer, then go as one request. One BFF worker each, inference logging on (the log worker
-writing to the table), all features in the body; only one BFF gets traffic at a time, the settings in turn,
-the order reversed every round. Per setting and concurrency: requests/s, p50/p99, the CPU per request of
-the BFF and of Triton, and the rows per Triton request (``bff_triton_request_rows``). No target: it is why
-the default is what it is.
+has paid for its HTTP request and its trip to the Python backend). With N, a worker with N or more
+requests in flight has one Triton request per version under way at a time; the calls that come meanwhile
+wait for its answer and go together (1: whenever a call is under way). One BFF worker each, inference
+logging on (the log worker writing to the table), all features in the body; only one BFF gets traffic at a
+time, the settings in turn, the order reversed every round. Per setting and concurrency: requests/s,
+p50/p99, the CPU per request of the BFF and of Triton, and the rows per Triton request
+(``bff_triton_request_rows``). No target: it is why the default is what it is.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ from benchmarks.stack import (
 from benchmarks.wrk import run_wrk
 
 log = logging.getLogger("benchmarks.call_merging")
-SETTING = "TRITON_MAX_CALLS_IN_FLIGHT"
+SETTING = "TRITON_MERGE_MIN_IN_FLIGHT"
 BEFORE = "0"
-VALUES = (BEFORE, "1", "4")
+VALUES = (BEFORE, "1", "4", "5", "6", "8")
 CONCURRENCIES = (1, 4, 8, 16)
 
 
@@ -120,7 +122,8 @@ def report(phases: list[Phase], rounds: int, duration_s: float, took_s: float, c
         f"- Command: `{command}` ({took_s:.0f} s, platform start included)",
         f"- Machine: {machine['nproc']} CPUs (shared), {machine['cpu']}, Python {machine['python']}; load average "
         f"before: {load_at_start}, after: {load_average()}",
-        f"- BFFs identical but for `{SETTING}` ({', '.join(values)}; {BEFORE}: every call its own Triton request), "
+        f"- BFFs identical but for `{SETTING}` ({', '.join(values)}; {BEFORE}: every call its own Triton request; 1: "
+        "calls wait whenever one of their version is under way), "
         "one worker each, inference logging on, the log worker writing to the table; the same Triton (Python "
         "backend, dynamic batching); wrk, `/predict` with all features in the body, everything on the same cores.",
         f"- {rounds} phases of {duration_s:g} s per setting and concurrency (each after a 1 s warm-up), the settings "

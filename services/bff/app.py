@@ -36,7 +36,7 @@ from bff.health import DependencyProbe
 from bff.inference_log import InferenceLogPublisher
 from bff.jobs import Jobs, jobs_router
 from bff.limits import BodyLimitMiddleware
-from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware
+from bff.metrics import ROUTE_STATUSES, ROWS, PredictionTrafficMiddleware, RequestsInFlight
 from bff.online_features import FeatureRows, OnlineFeatures, assemble
 from bff.request_ids import RequestIdMiddleware, request_id_of
 from bff.routing import Router, ShadowScored
@@ -265,6 +265,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Prediction, labels and jobs routes: the caller is admitted (API key, rate limit) before the body is read.
     key_checked = key_checked_route(KeyGate(settings))
     api = APIRouter(route_class=key_checked)
+    # Counted by the traffic middleware, read by the router's Triton batcher.
+    in_flight = RequestsInFlight()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -276,7 +278,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             refresh_s=settings.routing_refresh_s,
             shadow_max_pending=settings.shadow_max_pending,
             max_rows=settings.max_batch_size,
-            max_calls_in_flight=settings.triton_max_calls_in_flight,
+            merge_min_in_flight=settings.triton_merge_min_in_flight,
+            requests_in_flight=in_flight,
         )
         await router.start()
         logs = InferenceLogPublisher(settings) if settings.inference_logging_enabled else None
@@ -323,7 +326,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s
     )
-    app.add_middleware(PredictionTrafficMiddleware, max_in_flight=settings.max_in_flight)
+    app.add_middleware(PredictionTrafficMiddleware, max_in_flight=settings.max_in_flight, in_flight=in_flight)
     # Outermost: every answer of an API route, a 413 or an overload 503 too, carries the request id.
     app.add_middleware(RequestIdMiddleware, paths=frozenset(ROUTE_STATUSES))
 

@@ -1,12 +1,13 @@
-"""Concurrent Triton calls for one model version, merged into one Triton request (adaptive batching, as the
-API servers of BentoML and Ray Serve do it).
+"""Concurrent Triton calls for one model version, merged into one Triton request while the worker is busy
+(adaptive batching, as the API servers of BentoML and Ray Serve do it).
 
 Triton's dynamic batcher merges requests too, but only after each has paid for its own HTTP request, its
 own parse in Triton and, with the Python backend, its own trip to the backend's process: per row, that
-costs more than the model itself. Here the merge happens before the wire, with no timer: a call goes to
-Triton at once while fewer than ``max_calls`` requests of its version are under way, so a lone request
-never waits; otherwise it waits for one of them to answer, and the calls that waited by then go as one
-request of up to ``max_rows`` rows. The busier the BFF, the fuller its requests to Triton.
+costs more than the model itself. Here the merge happens before the wire, with no timer. While the worker
+has at least ``merge_min_in_flight`` prediction requests in flight, a version has one Triton request under
+way at a time: the calls that come meanwhile wait for its answer and then go together as the next request,
+of up to ``max_rows`` rows. Below that, every call goes at once: a worker with few requests would only idle
+while calls wait (a merge is worth it when the worker has other requests to work on meanwhile).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bff.metrics import TRITON_REQUEST_ROWS
+from bff.metrics import TRITON_REQUEST_ROWS, RequestsInFlight
 from mlops_common.triton_client import TritonPredictor
 
 
@@ -38,12 +39,20 @@ class _Lane:
 
 
 class TritonBatcher:
-    def __init__(self, triton: TritonPredictor, *, max_rows: int, max_calls: int):
-        """``max_calls``: Triton requests under way per version before calls wait to be merged (0: never
-        merge, every call its own request)."""
+    def __init__(
+        self,
+        triton: TritonPredictor,
+        *,
+        max_rows: int,
+        merge_min_in_flight: int,
+        requests_in_flight: RequestsInFlight,
+    ):
+        """``merge_min_in_flight``: the worker's requests in flight (``requests_in_flight``) from which calls
+        wait to be merged (0: never, every call its own request)."""
         self.triton = triton
         self.max_rows = max_rows
-        self.max_calls = max_calls
+        self.merge_min_in_flight = merge_min_in_flight
+        self._requests = requests_in_flight
         self._lanes: defaultdict[str, _Lane] = defaultdict(_Lane)
         self._sending: set[asyncio.Task] = set()
 
@@ -51,7 +60,7 @@ class TritonBatcher:
         """What ``TritonPredictor.predict`` answers for these rows; a merged request carries the id of its
         first call (Triton's logs and traces show that one)."""
         lane = self._lanes[version]
-        if not self.max_calls or lane.under_way < self.max_calls:
+        if not lane.under_way or not self._busy():
             lane.under_way += 1
             try:
                 return await self._send(matrix, version, request_id)
@@ -76,8 +85,11 @@ class TritonBatcher:
         TRITON_REQUEST_ROWS.observe(len(matrix))
         return await self.triton.predict(matrix, version=version, request_id=request_id)
 
+    def _busy(self) -> bool:
+        return 0 < self.merge_min_in_flight <= self._requests.count
+
     def _dispatch(self, version: str, lane: _Lane) -> None:
-        while lane.waiting and lane.under_way < self.max_calls:
+        while lane.waiting and (not lane.under_way or not self._busy()):
             # A call whose request gave up (its budget, a disconnect) has a cancelled answer: not sent.
             group = [call for call in lane.waiting.popleft() if not call.answer.done()]
             if not lane.waiting:

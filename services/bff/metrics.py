@@ -74,7 +74,7 @@ MODEL_CALLS = Counter(
 # Concurrent calls of one version share a Triton request (bff.batching): rows per request show how much.
 TRITON_REQUEST_ROWS = Histogram(
     "bff_triton_request_rows",
-    "Rows per request to Triton (the calls of concurrent predictions merged: TRITON_MAX_CALLS_IN_FLIGHT)",
+    "Rows per request to Triton (the calls of concurrent predictions merged: TRITON_MERGE_MIN_IN_FLIGHT)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     registry=REGISTRY,
 )
@@ -169,6 +169,14 @@ def observe_shadow(champion: np.ndarray, challenger: np.ndarray, threshold: floa
 OVERLOADED_BODY = b'{"detail":"overloaded: too many requests in flight, retry shortly"}'
 
 
+class RequestsInFlight:
+    """The prediction requests this worker is processing: counted by PredictionTrafficMiddleware, read by
+    the Triton batcher (bff.batching), which merges calls only while the worker is that busy."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class PredictionTrafficMiddleware:
     """Counts and times prediction requests, and answers 503 + Retry-After past ``max_in_flight``.
 
@@ -176,17 +184,17 @@ class PredictionTrafficMiddleware:
     letting a queue build up behind a saturated Triton. Plain ASGI: no per-request task overhead.
     """
 
-    def __init__(self, app, max_in_flight: int):
+    def __init__(self, app, max_in_flight: int, in_flight: RequestsInFlight):
         self.app = app
         self.max_in_flight = max_in_flight
-        self.in_flight = 0
+        self.in_flight = in_flight
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path")
         if scope["type"] != "http" or path not in ROUTE_STATUSES:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.max_in_flight:
+        if self.in_flight.count >= self.max_in_flight:
             REQUESTS.labels(path, "503").inc()
             await send(
                 {
@@ -205,13 +213,13 @@ class PredictionTrafficMiddleware:
                 status = str(message["status"])
             await send(message)
 
-        self.in_flight += 1
+        self.in_flight.count += 1
         IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.in_flight -= 1
+            self.in_flight.count -= 1
             IN_FLIGHT.dec()
             DURATION.labels(path).observe(time.perf_counter() - started)
             REQUESTS.labels(path, status).inc()

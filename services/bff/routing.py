@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bff.batching import TritonBatcher
-from bff.metrics import SHADOW_SKIPPED, observe_call, observe_shadow, track_routing
+from bff.metrics import SHADOW_SKIPPED, RequestsInFlight, observe_call, observe_shadow, track_routing
 from mlops_common.errors import DependencyUnavailableError, InferenceError
 from mlops_common.rollout import SHADOW_ID_SUFFIX, Role, RolloutMode, Routing, routing_key
 from mlops_common.triton_client import TritonPredictor, check_probabilities
@@ -49,11 +49,14 @@ class Router:
         refresh_s: float,
         shadow_max_pending: int,
         max_rows: int,
-        max_calls_in_flight: int,
+        merge_min_in_flight: int,
+        requests_in_flight: RequestsInFlight,
     ):
-        """``max_rows`` and ``max_calls_in_flight``: how calls are merged into Triton requests (bff.batching)."""
+        """The last three: how calls are merged into Triton requests (bff.batching.TritonBatcher)."""
         self.triton = triton
-        self._batcher = TritonBatcher(triton, max_rows=max_rows, max_calls=max_calls_in_flight)
+        self._batcher = TritonBatcher(
+            triton, max_rows=max_rows, merge_min_in_flight=merge_min_in_flight, requests_in_flight=requests_in_flight
+        )
         self.refresh_s = refresh_s
         self.shadow_max_pending = shadow_max_pending
         self.routing: Routing | None = None

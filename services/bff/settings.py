@@ -46,12 +46,14 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Requests in flight beyond this get 503 + Retry-After instead of queueing up.
     max_in_flight: int = Field(128, ge=1)
     triton_timeout_s: float = Field(2.0, gt=0)
-    # Triton requests under way per model version and worker; the calls of requests that come meanwhile wait
-    # for one to answer and then go as one request (bff.batching), up to MAX_BATCH_SIZE rows. 0: every call
-    # its own request. benchmarks/serving/call_merging.py (run of 14:23, one worker, req/s ÷ 0): 1 merges the
-    # most (1.21 at concurrency 8, 1.19 at 16) but costs at 4 (0.83: calls wait on Triton while the worker
-    # has nothing else to do); 4 costs little at 4 or below (0.97) and gains less (1.03 at 8, 1.08 at 16).
-    triton_max_calls_in_flight: int = Field(4, ge=0)
+    # From this many prediction requests in flight in a worker, its calls of a model version go to Triton one
+    # request at a time: the calls that come while one is under way wait for its answer and go together as the
+    # next request (bff.batching), up to MAX_BATCH_SIZE rows. Below it every call goes at once. 0: never merge.
+    # benchmarks/serving/call_merging.py, run of 15:31, one worker, /predict req/s ÷ never merging, at
+    # concurrency 1 / 4 / 8 / 16: 5: 1.04 / 1.02 / 1.18 / 1.20; 1 (merge whenever a call is under way) and 4
+    # merge as much at 8 and 16 but cost at 4 (0.86, 0.79: the waiting calls leave the worker idle); 6 and 8
+    # merge less at 8 (1.02, 0.97).
+    triton_merge_min_in_flight: int = Field(5, ge=0)
     # How often the routing (champion, challenger, rollout policy) is re-read from the Triton model's
     # config; model sync keeps retired versions loaded longer than this (its ROUTING_GRACE_S).
     routing_refresh_s: float = Field(1.0, gt=0)

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from bff.app import Platform, create_app
 from bff.errors import EntityNotFoundError
 from bff.health import DependencyProbe
+from bff.metrics import RequestsInFlight
 from bff.routing import Router
 from bff.schemas import (
     FEATURES_EXAMPLE,
@@ -99,7 +100,14 @@ class Fakes:
         self.settings = settings
         self.triton = FakeTriton()
         self.app = create_app(settings)
-        router = Router(self.triton, refresh_s=1.0, shadow_max_pending=4, max_rows=256, max_calls_in_flight=0)  # type: ignore[arg-type]
+        router = Router(
+            self.triton,
+            refresh_s=1.0,
+            shadow_max_pending=4,
+            max_rows=256,
+            merge_min_in_flight=0,
+            requests_in_flight=RequestsInFlight(),
+        )  # type: ignore[arg-type]
         online = FakeOnlineStore()
         dependencies = DependencyProbe(self.triton, online, interval_s=1.0)  # type: ignore[arg-type]
         platform = Platform(settings, self.triton, router, online, None, dependencies)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bff.app import Platform, create_app
-from bff.metrics import REGISTRY
+from bff.metrics import REGISTRY, RequestsInFlight
 from bff.routing import Router
 from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
@@ -61,7 +61,14 @@ class Logged:
 @pytest.fixture
 def serving():
     triton = VersionedTriton()
-    router = Router(triton, refresh_s=60, shadow_max_pending=8, max_rows=256, max_calls_in_flight=0)  # type: ignore[arg-type]
+    router = Router(
+        triton,
+        refresh_s=60,
+        shadow_max_pending=8,
+        max_rows=256,
+        merge_min_in_flight=0,
+        requests_in_flight=RequestsInFlight(),
+    )  # type: ignore[arg-type]
     logs = Logged()
     settings = Settings()
     app = create_app(settings)

@@ -19,6 +19,7 @@ from tcp_proxy import TcpProxy
 
 from bff.batching import TritonBatcher
 from bff.errors import EntityNotFoundError
+from bff.metrics import RequestsInFlight
 from bff.online_features import OnlineFeatures
 from bff.schemas import FEATURES_EXAMPLE
 from bff.settings import Settings
@@ -121,7 +122,7 @@ def test_batch_is_one_call_in_input_order(serving, champion_onnx, trained_platfo
 
 
 async def test_concurrent_predictions_each_get_their_own_answer(serving, champion_onnx):
-    # 64 different bodies at once: however a worker merges their Triton calls (TRITON_MAX_CALLS_IN_FLIGHT),
+    # 64 different bodies at once: however a worker merges their Triton calls (TRITON_MERGE_MIN_IN_FLIGHT),
     # every answer must be its own body's.
     bodies = [{**FEATURES_EXAMPLE, "AMT_CREDIT": 100_000.0 + 7_919.0 * k, "DAYS_EMPLOYED": -30 * k} for k in range(64)]
     want = expected(champion_onnx, [[body[n] for n in FEATURE_NAMES] for body in bodies])
@@ -136,12 +137,19 @@ async def test_concurrent_predictions_each_get_their_own_answer(serving, champio
 async def test_calls_waiting_for_a_triton_request_go_as_one_request_and_get_their_own_rows(
     serving, champion_onnx, triton_server
 ):
-    # The real Triton behind a proxy that holds the first request until every other call waits: with one
-    # request under way at most, the 63 calls that came meanwhile must go as exactly one request.
+    # The real Triton behind a proxy that holds the first request until every other call waits: in a busy
+    # worker (64 requests in flight), the 63 calls that came meanwhile must go as exactly one request.
     host, port = serving.env["TRITON_HTTP_URL"].rsplit(":", 1)
     proxy = TcpProxy(host, int(port)).start()
     model = serving.env["TRITON_MODEL_NAME"]
-    batcher = TritonBatcher(TritonPredictor(f"127.0.0.1:{proxy.port}", model, 10.0), max_rows=256, max_calls=1)
+    busy = RequestsInFlight()
+    busy.count = 64
+    batcher = TritonBatcher(
+        TritonPredictor(f"127.0.0.1:{proxy.port}", model, 10.0),
+        max_rows=256,
+        merge_min_in_flight=6,
+        requests_in_flight=busy,
+    )
     rows = np.tile(np.array([[FEATURES_EXAMPLE[n] for n in FEATURE_NAMES]], dtype=np.float32), (64, 1))
     rows[:, FEATURE_NAMES.index("AMT_CREDIT")] += 7_919.0 * np.arange(64)
     requests_before = triton_counter(triton_server, "nv_inference_request_success", model)

@@ -1,5 +1,6 @@
-"""Concurrent Triton calls merged into one request (bff.batching), with a fake Triton that holds its answers
-until told: pure logic, no server. Each call gets its own rows' answers in order, whatever it shared."""
+"""Concurrent Triton calls merged into one request while the worker is busy (bff.batching), with a fake Triton
+that holds its answers until told: pure logic, no server. Each call gets its own rows' answers in order,
+whatever it shared."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import numpy as np
 
 from bff.batching import TritonBatcher
+from bff.metrics import RequestsInFlight
 from mlops_common.errors import DependencyUnavailableError
 
 
@@ -27,6 +29,13 @@ class HeldTriton:
         return features[:, 0].copy(), version or "1"
 
 
+def batcher_for(triton: HeldTriton, *, in_flight: int, merge_from: int = 6, max_rows: int = 256) -> TritonBatcher:
+    """A batcher in a worker with ``in_flight`` requests, merging from ``merge_from``."""
+    requests = RequestsInFlight()
+    requests.count = in_flight
+    return TritonBatcher(triton, max_rows=max_rows, merge_min_in_flight=merge_from, requests_in_flight=requests)  # type: ignore[arg-type]
+
+
 def rows(*firsts: float) -> np.ndarray:
     matrix = np.zeros((len(firsts), 10), dtype=np.float32)
     matrix[:, 0] = firsts
@@ -42,9 +51,9 @@ async def calls(batcher: TritonBatcher, *matrices: np.ndarray, version: str = "1
     return tasks
 
 
-async def test_calls_beyond_the_limit_wait_and_then_share_one_request_each_getting_its_own_rows():
+async def test_in_a_busy_worker_calls_wait_for_the_request_under_way_and_then_share_one_each_with_its_rows():
     triton = HeldTriton()
-    batcher = TritonBatcher(triton, max_rows=256, max_calls=1)  # type: ignore[arg-type]
+    batcher = batcher_for(triton, in_flight=6)
     tasks = await calls(batcher, rows(1), rows(2, 3), rows(4))
     assert triton.requests == [("1", 1, "r0")]  # the others wait for it
     triton.release.set()
@@ -54,18 +63,18 @@ async def test_calls_beyond_the_limit_wait_and_then_share_one_request_each_getti
     assert all(version == "1" for _, version in answers)
 
 
-async def test_a_lone_call_is_sent_at_once_and_under_the_limit_no_call_waits():
+async def test_in_a_worker_with_fewer_requests_than_the_threshold_no_call_waits():
     triton = HeldTriton()
-    batcher = TritonBatcher(triton, max_rows=256, max_calls=4)  # type: ignore[arg-type]
+    batcher = batcher_for(triton, in_flight=5)
     tasks = await calls(batcher, rows(1), rows(2), rows(3), rows(4))
     assert [n for _, n, _ in triton.requests] == [1, 1, 1, 1]
     triton.release.set()
     assert [a[0].tolist() for a in await asyncio.gather(*tasks)] == [[1.0], [2.0], [3.0], [4.0]]
 
 
-async def test_zero_means_every_call_is_its_own_request():
+async def test_zero_means_every_call_is_its_own_request_however_busy():
     triton = HeldTriton()
-    batcher = TritonBatcher(triton, max_rows=256, max_calls=0)  # type: ignore[arg-type]
+    batcher = batcher_for(triton, in_flight=100, merge_from=0)
     tasks = await calls(batcher, *(rows(k) for k in range(20)))
     assert len(triton.requests) == 20
     triton.release.set()
@@ -74,7 +83,7 @@ async def test_zero_means_every_call_is_its_own_request():
 
 async def test_a_merged_request_never_exceeds_max_rows():
     triton = HeldTriton()
-    batcher = TritonBatcher(triton, max_rows=4, max_calls=1)  # type: ignore[arg-type]
+    batcher = batcher_for(triton, in_flight=6, max_rows=4)
     tasks = await calls(batcher, rows(0), rows(1, 2), rows(3, 4), rows(5), rows(6, 7, 8, 9))
     triton.release.set()
     answers = await asyncio.gather(*tasks)
@@ -85,7 +94,7 @@ async def test_a_merged_request_never_exceeds_max_rows():
 
 async def test_versions_are_never_merged():
     triton = HeldTriton()
-    batcher = TritonBatcher(triton, max_rows=256, max_calls=1)  # type: ignore[arg-type]
+    batcher = batcher_for(triton, in_flight=6)
     first = await calls(batcher, rows(1), rows(2), version="4")
     second = await calls(batcher, rows(3), rows(4), version="5")
     triton.release.set()
@@ -96,7 +105,7 @@ async def test_versions_are_never_merged():
 
 async def test_a_failed_merged_request_fails_each_of_its_calls_with_the_error():
     triton = HeldTriton()
-    batcher = TritonBatcher(triton, max_rows=256, max_calls=1)  # type: ignore[arg-type]
+    batcher = batcher_for(triton, in_flight=6)
     triton.failure = DependencyUnavailableError("triton: HTTP 503")
     tasks = await calls(batcher, rows(1), rows(2), rows(3))
     triton.release.set()
@@ -107,7 +116,7 @@ async def test_a_failed_merged_request_fails_each_of_its_calls_with_the_error():
 
 async def test_a_call_that_gave_up_while_waiting_is_not_sent_and_the_others_are_answered():
     triton = HeldTriton()
-    batcher = TritonBatcher(triton, max_rows=256, max_calls=1)  # type: ignore[arg-type]
+    batcher = batcher_for(triton, in_flight=6)
     tasks = await calls(batcher, rows(1), rows(2), rows(3, 4))
     tasks[1].cancel()  # its request's budget ran out, say
     await asyncio.sleep(0)
@@ -116,3 +125,30 @@ async def test_a_call_that_gave_up_while_waiting_is_not_sent_and_the_others_are_
     assert isinstance(results[1], asyncio.CancelledError)
     assert triton.requests == [("1", 1, "r0"), ("1", 2, "r2")]
     assert results[2][0].tolist() == [3.0, 4.0]
+
+
+class AnswersTheFirstRequestAtOnce(HeldTriton):
+    """The first request is answered as soon as it comes, the later ones once ``release`` is set."""
+
+    async def predict(self, features: np.ndarray, *, version: str = "", request_id: str = ""):
+        if self.requests:
+            return await super().predict(features, version=version, request_id=request_id)
+        self.requests.append((version, len(features), request_id))
+        await asyncio.sleep(0.01)  # the others come meanwhile
+        return features[:, 0].copy(), version or "1"
+
+
+async def test_calls_that_waited_while_the_worker_was_busy_all_go_at_once_when_it_no_longer_is():
+    triton = AnswersTheFirstRequestAtOnce()
+    requests = RequestsInFlight()
+    requests.count = 8
+    batcher = TritonBatcher(triton, max_rows=1, merge_min_in_flight=6, requests_in_flight=requests)  # type: ignore[arg-type]
+    tasks = await calls(batcher, rows(1), rows(2), rows(3))
+    assert len(triton.requests) == 1  # busy: the other two wait, in groups of one row (max_rows)
+    requests.count = 2
+    await tasks[0]
+    await asyncio.sleep(0)
+    # Not busy any more: both waiting groups went on the first answer, not one after the other's answer.
+    assert [n for _, n, _ in triton.requests] == [1, 1, 1]
+    triton.release.set()
+    assert [a[0].tolist() for a in await asyncio.gather(*tasks)] == [[1.0], [2.0], [3.0]]
