@@ -169,7 +169,7 @@ async def test_calls_waiting_for_a_triton_request_go_as_one_request_and_get_thei
         proxy.close()
         await batcher.triton.close()
     np.testing.assert_allclose(np.concatenate([p for p, _ in answers]), expected(champion_onnx, rows), atol=1e-6)
-    assert {version for _, version in answers} == {"1"}
+    assert len({version for _, version in answers}) == 1  # one request answered them all
     assert triton_counter(triton_server, "nv_inference_request_success", model) - requests_before == 2
 
 
