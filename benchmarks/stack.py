@@ -76,6 +76,17 @@ def machine_summary() -> dict[str, str]:
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": sys.version.split()[0], "loadavg": load_average()}
 
 
+def run_facts(command: str, took_s: float, load_at_start: str) -> list[str]:
+    """A report's Date, Command and Machine lines, for a run that started a platform of its own."""
+    machine = machine_summary()
+    return [
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- Command: `{command}` ({took_s:.0f} s, platform start included)",
+        f"- Machine: {machine['nproc']} CPUs (shared), {machine['cpu']}, Python {machine['python']}; load average "
+        f"before: {load_at_start}, after: {machine['loadavg']}",
+    ]
+
+
 def load_average() -> str:
     """1/5/15-minute load averages: other work on the shared machine shows up here."""
     one, five, fifteen = os.getloadavg()

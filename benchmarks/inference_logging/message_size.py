@@ -43,8 +43,8 @@ from benchmarks.stack import (
     command_line,
     feature_bodies,
     load_average,
-    machine_summary,
     rabbitmq_pid,
+    run_facts,
     work_dir,
     write_report,
 )
@@ -201,14 +201,10 @@ def section(comparison: Comparison, phases: list[Phase], rounds: int, duration_s
 def report(
     sections: list[list[str]], rounds: int, duration_s: float, took_s: float, command: str, load_at_start: str
 ) -> str:
-    machine = machine_summary()
     lines = [
         "# Records per inference-log message: what logging costs each process",
         "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- Command: `{command}` ({took_s:.0f} s, platform start included)",
-        f"- Machine: {machine['nproc']} CPUs (shared), {machine['cpu']}, Python {machine['python']}; load average "
-        f"before: {load_at_start}, after: {load_average()}",
+        *run_facts(command, took_s, load_at_start),
         "- Two BFFs with inference logging on (one worker each) per comparison, identical but for the setting; "
         "the log worker writing to the table, RabbitMQ and SeaweedFS, everything on the same cores. CPU: user + "
         "system (psutil) over each phase and the pause after it, in which the log worker writes what the phase "

@@ -34,7 +34,7 @@ from benchmarks.stack import (
     command_line,
     feature_bodies,
     load_average,
-    machine_summary,
+    run_facts,
     work_dir,
     write_report,
 )
@@ -113,15 +113,11 @@ def _pooled(phases: list[Phase]) -> dict[str, float]:
 
 
 def report(phases: list[Phase], rounds: int, duration_s: float, took_s: float, command: str, load_at_start: str) -> str:
-    machine = machine_summary()
     values = list(dict.fromkeys(p.value for p in phases))
     lines = [
         "# Merging concurrent Triton calls in the BFF",
         "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- Command: `{command}` ({took_s:.0f} s, platform start included)",
-        f"- Machine: {machine['nproc']} CPUs (shared), {machine['cpu']}, Python {machine['python']}; load average "
-        f"before: {load_at_start}, after: {load_average()}",
+        *run_facts(command, took_s, load_at_start),
         f"- BFFs identical but for `{SETTING}` ({', '.join(values)}; {BEFORE}: every call its own Triton request; 1: "
         "calls wait whenever one of their version is under way), "
         "one worker each, inference logging on, the log worker writing to the table; the same Triton (Python "
