@@ -4,10 +4,11 @@
 Triton's dynamic batcher merges requests too, but only after each has paid for its own HTTP request, its
 own parse in Triton and, with the Python backend, its own trip to the backend's process: per row, that
 costs more than the model itself. Here the merge happens before the wire, with no timer. While the worker
-has at least ``merge_min_in_flight`` prediction requests in flight, a version has one Triton request under
-way at a time: the calls that come meanwhile wait for its answer and then go together as the next request,
-of up to ``max_rows`` rows. Below that, every call goes at once: a worker with few requests would only idle
-while calls wait (a merge is worth it when the worker has other requests to work on meanwhile).
+has at least ``merge_min_in_flight`` prediction requests in flight, a call of a version that has a Triton
+request under way waits; once none is under way, the calls that waited go together (requests of up to
+``max_rows`` rows), so a busy worker has one request per version under way at a time. Below that, every
+call goes at once: a worker with few requests would only idle while calls wait (a merge is worth it when
+the worker has other requests to work on meanwhile).
 """
 
 from __future__ import annotations
