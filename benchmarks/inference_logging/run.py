@@ -3,18 +3,19 @@
     .venv/bin/python benchmarks/inference_logging/run.py --out benchmarks/results/inference_logging.md
 
 Two BFFs run side by side on the same Triton, identical except ``INFERENCE_LOGGING_ENABLED``; only one
-gets traffic at a time. Phases alternate on/off in an ABBA order (on, off, off, on, on, off, ...) so
-slow drift of the shared machine hits both equally, with a pause between phases long enough for the
-log worker to flush the previous phase (its batch age is 5 s). Target: logging costs <= 5 % of p99
-latency and of throughput.
+gets traffic at a time, from wrk. Both are warmed up first (a process's first seconds of load cost more
+than the rest: the order would charge that to the first mode). Phases alternate on/off in an ABBA order
+(on, off, off, on, on, off, ...) so slow drift of the shared machine hits both equally, with a pause
+between phases long enough for the log worker to flush the previous phase (its batch age is 5 s).
+Target: logging costs <= 5 % of p99 latency and of throughput.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import logging
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.stack import (
     ROOT,
     BenchPlatform,
@@ -35,20 +35,24 @@ from benchmarks.stack import (
     work_dir,
     write_report,
 )
+from benchmarks.wrk import WrkResult, run_wrk
 
 log = logging.getLogger("benchmarks.inference_logging")
 
 
-def pooled(results: list[LoadResult]) -> LoadResult:
-    latencies = tuple(x for r in results for x in r.latencies_ms)
-    return LoadResult(
+def pooled(results: list[WrkResult]) -> WrkResult:
+    """The phases of one mode as one load: requests over their summed time; each percentile the median of
+    the phases' (wrk reports percentiles, not the latencies)."""
+    return WrkResult(
         label=results[0].label,
         concurrency=results[0].concurrency,
         rows_per_request=1,
         requests=sum(r.requests for r in results),
         errors=sum(r.errors for r in results),
         elapsed_s=sum(r.elapsed_s for r in results),
-        latencies_ms=latencies,
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p95_ms=statistics.median(r.p95_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
     )
 
 
@@ -59,7 +63,7 @@ PROCESSES = ("BFF", "log worker", "RabbitMQ", "SeaweedFS (S3)", "Triton")
 @dataclass(frozen=True)
 class Phase:
     logging_on: bool
-    result: LoadResult
+    result: WrkResult
     # CPU seconds of each process (PROCESSES) from the phase's start to the next phase's start: the load
     # and the pause after it, in which the log worker writes what the phase logged.
     cpu_s: dict[str, float]
@@ -68,13 +72,14 @@ class Phase:
         return self.cpu_s[process] / self.result.requests * 1e6 if self.result.requests else float("nan")
 
 
-async def alternate(
+def alternate(
     urls: dict[bool, str],
     pids: dict[str, int | None],
     rounds: int,
     concurrency: int,
     duration_s: float,
     settle_s: float,
+    warmup_s: float = 5.0,
 ) -> list[Phase]:
     """``pids``: "BFF on", "BFF off" and the shared processes of PROCESSES."""
     bodies = feature_bodies(1000)
@@ -84,17 +89,19 @@ async def alternate(
         bff = pids["BFF on" if logging_on else "BFF off"]
         return {name: cpu_seconds(bff if name == "BFF" else pids[name]) for name in PROCESSES}
 
+    if warmup_s > 0:
+        for url in urls.values():
+            run_wrk(f"{url}/predict", bodies, concurrency=concurrency, duration_s=warmup_s, warmup_s=0)
     phases: list[Phase] = []
-    await asyncio.sleep(settle_s)
+    time.sleep(settle_s)
     for logging_on in order:
         started = cpu_now(logging_on)
-        result = await run_load(
+        result = run_wrk(
             f"{urls[logging_on]}/predict",
-            lambda i: bodies[i % len(bodies)],
+            bodies,
             concurrency=concurrency,
-            max_requests=100_000,
             duration_s=duration_s,
-            warmup_requests=50,
+            warmup_s=0,
             label="on" if logging_on else "off",
         )
         log.info(
@@ -104,7 +111,7 @@ async def alternate(
             result.p50_ms,
             result.p99_ms,
         )
-        await asyncio.sleep(settle_s)
+        time.sleep(settle_s)
         ended = cpu_now(logging_on)
         phases.append(Phase(logging_on, result, {name: ended[name] - started[name] for name in PROCESSES}))
     return phases
@@ -146,9 +153,9 @@ def report(
         f"{load_at_start}; after measuring: {machine['loadavg']}.",
         f"- Model: Triton `{platform.model_name}` v{platform.model_version} (Python backend), champion trained in this "
         "run on synthetic data",
-        f"- Load: `/predict` with all features in the body, closed loop, concurrency {concurrency}, "
-        f"{len(phases)} phases of {duration_s:.0f} s alternating on/off in ABBA order; figures pooled over the "
-        "phases of each mode",
+        f"- Load: wrk (`-t1`, closed loop), `/predict` with all features in the body, concurrency {concurrency}, "
+        f"each BFF warmed up first, then {len(phases)} phases of {duration_s:.0f} s alternating on/off in ABBA "
+        "order; per mode, requests/s over the phases' summed time and each percentile the median of the phases'",
         "",
         "## Result",
         "",
@@ -234,15 +241,8 @@ def main() -> int:
             "SeaweedFS (S3)": platform.s3_pid,
             "Triton": platform.triton.daemon.pid(),
         }
-        phases = asyncio.run(
-            alternate(
-                {True: bff_on.url, False: bff_off.url},
-                pids,
-                args.rounds,
-                args.concurrency,
-                args.duration,
-                args.settle,
-            )
+        phases = alternate(
+            {True: bff_on.url, False: bff_off.url}, pids, args.rounds, args.concurrency, args.duration, args.settle
         )
         took = time.monotonic() - started
         enqueued = platform.metric(bff_on.metrics_url, 'bff_inference_log_records_total{outcome="enqueued"}')

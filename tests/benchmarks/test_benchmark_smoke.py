@@ -3,7 +3,6 @@ them all), so that `benchmarks/serving/` (`run.py`, `call_merging.py`), `benchma
 (`run.py`, `message_size.py`, `table.py`) do not rot between their full runs (`make bench`). No timing is
 asserted: each part must measure something, without errors, and its report (section) must be written from it."""
 
-import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -121,7 +120,7 @@ def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(ser
     urls = dict.fromkeys((True, False), serving.bff_url)
     pids = dict.fromkeys(logging_cost.PROCESSES) | dict.fromkeys(("BFF on", "BFF off"), serving.bff.pid())
     pids["Triton"] = triton_server.daemon.pid()
-    phases = asyncio.run(logging_cost.alternate(urls, pids, rounds=2, concurrency=2, duration_s=0.5, settle_s=0))
+    phases = logging_cost.alternate(urls, pids, rounds=2, concurrency=2, duration_s=SECONDS, settle_s=0, warmup_s=0)
     assert [phase.logging_on for phase in phases] == [True, False, False, True]
     assert all(p.result.requests > 0 and p.result.errors == 0 for p in phases), phases
     assert all(p.cpu_s["BFF"] > 0 and p.cpu_s["Triton"] > 0 and p.cpu_s["log worker"] == 0 for p in phases), phases
@@ -129,7 +128,7 @@ def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(ser
     assert pooled.requests == sum(p.result.requests for p in phases if p.logging_on)
     platform = SimpleNamespace(model_name=serving.env["TRITON_MODEL_NAME"], model_version=1)
     delivered = dict.fromkeys(("enqueued", "confirmed", "spooled", "dropped", "written"), 0.0)
-    text = logging_cost.report("smoke", platform, phases, 2, 0.5, delivered, 0.0, "")
+    text = logging_cost.report("smoke", platform, phases, 2, SECONDS, delivered, 0.0, "")
     cpu_rows = [line for line in text.splitlines() if line.startswith(("| BFF |", "| Triton |", "| all of them |"))]
     assert len(cpu_rows) == 3, text
 
