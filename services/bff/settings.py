@@ -73,9 +73,9 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # which cost CPU to write and to replay). 50,000: 256-row batches at ~66,000 rows/s outran 10,000 while the
     # broker's confirms lagged, with messages of 500 records (11.8 % spooled in the run of 12:26 of
     # benchmarks/inference_logging/message_size.py), rarely with 2,000 (0.1 %, its run of 12:47). Memory per
-    # worker, with generated request ids: under 20 MiB of such batches, under 50 MiB of single predictions
-    # (blocks of one row; tests/bff/test_inference_log_publisher.py holds a record under 400 bytes and 1 KiB);
-    # Kafka's producer buffers 32 MiB.
+    # worker, with generated request ids: under 20 MiB, of batches or of single predictions
+    # (tests/bff/test_inference_log_publisher.py holds a record in the buffer under 400 bytes); Kafka's
+    # producer buffers 32 MiB.
     log_buffer_size: int = Field(50_000, ge=1)
     log_spool_dir: str = "/tmp/bff-log-spool"
     # Inference-log publishing (bff.inference_log): records per AMQP message (one block of columns), messages

@@ -26,7 +26,7 @@ import re
 import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import chain, groupby
+from itertools import groupby
 from typing import Annotated, Literal
 
 import msgspec
@@ -167,31 +167,72 @@ def log_block(
     )
 
 
+def open_block(block: WireBlock) -> WireBlock:
+    """A copy of ``block`` that later blocks of the same model and schema can be added to (``extend_block``):
+    its own lists, growable byte arrays. The rows' lists of store features are shared tuples, one per
+    distinct list."""
+    return WireBlock(
+        schema_version=block.schema_version,
+        model_name=block.model_name,
+        request_ids=list(block.request_ids),
+        timestamps=bytearray(block.timestamps),
+        latencies_ms=bytearray(block.latencies_ms),
+        features=bytearray(block.features),
+        probabilities=bytearray(block.probabilities),
+        model_versions=list(block.model_versions),
+        decisions=list(block.decisions),
+        roles=list(block.roles),
+        entity_ids=list(block.entity_ids),
+        store_features=[_shared_names(names) for names in block.store_features],
+    )
+
+
+def extend_block(target: WireBlock, block: WireBlock) -> None:
+    """Add ``block``'s rows to ``target`` (from ``open_block``; same model and schema). What ``target`` gains
+    are strings, numbers, bytes and shared tuples: no new object the garbage collector tracks, so rows that
+    wait in it do not make the collector run more often than without them."""
+    target.request_ids += block.request_ids
+    target.timestamps += block.timestamps
+    target.latencies_ms += block.latencies_ms
+    target.features += block.features
+    target.probabilities += block.probabilities
+    target.model_versions += block.model_versions
+    target.decisions += block.decisions
+    target.roles += block.roles
+    target.entity_ids += block.entity_ids
+    target.store_features += map(_shared_names, block.store_features)
+
+
+# Rows name subsets of the feature contract's names: a few distinct lists, each kept once.
+_SHARED_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_SHARED_NAMES_MAX = 2**N_FEATURES
+
+
+def _shared_names(names: Sequence[str]) -> Sequence[str]:
+    if not names:
+        return ()
+    key = tuple(names)
+    shared = _SHARED_NAMES.get(key)
+    if shared is None:
+        if len(_SHARED_NAMES) >= _SHARED_NAMES_MAX:
+            return key
+        shared = _SHARED_NAMES[key] = key
+    return shared
+
+
 def merge_blocks(blocks: Sequence[WireBlock]) -> list[WireBlock]:
     """Consecutive blocks of the same model and schema as one block each: a message of single
     predictions is one block of many rows, read by the worker as cheaply as a batch."""
     merged = []
-    for (schema_version, model_name), run in groupby(blocks, key=lambda b: (b.schema_version, b.model_name)):
-        group = list(run)
-        if len(group) == 1:
-            merged.append(group[0])
+    for _, run in groupby(blocks, key=lambda b: (b.schema_version, b.model_name)):
+        first, *rest = run
+        if not rest:
+            merged.append(first)
             continue
-        merged.append(
-            WireBlock(
-                schema_version=schema_version,
-                model_name=model_name,
-                request_ids=list(chain.from_iterable(b.request_ids for b in group)),
-                timestamps=b"".join(b.timestamps for b in group),
-                latencies_ms=b"".join(b.latencies_ms for b in group),
-                features=b"".join(b.features for b in group),
-                probabilities=b"".join(b.probabilities for b in group),
-                model_versions=list(chain.from_iterable(b.model_versions for b in group)),
-                decisions=list(chain.from_iterable(b.decisions for b in group)),
-                roles=list(chain.from_iterable(b.roles for b in group)),
-                entity_ids=list(chain.from_iterable(b.entity_ids for b in group)),
-                store_features=list(chain.from_iterable(b.store_features for b in group)),
-            )
-        )
+        target = open_block(first)
+        for block in rest:
+            extend_block(target, block)
+        merged.append(target)
     return merged
 
 

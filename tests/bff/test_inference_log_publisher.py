@@ -5,6 +5,7 @@ drains the spool to a reachable broker and counts what it could not send, and th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ from mlops_common.features import FEATURE_NAMES, MAX_ENTITY_ID
 from mlops_common.inference_log import InferenceLogRecord, encode_message
 from mlops_common.inference_log_wire import (
     BLOCKS_CONTENT_TYPE,
+    WireBlock,
     block_lines,
     encode_blocks_message,
     log_block,
@@ -75,12 +77,16 @@ def settings(spool_dir: Path, *, url: str | None = None, **overrides) -> Setting
     return Settings(**{**values, **overrides})
 
 
-def spooled_ids(spool_dir: Path) -> list[str]:
+def spooled_lines(spool_dir: Path) -> list[bytes]:
     spool = Spool.open_slot(spool_dir)
     try:
-        return [InferenceLogRecord.from_json_bytes(p).request_id for p in spool.read(1_000_000).payloads]
+        return spool.read(1_000_000).payloads
     finally:
         spool.close()
+
+
+def spooled_ids(spool_dir: Path) -> list[str]:
+    return [InferenceLogRecord.from_json_bytes(line).request_id for line in spooled_lines(spool_dir)]
 
 
 async def wait_for(predicate: Callable[[], bool], what: str, within: float = 20.0) -> None:
@@ -384,34 +390,68 @@ async def test_fresh_records_are_published_before_the_spool_backlog(tmp_path, ra
     ]
 
 
-def test_the_buffer_holds_a_record_in_under_a_kibibyte():
-    """LOG_BUFFER_SIZE's memory, as its comment states it: under 1 KiB a record in blocks of one row (single
-    predictions), under 400 bytes in blocks of 256 rows, with the request ids the BFF generates (a client's
-    X-Request-ID may be longer)."""
-    for rows, blocks, limit in ((1, 5000, 1024), (256, 20, 400)):
+def request_block(rows: int, model_name: str = "credit_default") -> WireBlock:
+    """A request's block as the BFF builds it, with the request ids it generates."""
+    request_id = str(uuid.uuid4())
+    return log_block(
+        request_ids=[f"{request_id}-{i}" for i in range(rows)] if rows > 1 else [request_id],
+        timestamp=datetime.now(UTC),
+        entity_ids=[None] * rows,
+        features=np.ones((rows, len(FEATURE_NAMES)), dtype=np.float32),
+        store_features=[[] for _ in range(rows)],
+        model_name=model_name,
+        model_versions=["1"] * rows,
+        probabilities=np.full(rows, 0.5, dtype=np.float32),
+        decisions=np.where(np.full(rows, 0.5) >= 0.5, "reject", "approve").tolist(),
+        latency_ms=1.0,
+        roles=[Role.CHAMPION] * rows,
+    )
+
+
+def test_the_buffer_holds_a_record_in_under_400_bytes(tmp_path):
+    """LOG_BUFFER_SIZE's memory, as its comment states it: under 400 bytes a record, whether the records come
+    as blocks of one row (single predictions) or of 256."""
+    for rows, blocks in ((1, 5000), (256, 20)):
+        publisher = InferenceLogPublisher(settings(tmp_path))
         tracemalloc.start()
         try:
-            held = [
-                log_block(
-                    request_ids=[f"{uuid.uuid4()}-{i}" for i in range(rows)],
-                    timestamp=datetime.now(UTC),
-                    entity_ids=[None] * rows,
-                    features=np.ones((rows, len(FEATURE_NAMES)), dtype=np.float32),
-                    store_features=[[] for _ in range(rows)],
-                    model_name="credit_default",
-                    model_versions=["1"] * rows,
-                    probabilities=np.full(rows, 0.5, dtype=np.float32),
-                    decisions=["approve"] * rows,
-                    latency_ms=1.0,
-                    roles=[Role.CHAMPION] * rows,
-                )
-                for _ in range(blocks)
-            ]
+            for _ in range(blocks):
+                publisher.submit_block(request_block(rows))
             per_record = tracemalloc.get_traced_memory()[0] / (rows * blocks)
         finally:
             tracemalloc.stop()
-        assert len(held) == blocks
-        assert per_record < limit, (rows, per_record)
+        assert publisher.buffered == rows * blocks
+        assert per_record < 400, (rows, per_record)
+
+
+def test_what_waits_in_the_buffer_is_no_object_per_request_for_the_garbage_collector(tmp_path):
+    # Objects the collector tracks, kept past their request, make it run every few hundred of them and walk
+    # them all each time, while requests wait: the buffer keeps a few open blocks, not one per request.
+    publisher = InferenceLogPublisher(settings(tmp_path, log_message_max_records=500))
+    gc.collect()
+    gc.disable()
+    try:
+        tracked_before = len(gc.get_objects())
+        for i in range(2000):
+            publisher.submit_block(request_block(1, model_name="credit_default" if i % 1000 else "other"))
+        tracked = len(gc.get_objects()) - tracked_before
+    finally:
+        gc.enable()
+    assert publisher.buffered == 2000
+    assert tracked < 100, tracked
+
+
+async def test_the_buffer_keeps_the_order_and_the_values_of_the_records_it_gathers(tmp_path):
+    """Blocks of one model gather into one up to a message's size; another model, or a block of a message's size
+    or more, starts the next. Spooled (broker down), the records come out as submitted."""
+    publisher = InferenceLogPublisher(settings(tmp_path, log_message_max_records=4))
+    blocks = [request_block(1), request_block(2), request_block(1, "other"), request_block(3), request_block(5)]
+    for block in blocks:
+        publisher.submit_block(block)
+    assert [b.rows for b in publisher._buffer] == [3, 1, 3, 5]
+    await publisher.start()
+    await publisher.close(timeout=0.5)
+    assert spooled_lines(tmp_path) == [line for block in blocks for line in block_lines(block)]
 
 
 @pytest.mark.integration
