@@ -2,6 +2,7 @@
 flush and exit). Exits with status 2 if the table exists with other columns than this version writes."""
 
 import asyncio
+import gc
 import signal
 import sys
 
@@ -18,6 +19,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
+    # What start-up allocated (the Arrow, Delta and pydantic modules) lives as long as the process: out of
+    # the collector's sight, so that its passes while consuming walk only what messages allocate.
+    gc.collect()
+    gc.freeze()
     await worker.run()
 
 

@@ -179,15 +179,32 @@ def parse_blocks(body: bytes) -> ParsedMessage:
     """A message of blocks: read column by column when every record is valid (the usual message); a
     block that does not decode, or whose columns disagree, is rejected whole (as a message of its own);
     otherwise the model validates each record, and says what is wrong."""
+    try:
+        blocks, rejects = _decoded_blocks(body)
+    except msgspec.DecodeError as err:
+        reason = f"not a msgpack array of inference-log blocks: {err}"[:_MAX_REASON_CHARS]
+        return _rejected(Reject(body, reason, "invalid", BLOCKS_CONTENT_TYPE))
+    if not rejects and not any(block.rows for block in blocks):
+        return _rejected(Reject(body, "empty message", "invalid", BLOCKS_CONTENT_TYPE))
+    rows = blocks_to_table(blocks)
+    if rows is not None:
+        # The decoded blocks are not kept while the batch waits (objects per row, which the garbage collector
+        # would walk at every pass): the lines, wanted only to dead-letter a row the table refused, are read
+        # from the body again.
+        return ParsedMessage(rows, list(range(rows.num_rows)), rejects, lambda: _lines_of(_decoded_blocks(body)[0]))
+    parsed = parse_lines_with_model(_lines_of(blocks))
+    parsed.rejects[:0] = rejects
+    return parsed
+
+
+def _decoded_blocks(body: bytes) -> tuple[list[WireBlock], list[Reject]]:
+    """The message's blocks whose columns describe the same rows, and each other block rejected as a message
+    of its own. Raises ``msgspec.DecodeError`` if the body is not a msgpack array."""
     rejects: list[Reject] = []
     try:
         decoded = decode_blocks(body)
     except msgspec.DecodeError:
-        try:
-            decoded, bad = split_blocks(body)
-        except msgspec.DecodeError as err:
-            reason = f"not a msgpack array of inference-log blocks: {err}"[:_MAX_REASON_CHARS]
-            return _rejected(Reject(body, reason, "invalid", BLOCKS_CONTENT_TYPE))
+        decoded, bad = split_blocks(body)
         rejects += [Reject(block, reason[:_MAX_REASON_CHARS], "invalid", BLOCKS_CONTENT_TYPE) for block, reason in bad]
     blocks = []
     for block in decoded:
@@ -198,14 +215,7 @@ def parse_blocks(body: bytes) -> ParsedMessage:
             )
         else:
             blocks.append(block)
-    if not rejects and not any(block.rows for block in blocks):
-        return _rejected(Reject(body, "empty message", "invalid", BLOCKS_CONTENT_TYPE))
-    rows = blocks_to_table(blocks)
-    if rows is not None:
-        return ParsedMessage(rows, list(range(rows.num_rows)), rejects, lambda: _lines_of(blocks))
-    parsed = parse_lines_with_model(_lines_of(blocks))
-    parsed.rejects[:0] = rejects
-    return parsed
+    return blocks, rejects
 
 
 def _lines_of(blocks: list[WireBlock]) -> list[bytes]:

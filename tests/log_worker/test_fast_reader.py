@@ -5,6 +5,7 @@ model decides, and names the bad record)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
@@ -91,6 +92,22 @@ def test_the_bffs_blocks_are_read_fast_into_the_models_rows():
     parsed = parse_message(encode_blocks_message([merged]), BLOCKS_CONTENT_TYPE)
     assert same_rows(parsed.rows, rows)
     assert (parsed.row_lines, parsed.rejects, parsed.lines) == (list(range(67)), [], lines)
+
+
+def test_a_parsed_message_of_blocks_keeps_no_object_per_record_for_the_garbage_collector():
+    # The worker holds a batch's parsed messages until the batch is written (up to BATCH_MAX_RECORDS records):
+    # objects the collector tracks, kept that long, would be walked by each of its passes.
+    body = encode_blocks_message([bff_block(2000)])
+    gc.collect()
+    gc.disable()
+    try:
+        tracked_before = len(gc.get_objects())
+        parsed = parse_message(body, BLOCKS_CONTENT_TYPE)
+        tracked = len(gc.get_objects()) - tracked_before
+    finally:
+        gc.enable()
+    assert parsed.rows.num_rows == 2000
+    assert tracked < 200, tracked
 
 
 def test_the_records_of_a_block_are_the_records_the_model_would_write():
