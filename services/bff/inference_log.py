@@ -10,8 +10,8 @@ garbage collector tracks and counts, which, kept for the linger, made it run eve
 each pass walking all of them while requests wait.
 
 Background task: publishes the buffer as persistent, ``mandatory`` messages of up to
-``log_message_max_records`` records each (a larger block alone), the blocks of a message joined into
-one and encoded once, several in flight, and waits for the broker's confirms. What is not confirmed
+``log_message_max_records`` records each (a larger block alone), each message's blocks (one per model,
+as its rows were gathered) encoded once, several in flight, and waits for the broker's confirms. What is not confirmed
 in time (broker down, slow, refusing, message unroutable) goes to the spool (``bff.spool``, a JSON
 line per record, replayed as messages of JSON lines) and the task reconnects with backoff; while the
 broker is unreachable it moves every new record from the buffer to the spool. Once connected, it
@@ -68,7 +68,6 @@ from mlops_common.inference_log_wire import (
     encode_blocks_message,
     extend_block,
     log_block,
-    merge_blocks,
     open_block,
 )
 from mlops_common.rabbit import InferenceLogTopology, connect, declare_topology
@@ -562,7 +561,7 @@ class InferenceLogPublisher:
         messages, bodies = [], []
         for message in self._take_fresh():
             try:
-                bodies.append(encode_blocks_message(merge_blocks(message)))
+                bodies.append(encode_blocks_message(message))
             except Exception:
                 # A value the request path handed over that msgpack cannot hold (a bug, not an outage):
                 # the message's records go to the spool (or are counted dropped if JSON cannot hold them

@@ -6,8 +6,8 @@ Two message forms travel on the inference-log queue:
 - **Blocks** (``BLOCKS_CONTENT_TYPE``, what the BFF publishes): a msgpack array of ``WireBlock`` structs,
   each holding many records column by column: the feature matrix, probabilities, times and latencies as
   raw little-endian arrays, the strings as lists. The request path makes one block of its rows without
-  encoding anything (``log_block``); the publisher joins the blocks waiting for a message into one
-  (``merge_blocks``) and encodes that once.
+  encoding anything (``log_block``); the publisher adds each to the one block its next message gathers
+  (``open_block``, ``extend_block``) and encodes the message once.
 - **JSON lines** (``mlops_common.inference_log.MESSAGE_CONTENT_TYPE``): one ``InferenceLogRecord`` per
   line, ``WireRecord`` here. What the BFF's spool replays (the spool keeps records, so its accounting is
   per record), what the dead-letter queue holds and replays, and what tests and tools write by hand.
@@ -170,7 +170,8 @@ def log_block(
 def open_block(block: WireBlock) -> WireBlock:
     """A copy of ``block`` that later blocks of the same model and schema can be added to (``extend_block``):
     its own lists, growable byte arrays. The rows' lists of store features are shared tuples, one per
-    distinct list."""
+    distinct list. (Byte arrays and tuples where the fields say bytes and lists: msgpack encodes them alike,
+    and a decoded block has bytes and lists.)"""
     return WireBlock(
         schema_version=block.schema_version,
         model_name=block.model_name,
@@ -221,8 +222,9 @@ def _shared_names(names: Sequence[str]) -> Sequence[str]:
 
 
 def merge_blocks(blocks: Sequence[WireBlock]) -> list[WireBlock]:
-    """Consecutive blocks of the same model and schema as one block each: a message of single
-    predictions is one block of many rows, read by the worker as cheaply as a batch."""
+    """Consecutive blocks of the same model and schema as one block each, at once: what the publisher's
+    buffer makes of them as they come (``open_block``, ``extend_block``). A message of single predictions is
+    one block of many rows, read by the worker as cheaply as a batch."""
     merged = []
     for _, run in groupby(blocks, key=lambda b: (b.schema_version, b.model_name)):
         first, *rest = run
