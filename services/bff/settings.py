@@ -72,7 +72,7 @@ class Settings(FeastSettings, TritonSettings, RabbitSettings, GroundTruthStoreSe
     # Records waiting in memory for the publisher, of every request; past it they go to the spool (JSON lines,
     # which cost CPU to write and to replay). 50,000: 256-row batches at ~66,000 rows/s outran 10,000 while the
     # broker's confirms lagged, with messages of 500 records (11.8 % spooled in the run of 12:26 of
-    # benchmarks/inference_logging/message_size.py), rarely with 2,000 (0.1 %, its run of 12:47). Memory per
+    # benchmarks/inference_logging/message_size.py), rarely with 2,000 (0.3 %, its run of 18:00). Memory per
     # worker, with generated request ids: under 20 MiB, of batches or of single predictions
     # (tests/bff/test_inference_log_publisher.py holds a record in the buffer under 400 bytes); Kafka's
     # producer buffers 32 MiB.
