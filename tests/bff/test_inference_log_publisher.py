@@ -402,6 +402,7 @@ def request_block(rows: int, model_name: str = "credit_default") -> WireBlock:
         model_name=model_name,
         model_versions=["1"] * rows,
         probabilities=np.full(rows, 0.5, dtype=np.float32),
+        # A string per row, as the BFF's decide(...).tolist() makes them.
         decisions=np.where(np.full(rows, 0.5) >= 0.5, "reject", "approve").tolist(),
         latency_ms=1.0,
         roles=[Role.CHAMPION] * rows,
