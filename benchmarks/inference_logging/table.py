@@ -11,7 +11,8 @@
    merged again (a redelivery: it must insert 0 rows) and DuckDB reads every request id. The same is
    then done, in a second fresh table, with the MERGE as it was before, which compared each batch
    with the whole day's partition instead of the rows of its own time range. Last, writes of 1,000,
-   5,000 and 20,000 rows taking turns: the cost of one write by its size.
+   5,000 and 20,000 rows taking turns, each written into two fresh tables, one with deltalake's default encoding
+   and one with the table's own (``TABLE_WRITER_PROPERTIES``): the cost of one write by its size and encoding.
 2. End-to-end lag: ``/predict`` on the platform's BFF (logging on) at a fixed concurrency for
    ``--duration`` s, the real log worker with its default settings writing the table. Each answer's
    ``request_id`` and arrival time are kept; a thread polls the table with DuckDB (``delta_scan``)
@@ -27,6 +28,7 @@ import datetime as dt
 import json
 import logging
 import random
+import resource
 import statistics
 import sys
 import threading
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -60,6 +63,7 @@ from mlops_common.delta import delta_storage_options, merge_new_rows
 from mlops_common.duckdb_s3 import connect_duckdb
 from mlops_common.inference_log import (
     PARTITION_COLUMNS,
+    TABLE_WRITER_PROPERTIES,
     InferenceLogRecord,
     InferenceLogStoreSettings,
     open_inference_log_table,
@@ -221,43 +225,107 @@ def measure_writes(
     return WriteResult(stretches, compaction_s, compaction, settings.table_retention_days)
 
 
+# The data files' encoding: deltalake's defaults (before) and the table's own (now).
+ENCODINGS = {
+    "dictionaries up to 1 MiB (before)": None,
+    "dictionaries up to 8 KiB (now)": TABLE_WRITER_PROPERTIES,
+}
+
+
+@dataclass(frozen=True)
+class SizedWrite:
+    rows: int
+    encoding: str
+    seconds: float
+    cpu_s: float  # this process' user + system time: deltalake's Rust threads do the work
+
+
 def measure_batch_sizes(
     settings: LogWorkerSettings, model_name: str, model_version: str, sizes: tuple[int, ...], repeats: int
-) -> dict[int, list[float]]:
-    """Seconds per ``write_inference_log_rows`` of batches of each size, the sizes taking turns, into a
-    fresh table (the cost of one write: what ``BATCH_BACKLOG_MAX_RECORDS`` trades on)."""
-    table = open_inference_log_table(settings)
+) -> tuple[list[SizedWrite], dict[str, float]]:
+    """``write_inference_log_rows``' MERGE of batches of each size into a fresh table per encoding, the sizes and
+    encodings taking turns (the cost of one write: what ``BATCH_BACKLOG_MAX_RECORDS`` trades on); and the bytes
+    per row of each table's data files at the end."""
+    options = delta_storage_options(settings)
+    tables = {}
+    for i, encoding in enumerate(ENCODINGS):
+        encoding_settings = settings.model_copy(update={"logs_prefix": f"{settings.logs_prefix}-{i}"})
+        tables[encoding] = (encoding_settings.inference_log_table_uri, open_inference_log_table(encoding_settings))
     rng = random.Random(6)
     bodies = feature_bodies(max(sizes))
     midnight = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    seconds: dict[int, list[float]] = {size: [] for size in sizes}
+    writes = []
     for k in range(repeats * len(sizes)):
         size = sizes[k % len(sizes)]
         batch = synthetic_batch(bodies[:size], rng, model_name, model_version, midnight + dt.timedelta(minutes=k))
-        started = time.perf_counter()
-        write_inference_log_rows(settings, batch, table=table)
-        seconds[size].append(time.perf_counter() - started)
-    return seconds
+        for encoding in ENCODINGS if k % 2 == 0 else reversed(ENCODINGS):
+            uri, table = tables[encoding]
+            cpu_before, started = process_cpu_s(), time.perf_counter()
+            merge_new_rows(
+                uri,
+                batch,
+                key="request_id",
+                partition_by=PARTITION_COLUMNS,
+                options=options,
+                time_column="timestamp",
+                table=table,
+                writer_properties=ENCODINGS[encoding],
+            )
+            writes.append(SizedWrite(size, encoding, time.perf_counter() - started, process_cpu_s() - cpu_before))
+    bytes_per_row = {}
+    for encoding, (uri, _) in tables.items():
+        files = pa.table(DeltaTable(uri, storage_options=options).get_add_actions(flatten=True))
+        bytes_per_row[encoding] = pc.sum(files["size_bytes"]).as_py() / pc.sum(files["num_records"]).as_py()
+    return writes, bytes_per_row
 
 
-def batch_size_section(seconds: dict[int, list[float]]) -> list[str]:
-    smallest = min(seconds)
-    base = statistics.median(seconds[smallest])
-    return [
-        "**Cost of one write by its size** (`write_inference_log_rows` into a fresh table, the sizes taking "
-        f"turns, {len(next(iter(seconds.values())))} writes each; medians): under load the log worker writes "
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def batch_size_section(writes: list[SizedWrite], bytes_per_row: dict[str, float]) -> list[str]:
+    sizes = sorted({w.rows for w in writes})
+    repeats = len(writes) // (len(sizes) * len(ENCODINGS))
+
+    def median(size: int, encoding: str, attribute: str) -> float:
+        return statistics.median(getattr(w, attribute) for w in writes if w.rows == size and w.encoding == encoding)
+
+    before, now = ENCODINGS
+    lines = [
+        "**Cost of one write by its size and encoding** (the log worker's MERGE into a fresh table per encoding, "
+        f"the sizes and encodings taking turns, {repeats} writes of each; medians): under load the log worker writes "
         "`BATCH_MAX_RECORDS` rows at a time (20,000; 5,000 before), and everything waiting, up to "
-        "`BATCH_BACKLOG_MAX_RECORDS`, when it is behind.",
+        "`BATCH_BACKLOG_MAX_RECORDS`, when it is behind. CPU: this process' user + system time over the write "
+        "(deltalake's Rust threads). The table's writer gives up a column's dictionary once it passes 8 KiB "
+        "(`TABLE_WRITER_PROPERTIES`); before, deltalake's default kept it up to 1 MiB, so a column of distinct "
+        "values (request ids, times, probabilities, most features) was dictionary-encoded whole. The synthetic "
+        "bodies are one example's ten features scaled by 0.5-1.5 and rounded to integers (four of them span "
+        "under 1,000 values) and each batch has one timestamp: small dictionaries, so the bytes per row below "
+        "favour them more than traffic of distinct times and continuous features would.",
         "",
-        "| rows per write | ms per write | µs per row | ÷ the smallest write |",
-        "|---:|---:|---:|---:|",
-        *(
-            f"| {size:,} | {statistics.median(s) * 1000:.0f} | {statistics.median(s) / size * 1e6:.1f} "
-            f"| {statistics.median(s) / base:.2f} |"
-            for size, s in seconds.items()
-        ),
+        "| rows per write | encoding | ms per write | CPU ms per write | CPU µs per row | ÷ the smallest write (ms) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for encoding in ENCODINGS:
+        base = median(sizes[0], encoding, "seconds")
+        for size in sizes:
+            ms, cpu_ms = median(size, encoding, "seconds") * 1000, median(size, encoding, "cpu_s") * 1000
+            lines.append(
+                f"| {size:,} | {encoding} | {ms:.0f} | {cpu_ms:.0f} | {cpu_ms / size * 1000:.1f} | "
+                f"{ms / 1000 / base:.2f} |"
+            )
+    largest = sizes[-1]
+    lines += [
+        "",
+        f"Now ÷ before at {largest:,} rows: CPU per write "
+        f"{median(largest, now, 'cpu_s') / median(largest, before, 'cpu_s'):.2f}, time per write "
+        f"{median(largest, now, 'seconds') / median(largest, before, 'seconds'):.2f}; bytes per row of the data "
+        f"files: {bytes_per_row[now]:.0f} now, {bytes_per_row[before]:.0f} before "
+        f"({bytes_per_row[now] / bytes_per_row[before]:.2f}).",
         "",
     ]
+    return lines
 
 
 # -- 2. end-to-end lag -----------------------------------------------------------------------------
@@ -556,7 +624,7 @@ def report(
         "day; readers: DuckDB `delta_scan` (extension from its wheel)",
         "",
         *write_section(writes, args.batch_rows, args.rows_per_s),
-        *batch_size_section(sizes),
+        *batch_size_section(*sizes),
         *lag_section(lag, worker_settings, args.concurrency),
         "## Caveats",
         "",
@@ -628,7 +696,7 @@ def main() -> int:
             )
             for i, (name, merge) in enumerate(MERGES.items())
         }
-        sizes = measure_batch_sizes(
+        sizes, bytes_per_row = measure_batch_sizes(
             settings_from(LogWorkerSettings, {**platform.env, "LOGS_PREFIX": f"{WRITE_PREFIX}-sizes"}),
             platform.model_name,
             str(platform.model_version),
@@ -645,7 +713,9 @@ def main() -> int:
             worker_settings.batch_max_age_s,
         )
         took = time.monotonic() - started
-        text = report(command, platform, writes, sizes, lag, args, worker_settings, took, load_at_start, load_mid)
+        text = report(
+            command, platform, writes, (sizes, bytes_per_row), lag, args, worker_settings, took, load_at_start, load_mid
+        )
     write_report(args.out, text)
     return 0 if lag.exactly_once else 1
 

@@ -21,11 +21,12 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from deltalake import DeltaTable
+from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import TableNotFoundError
 
 from log_worker.settings import Settings
 from mlops_common.delta import MERGE_ATTEMPTS, delta_storage_options, retry_lost_commits
+from mlops_common.inference_log import TABLE_WRITER_PROPERTIES
 
 _MIN_SAFE_RETENTION_DAYS = 1.0
 
@@ -45,14 +46,19 @@ class MaintenanceReport:
         )
 
 
-def maintain_table(uri: str, options: dict[str, str], retention_days: float) -> MaintenanceReport | None:
-    """Compact, checkpoint and vacuum one table; None if there is no table at ``uri`` yet."""
+def maintain_table(
+    uri: str, options: dict[str, str], retention_days: float, writer_properties: WriterProperties | None = None
+) -> MaintenanceReport | None:
+    """Compact, checkpoint and vacuum one table; None if there is no table at ``uri`` yet. The compacted
+    files are encoded by ``writer_properties``, as the table's writer encodes its own."""
     try:
         table = DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
         return None
     files_before = len(table.file_uris())
-    retry_lost_commits(uri, options, lambda fresh: fresh.optimize.compact(), MERGE_ATTEMPTS)
+    retry_lost_commits(
+        uri, options, lambda fresh: fresh.optimize.compact(writer_properties=writer_properties), MERGE_ATTEMPTS
+    )
     table = DeltaTable(uri, storage_options=options)
     table.create_checkpoint()
     vacuumed = table.vacuum(retention_hours=int(retention_days * 24), dry_run=False, enforce_retention_duration=False)
@@ -85,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             "of a merge in flight; stop every writer and add --unsafe-retention"
         )
     options = delta_storage_options(settings)
-    for uri in (settings.inference_log_table_uri, settings.ground_truth_table_uri):
-        report = maintain_table(uri, options, retention)
+    tables = ((settings.inference_log_table_uri, TABLE_WRITER_PROPERTIES), (settings.ground_truth_table_uri, None))
+    for uri, writer_properties in tables:
+        report = maintain_table(uri, options, retention, writer_properties)
         print(report if report is not None else f"{uri}: no table yet")
     return 0
 

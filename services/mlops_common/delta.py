@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, Field
+from deltalake import DeltaTable, Field, WriterProperties
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from mlops_common.settings import S3Settings
@@ -128,9 +128,11 @@ def merge_new_rows(
     time_column: str | None = None,
     attempts: int = MERGE_ATTEMPTS,
     table: DeltaTable | None = None,
+    writer_properties: WriterProperties | None = None,
 ) -> int:
     """Insert the rows of ``batch`` the table does not hold yet; return how many. A row is held when
-    one has its ``key`` (and, with ``time_column``, the same time).
+    one has its ``key`` (and, with ``time_column``, the same time). ``writer_properties``: how the new
+    data files are encoded (deltalake's defaults without).
 
     Exactly once per key (and time) within a partition, whoever else writes: the MERGE is pinned to
     the partitions that occur in the batch (IN-lists built from its own values, so none is missed),
@@ -152,7 +154,8 @@ def merge_new_rows(
     predicate = " AND ".join([*conditions, *(f"t.{column} = s.{column}" for column in keys)])
 
     def insert_new(table: DeltaTable) -> dict[str, Any]:
-        return table.merge(batch, predicate, source_alias="s", target_alias="t").when_not_matched_insert_all().execute()
+        merger = table.merge(batch, predicate, source_alias="s", target_alias="t", writer_properties=writer_properties)
+        return merger.when_not_matched_insert_all().execute()
 
     return int(retry_lost_commits(uri, options, insert_new, attempts, table)["num_target_rows_inserted"])
 

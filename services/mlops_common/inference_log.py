@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+from deltalake import WriterProperties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlops_common.delta import delta_storage_options, merge_new_rows, open_table
@@ -151,6 +152,11 @@ TABLE_SCHEMA = pa.schema(
 )
 assert len(set(TABLE_SCHEMA.names)) == len(TABLE_SCHEMA.names), "a feature name collides with a record column"
 PARTITION_COLUMNS = ("model_name", "model_version", "date")
+# A column's dictionary is given up once it passes 8 KiB (deltalake's default: 1 MiB). A column of few values
+# (names, versions, decisions, the day) keeps it; one of distinct values (request ids, times, probabilities, most
+# features) is encoded plain after its first few hundred values, where a dictionary only costs the merge CPU.
+# Both sides, CPU per write and bytes per row: ``benchmarks/inference_logging/table.py``.
+TABLE_WRITER_PROPERTIES = WriterProperties(dictionary_page_size_limit=8 * 1024)
 
 
 def records_to_table(records: Sequence[InferenceLogRecord]) -> pa.Table:
@@ -197,6 +203,7 @@ def write_inference_log_rows(
         options=delta_storage_options(settings, timeout_s=timeout_s),
         time_column="timestamp",
         table=table,
+        writer_properties=TABLE_WRITER_PROPERTIES,
     )
 
 

@@ -170,11 +170,17 @@ def test_table_write_throughput_merges_compacts_and_reads_back(serving, s3_serve
     section = "\n".join(table.write_section(results, batch_rows=50, rows_per_s=5.0))
     assert "## 1. Table write throughput" in section
     assert all(f"**{name}**" in section for name in table.MERGES)
-    sizes = table.measure_batch_sizes(
+    writes, bytes_per_row = table.measure_batch_sizes(
         settings.model_copy(update={"logs_prefix": "smoke-sizes"}), "smoke_model", "1", (10, 40), repeats=2
     )
-    assert [len(seconds) for seconds in sizes.values()] == [2, 2]
-    assert "| 40 |" in "\n".join(table.batch_size_section(sizes))
+    assert sorted((w.rows, w.encoding) for w in writes) == sorted(
+        (rows, encoding) for rows in (10, 40) for encoding in table.ENCODINGS for _ in range(2)
+    )
+    assert bytes_per_row.keys() == table.ENCODINGS.keys()
+    assert all(size > 0 for size in bytes_per_row.values())
+    sizes_section = "\n".join(table.batch_size_section(writes, bytes_per_row))
+    assert "| 40 | dictionaries up to 8 KiB (now) |" in sizes_section
+    assert "Now ÷ before at 40 rows: CPU per write" in sizes_section
 
 
 def test_batch_scoring_benchmark_measures_the_job_and_perf_analyzer_and_reports(
