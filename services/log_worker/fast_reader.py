@@ -12,6 +12,7 @@ validates its records with the model, which gives each bad record its reason.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -82,6 +83,11 @@ def _lengths_within(values: pa.StringArray, low: int, high: int) -> bool:
     return low <= bounds["min"].as_py() and bounds["max"].as_py() <= high
 
 
+def _joined(blocks: Sequence[WireBlock], name: str) -> list[Any]:
+    """A per-row list column of the blocks, one after the other."""
+    return list(itertools.chain.from_iterable(getattr(block, name) for block in blocks))
+
+
 def _column(blocks: Sequence[WireBlock], name: str, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(b"".join(getattr(block, name) for block in blocks), dtype)
 
@@ -92,10 +98,10 @@ def blocks_to_table(blocks: Sequence[WireBlock]) -> pa.Table | None:
     rows (``WireBlock.shape_error`` is None)."""
     if not blocks or not (total := sum(block.rows for block in blocks)):
         return None
-    request_ids = pa.array([rid for block in blocks for rid in block.request_ids], pa.string())
-    decisions = pa.array([decision for block in blocks for decision in block.decisions], pa.string())
-    versions = [version for block in blocks for version in block.model_versions]
-    store_features = [names for block in blocks for names in block.store_features]
+    request_ids = pa.array(_joined(blocks, "request_ids"), pa.string())
+    decisions = pa.array(_joined(blocks, "decisions"), pa.string())
+    versions = _joined(blocks, "model_versions")
+    store_features = _joined(blocks, "store_features")
     times = _column(blocks, "timestamps", TIME_DTYPE)
     latencies = _column(blocks, "latencies_ms", VALUE_DTYPE)
     probabilities = _column(blocks, "probabilities", VALUE_DTYPE)
@@ -117,7 +123,7 @@ def blocks_to_table(blocks: Sequence[WireBlock]) -> pa.Table | None:
         "schema_version": np.array([block.schema_version for block in blocks], np.int16)[of_block],
         "request_id": request_ids,
         "timestamp": timestamps,
-        "entity_id": [entity for block in blocks for entity in block.entity_ids],
+        "entity_id": _joined(blocks, "entity_ids"),
         "model_name": pa.array([block.model_name for block in blocks], pa.string()).take(of_block),
         "model_version": versions,
         # NaN is a feature without a value (null), as in the JSON lines.
@@ -129,7 +135,8 @@ def blocks_to_table(blocks: Sequence[WireBlock]) -> pa.Table | None:
         "probability": probabilities,
         "decision": decisions,
         "latency_ms": latencies,
-        "role": [role.value for block in blocks for role in block.roles],
+        # A Role is a str: Arrow takes it as its value.
+        "role": _joined(blocks, "roles"),
         "date": timestamps.cast(pa.date32()).cast(pa.string()),
     }
     try:
