@@ -216,7 +216,7 @@ def measure_writes(
     for mark in sorted({m for m in (10, 50) if m < commits} | {commits}):
         stretches.append(stretch(f"{done + 1}-{mark}", mark - done))
     started = time.perf_counter()
-    compaction = maintain_table(uri, options, settings.table_retention_days)
+    compaction = maintain_table(uri, options, settings.table_retention_days, TABLE_WRITER_PROPERTIES)
     compaction_s = time.perf_counter() - started
     assert compaction is not None
     log.info("compaction in %.1f s: %s", compaction_s, compaction)
