@@ -21,6 +21,12 @@ def test_first_per_key_of_several_columns():
     assert kept.to_pydict() == {"id": ["x", "x", "y"], "at": [1, 2, 1], "copy": [1, 1, 1]}
 
 
+def test_first_per_key_takes_nulls_for_one_key():
+    batch = pa.table({"id": [None, "a", None], "copy": [1, 1, 2]})
+    assert first_per_key(batch, "id").to_pydict() == {"id": [None, "a"], "copy": [1, 1]}
+    assert first_per_key(batch, ["id", "copy"]).num_rows == 3
+
+
 def test_storage_options_for_a_local_gateway_and_for_aws():
     local = S3Settings(
         s3_endpoint_url="http://127.0.0.1:8333", aws_access_key_id="key", aws_secret_access_key=SecretStr("secret")
