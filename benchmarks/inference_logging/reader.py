@@ -32,10 +32,12 @@ from mlops_common.features import FEATURE_NAMES
 from mlops_common.inference_log import MESSAGE_CONTENT_TYPE, encode_message
 from mlops_common.inference_log_wire import (
     BLOCKS_CONTENT_TYPE,
+    WireBlock,
     encode_blocks_message,
+    extend_block,
     log_block,
-    merge_blocks,
     message_lines,
+    open_block,
 )
 from mlops_common.rollout import Role
 
@@ -43,29 +45,33 @@ SIZES = (1, 50, 256, 500)
 
 
 def bff_message(n: int, seed: int = 11) -> bytes:
-    """A message of ``n`` records as the BFF publishes them: single predictions' blocks, joined."""
+    """A message of ``n`` records as the BFF publishes them: single predictions' blocks, gathered into one as
+    the publisher's buffer gathers them."""
     rng = np.random.default_rng(seed)
-    blocks = []
+    message: WireBlock | None = None
     for i in range(n):
         matrix = rng.normal(size=(1, len(FEATURE_NAMES))).astype(np.float32)
         matrix[rng.random(matrix.shape) < 0.1] = np.nan
         stored = i % 4 == 0
-        blocks.append(
-            log_block(
-                request_ids=[rng.bytes(16).hex()],
-                timestamp=datetime.now(UTC),
-                entity_ids=[100000 + i if stored else None],
-                features=matrix,
-                store_features=[list(FEATURE_NAMES[5:]) if stored else []],
-                model_name="credit_default",
-                model_versions=["3"],
-                probabilities=rng.random(1).astype(np.float32),
-                decisions=["approve" if rng.random() < 0.5 else "review"],
-                latency_ms=float(rng.uniform(1, 5)),
-                roles=[Role.CHAMPION],
-            )
+        block = log_block(
+            request_ids=[rng.bytes(16).hex()],
+            timestamp=datetime.now(UTC),
+            entity_ids=[100000 + i if stored else None],
+            features=matrix,
+            store_features=[list(FEATURE_NAMES[5:]) if stored else []],
+            model_name="credit_default",
+            model_versions=["3"],
+            probabilities=rng.random(1).astype(np.float32),
+            decisions=["approve" if rng.random() < 0.5 else "review"],
+            latency_ms=float(rng.uniform(1, 5)),
+            roles=[Role.CHAMPION],
         )
-    return encode_blocks_message(merge_blocks(blocks))
+        if message is None:
+            message = open_block(block)
+        else:
+            extend_block(message, block)
+    assert message is not None
+    return encode_blocks_message([message])
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ import re
 import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import groupby
 from typing import Annotated, Literal
 
 import msgspec
@@ -219,23 +218,6 @@ def _shared_names(names: Sequence[str]) -> Sequence[str]:
             return key
         shared = _SHARED_NAMES[key] = key
     return shared
-
-
-def merge_blocks(blocks: Sequence[WireBlock]) -> list[WireBlock]:
-    """Consecutive blocks of the same model and schema as one block each, at once: what the publisher's
-    buffer makes of them as they come (``open_block``, ``extend_block``). A message of single predictions is
-    one block of many rows, read by the worker as cheaply as a batch."""
-    merged = []
-    for _, run in groupby(blocks, key=lambda b: (b.schema_version, b.model_name)):
-        first, *rest = run
-        if not rest:
-            merged.append(first)
-            continue
-        target = open_block(first)
-        for block in rest:
-            extend_block(target, block)
-        merged.append(target)
-    return merged
 
 
 def encode_blocks_message(blocks: Sequence[WireBlock]) -> bytes:

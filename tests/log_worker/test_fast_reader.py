@@ -29,8 +29,9 @@ from mlops_common.inference_log_wire import (
     block_lines,
     decode_blocks,
     encode_blocks_message,
+    extend_block,
     log_block,
-    merge_blocks,
+    open_block,
 )
 from mlops_common.rollout import Role
 
@@ -86,8 +87,10 @@ def test_the_bffs_blocks_are_read_fast_into_the_models_rows():
     assert same_rows(rows, model_rows(lines))
     assert same_rows(rows, lines_to_table(lines))
     assert set(rows["date"].to_pylist()) == {"2026-05-04"}
-    # As published: the blocks waiting for a message joined into one.
-    [merged] = merge_blocks(blocks)
+    # As published: the blocks waiting for a message gathered into one, as the publisher's buffer does.
+    merged = open_block(blocks[0])
+    for block in blocks[1:]:
+        extend_block(merged, block)
     assert block_lines(merged) == lines
     parsed = parse_message(encode_blocks_message([merged]), BLOCKS_CONTENT_TYPE)
     assert same_rows(parsed.rows, rows)
