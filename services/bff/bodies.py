@@ -2,22 +2,25 @@
 
 Three batch forms reach the same columns: a JSON array of /predict objects, pandas' "split" orientation
 (``{"columns": [...], "data": [[...], ...]}``) and the KServe v2 / Open Inference Protocol JSON body (one
-input tensor per feature). A valid body of the usual kind is converted column by column with orjson and
-numpy, never through a pydantic model per row. Anything the fast path does not recognise as valid goes
-through the pydantic models (``bff.schemas``) instead, so that the 422 lists every invalid field with its
-path exactly as FastAPI would (and a valid body the fast path declined still gets the same columns).
+input tensor per feature). A valid body of the usual kind is converted column by column with numpy, never
+through a pydantic model per row: a list of objects is decoded by msgspec straight into structs whose types,
+bounds and names it checks in C (no dict per object), the columnar forms are read with orjson. Anything the
+fast path does not recognise as valid goes through the pydantic models (``bff.schemas``) instead, so that the
+422 lists every invalid field with its path exactly as FastAPI would (and a valid body the fast path declined
+still gets the same columns).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
-from typing import Any
+from operator import attrgetter
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import orjson
 from fastapi.exceptions import RequestValidationError
@@ -28,10 +31,28 @@ from mlops_common.features import ENTITY_KEY, FEATURE_DTYPE, FEATURE_NAMES, MAX_
 
 N_FEATURES = len(FEATURE_NAMES)
 MISSING_FEATURE_MESSAGE = f"Field required when {ENTITY_KEY} is not given (null if the value is unknown)"
-_FIELDS = frozenset((*FEATURE_NAMES, ENTITY_KEY))
-_NUMBER_TYPES = {int, float, type(None)}
-# An object's features in FEATURE_NAMES' order, in C: KeyError when one is not in it.
-_FEATURE_VALUES = itemgetter(*FEATURE_NAMES)
+# A plainly valid /predict object, as the fast path decodes it: what the models accept without converting
+# (numbers within float32's range, or null; an integer id in range), no other field. A feature the object
+# leaves out reads as infinity, which no JSON number within those bounds can be. Not tracked by the garbage
+# collector: numbers only, so no cycle.
+_LEFT_OUT = math.inf
+_PlainObject = msgspec.defstruct(
+    "_PlainObject",
+    [
+        (ENTITY_KEY, Annotated[int, msgspec.Meta(ge=0, le=MAX_ENTITY_ID)] | None, None),
+        *(
+            (name, Annotated[float, msgspec.Meta(ge=-FLOAT32_MAX, le=FLOAT32_MAX)] | None, _LEFT_OUT)
+            for name in FEATURE_NAMES
+        ),
+    ],
+    forbid_unknown_fields=True,
+    gc=False,
+)
+_PLAIN_OBJECT = msgspec.json.Decoder(_PlainObject)
+_PLAIN_OBJECTS = msgspec.json.Decoder(list[_PlainObject])
+# An object's features in FEATURE_NAMES' order, and its id, in C.
+_FEATURE_VALUES = attrgetter(*FEATURE_NAMES)
+_ENTITY_ID = attrgetter(ENTITY_KEY)
 _OBJECTS = TypeAdapter(list[PredictRequest])
 _OBJECT = TypeAdapter(PredictRequest)
 _SPLIT = TypeAdapter(SplitBatch)
@@ -71,18 +92,24 @@ class BatchTooLarge(Exception):
 
 def parse_single(body: bytes) -> Rows:
     """The body of /predict: one object."""
-    value, plain = _load(body)
-    if plain and type(value) is dict:
-        rows = _objects_fast([value])
-        if rows is not None:
-            return rows
-    return _objects_validated([value], batch=False)
+    item = _plain(_PLAIN_OBJECT, body)
+    rows = None if item is None else _objects_fast([item])
+    if rows is not None:
+        return rows
+    return _objects_validated([_load(body)], batch=False)
 
 
 def parse_batch(body: bytes, max_rows: int) -> Rows:
     """The body of /predict/batch in any of its forms; BatchTooLarge past ``max_rows``, checked before
     the rows are validated."""
-    value, plain = _load(body)
+    items = _plain(_PLAIN_OBJECTS, body)
+    if items:
+        if len(items) > max_rows:
+            raise BatchTooLarge(len(items))
+        rows = _objects_fast(items)
+        if rows is not None:
+            return rows
+    value = _load(body)
     if isinstance(value, dict) and "columns" in value:
         return _split(value, max_rows)
     if isinstance(value, dict) and "inputs" in value:
@@ -92,25 +119,30 @@ def parse_batch(body: bytes, max_rows: int) -> Rows:
             raise RequestValidationError([_error("too_short", [], "batch is empty", [])])
         if len(value) > max_rows:
             raise BatchTooLarge(len(value))
-        rows = _objects_fast(value) if plain else None
-        if rows is not None:
-            return rows
     return _objects_validated(value, batch=True)
 
 
 # -- parsing -----------------------------------------------------------------------------------------
-def _load(body: bytes) -> tuple[Any, bool]:
-    """The body's JSON, and whether it is plain JSON (orjson read it: no NaN or Infinity in it)."""
+def _plain(decoder: msgspec.json.Decoder, body: bytes) -> Any:
+    """The body decoded by one of the fast path's decoders, or None where the decoder refuses it."""
+    try:
+        return decoder.decode(body)
+    except msgspec.MsgspecError:
+        return None
+
+
+def _load(body: bytes) -> Any:
+    """The body's JSON."""
     if not body:
         raise RequestValidationError([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}])
     try:
-        return orjson.loads(body), True
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         pass
     # orjson refuses what the standard library reads (NaN, Infinity): read it the FastAPI way, so that the
     # models refuse non-finite numbers by name, and malformed JSON is reported as FastAPI reports it.
     try:
-        return json.loads(body), False
+        return json.loads(body)
     except UnicodeDecodeError:
         raise RequestValidationError([NOT_UTF8]) from None
     except json.JSONDecodeError as err:
@@ -144,35 +176,15 @@ def _validation_errors(err: ValidationError, loc: Iterable[str | int] = ()) -> R
 
 # -- a list of objects -------------------------------------------------------------------------------
 def _objects_fast(items: list) -> Rows | None:
-    """Columns of valid objects, or None when any object is not plainly valid (the models then judge)."""
-    if not all(type(item) is dict and item.keys() <= _FIELDS for item in items):
-        return None
-    ids = [item.get(ENTITY_KEY) for item in items]
-    if not {type(i) for i in ids} <= {int, type(None)} or not all(
-        0 <= i <= MAX_ENTITY_ID for i in ids if i is not None
-    ):
-        return None
-    given = None
-    try:
-        values = list(map(_FEATURE_VALUES, items))
-    except KeyError:  # an object leaves features out (an id's: the store has them)
-        values = [[item.get(name, _ABSENT) for name in FEATURE_NAMES] for item in items]
-        given = np.array([[v is not _ABSENT for v in row] for row in values], dtype=bool)
-        values = [[None if v is _ABSENT else v for v in row] for row in values]
-    kinds = set(map(type, chain.from_iterable(values)))
-    if not kinds <= _NUMBER_TYPES:
-        return None
-    try:
-        matrix = np.array(values, dtype=np.float64)  # None -> NaN
-    except OverflowError:  # an integer past float64
-        return None
-    if given is None:
-        given = np.ones(matrix.shape, dtype=bool)
-    if (np.abs(matrix) > FLOAT32_MAX).any():  # the models name the value past float32's range
-        return None
-    without_id = np.array([i is None for i in ids])
-    if (~given[without_id]).any():
-        return None
+    """Columns of decoded plain objects, or None when an object without an id leaves a feature out (the
+    models then name each one)."""
+    matrix = np.array(list(map(_FEATURE_VALUES, items)), dtype=np.float64)  # None -> NaN
+    given = matrix != _LEFT_OUT
+    ids = list(map(_ENTITY_ID, items))
+    if not given.all():
+        if (~given[[i is None for i in ids]]).any():
+            return None
+        matrix[~given] = np.nan
     return Rows(matrix.astype(FEATURE_DTYPE), given, ids)
 
 
@@ -197,13 +209,6 @@ def _objects_validated(items: Any, *, batch: bool) -> Rows:
     values = [[getattr(m, name) for name in FEATURE_NAMES] for m in models]
     matrix = np.array(values, dtype=np.float64).astype(FEATURE_DTYPE)  # None -> NaN
     return Rows(matrix, given, [getattr(m, ENTITY_KEY) for m in models])
-
-
-class _Absent:
-    pass
-
-
-_ABSENT = _Absent()
 
 
 # -- columnar forms ----------------------------------------------------------------------------------
