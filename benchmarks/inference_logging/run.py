@@ -6,18 +6,25 @@ Two BFFs run side by side on the same Triton, identical except ``INFERENCE_LOGGI
 gets traffic at a time, from wrk. Both are warmed up first (a process's first seconds of load cost more
 than the rest: the order would charge that to the first mode). Phases alternate on/off in an ABBA order
 (on, off, off, on, on, off, ...) so slow drift of the shared machine hits both equally, with a pause
-between phases long enough for the log worker to flush the previous phase (its batch age is 5 s).
+between phases long enough for the log worker to flush the previous phase (its batch age is 5 s). A
+control follows: two more rounds with the log worker paused (SIGSTOP; RabbitMQ keeps the records, the worker
+writes them once resumed), to tell what logging costs the BFF itself from what the worker's work beside it on
+the same cores costs.
 Target: logging costs <= 5 % of p99 latency and of throughput.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
+import os
+import signal
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,29 +124,79 @@ def alternate(
     return phases
 
 
+@contextlib.contextmanager
+def paused(pid: int | None) -> Iterator[None]:
+    """The process stopped (SIGSTOP) for the block's duration, then resumed."""
+    if pid is None:
+        raise RuntimeError("the process to pause is not running")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Phases pooled by mode: each mode's load, CPU µs per request of each process, and logging's costs in %."""
+
+    on: WrkResult
+    off: WrkResult
+    cpu: dict[str, dict[str, float]]  # "on" / "off" -> process -> µs per request
+
+    @classmethod
+    def of(cls, phases: list[Phase]) -> Costs:
+        groups = {mode: [p for p in phases if p.logging_on == (mode == "on")] for mode in ("on", "off")}
+        pooled_results = {mode: pooled([p.result for p in group]) for mode, group in groups.items()}
+        cpu = {
+            mode: {name: sum(p.cpu_s[name] for p in group) / pooled_results[mode].requests * 1e6 for name in PROCESSES}
+            for mode, group in groups.items()
+        }
+        return cls(pooled_results["on"], pooled_results["off"], cpu)
+
+    @property
+    def p99_pct(self) -> float:
+        return (self.on.p99_ms - self.off.p99_ms) / self.off.p99_ms * 100
+
+    @property
+    def p50_pct(self) -> float:
+        return (self.on.p50_ms - self.off.p50_ms) / self.off.p50_ms * 100
+
+    @property
+    def throughput_pct(self) -> float:
+        return (self.off.requests_per_s - self.on.requests_per_s) / self.off.requests_per_s * 100
+
+    @property
+    def bff_cpu_us(self) -> float:
+        return self.cpu["on"]["BFF"] - self.cpu["off"]["BFF"]
+
+
 def report(
-    command, platform, phases, concurrency, duration_s, delivered: dict[str, float], took_s: float, load_at_start: str
+    command,
+    platform,
+    phases: list[Phase],
+    control: list[Phase],
+    concurrency,
+    duration_s,
+    delivered: dict[str, float],
+    took_s: float,
+    load_at_start: str,
 ) -> str:
     machine = machine_summary()
-    on = pooled([p.result for p in phases if p.logging_on])
-    off = pooled([p.result for p in phases if not p.logging_on])
-    on_phases = [p for p in phases if p.logging_on]
-    off_phases = [p for p in phases if not p.logging_on]
-    cpu = {
-        mode: {name: sum(p.cpu_s[name] for p in group) / pooled_result.requests * 1e6 for name in PROCESSES}
-        for mode, group, pooled_result in (("off", off_phases, off), ("on", on_phases, on))
-    }
+    costs, paused_costs = Costs.of(phases), Costs.of(control)
+    on, off, cpu = costs.on, costs.off, costs.cpu
     bff_cpu_off, bff_cpu_on = cpu["off"]["BFF"], cpu["on"]["BFF"]
-    bff_cpu_cost = (bff_cpu_on - bff_cpu_off) / bff_cpu_off * 100
+    bff_cpu_cost = costs.bff_cpu_us / bff_cpu_off * 100
     total = {mode: sum(cpu[mode].values()) for mode in cpu}
     logging_cpu = total["on"] - total["off"]
     spread = {
         label: (min(p.result.requests_per_s for p in group), max(p.result.requests_per_s for p in group))
-        for label, group in (("off", off_phases), ("on", on_phases))
+        for label, group in (
+            ("off", [p for p in phases if not p.logging_on]),
+            ("on", [p for p in phases if p.logging_on]),
+        )
     }
-    p99_cost = (on.p99_ms - off.p99_ms) / off.p99_ms * 100
-    tput_cost = (off.requests_per_s - on.requests_per_s) / off.requests_per_s * 100
-    p50_cost = (on.p50_ms - off.p50_ms) / off.p50_ms * 100
+    p99_cost, tput_cost, p50_cost = costs.p99_pct, costs.throughput_pct, costs.p50_pct
     ok = {True: "**met**", False: "**not met**"}
     lines = [
         "# Inference-logging cost",
@@ -195,6 +252,20 @@ def report(
         f"| all of them | {total['off']:.1f} | {total['on']:.1f} | {logging_cpu:+.1f} "
         f"({logging_cpu / total['off'] * 100:+.1f} %) |",
         "",
+        "## Control: the log worker paused",
+        "",
+        f"{len(control)} more phases in the same order with the log worker stopped (SIGSTOP; RabbitMQ kept the "
+        "records and the worker wrote them once resumed), so that neither it nor S3 worked beside the BFF: what "
+        "is left of logging's cost is the BFF's own (building and publishing the records) and RabbitMQ's.",
+        "",
+        "| log worker | throughput cost | p99 cost | BFF CPU per request, on - off |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {label} | {c.throughput_pct:+.1f} % | {c.p99_pct:+.1f} % | {c.bff_cpu_us:+.1f} us "
+            f"({c.cpu['off']['BFF']:.0f} -> {c.cpu['on']['BFF']:.0f}) |"
+            for label, c in (("running (above)", costs), ("paused", paused_costs))
+        ),
+        "",
         "## Phases",
         "",
         "| # | logging | req/s | p50 ms | p99 ms | BFF CPU us/request | log worker + RabbitMQ + S3 CPU us/request |",
@@ -204,6 +275,12 @@ def report(
             f"| {p.result.p99_ms:.2f} | {p.cpu_us_per_request('BFF'):.0f} "
             f"| {sum(p.cpu_us_per_request(name) for name in PROCESSES[1:4]):.0f} |"
             for i, p in enumerate(phases)
+        ),
+        *(
+            f"| {len(phases) + i + 1} (worker paused) | {p.result.label} | {p.result.requests_per_s:,.0f} "
+            f"| {p.result.p50_ms:.2f} | {p.result.p99_ms:.2f} | {p.cpu_us_per_request('BFF'):.0f} "
+            f"| {sum(p.cpu_us_per_request(name) for name in PROCESSES[1:4]):.0f} |"
+            for i, p in enumerate(control)
         ),
         "",
         "## Were the records delivered?",
@@ -241,9 +318,11 @@ def main() -> int:
             "SeaweedFS (S3)": platform.s3_pid,
             "Triton": platform.triton.daemon.pid(),
         }
-        phases = alternate(
-            {True: bff_on.url, False: bff_off.url}, pids, args.rounds, args.concurrency, args.duration, args.settle
-        )
+        urls = {True: bff_on.url, False: bff_off.url}
+        phases = alternate(urls, pids, args.rounds, args.concurrency, args.duration, args.settle)
+        # Short pauses: nothing to flush, and the paused worker misses its heartbeats to RabbitMQ (60 s).
+        with paused(pids["log worker"]):
+            control = alternate(urls, pids, 2, args.concurrency, args.duration, settle_s=1.0, warmup_s=0)
         took = time.monotonic() - started
         enqueued = platform.metric(bff_on.metrics_url, 'bff_inference_log_records_total{outcome="enqueued"}')
         written = 0.0
@@ -259,7 +338,9 @@ def main() -> int:
             for outcome in ("enqueued", "confirmed", "spooled", "dropped")
         }
         delivered["written"] = written
-        text = report(command, platform, phases, args.concurrency, args.duration, delivered, took, load_at_start)
+        text = report(
+            command, platform, phases, control, args.concurrency, args.duration, delivered, took, load_at_start
+        )
     write_report(args.out, text)
     return 0
 

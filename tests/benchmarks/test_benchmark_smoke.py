@@ -3,6 +3,7 @@ them all), so that `benchmarks/serving/` (`run.py`, `call_merging.py`), `benchma
 (`run.py`, `message_size.py`, `table.py`) do not rot between their full runs (`make bench`). No timing is
 asserted: each part must measure something, without errors, and its report (section) must be written from it."""
 
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,9 +129,28 @@ def test_logging_cost_alternates_on_and_off_phases_and_accounts_each_process(ser
     assert pooled.requests == sum(p.result.requests for p in phases if p.logging_on)
     platform = SimpleNamespace(model_name=serving.env["TRITON_MODEL_NAME"], model_version=1)
     delivered = dict.fromkeys(("enqueued", "confirmed", "spooled", "dropped", "written"), 0.0)
-    text = logging_cost.report("smoke", platform, phases, 2, SECONDS, delivered, 0.0, "")
+    text = logging_cost.report("smoke", platform, phases, phases[:2], 2, SECONDS, delivered, 0.0, "")
     cpu_rows = [line for line in text.splitlines() if line.startswith(("| BFF |", "| Triton |", "| all of them |"))]
     assert len(cpu_rows) == 3, text
+    control_rows = [line for line in text.splitlines() if line.startswith(("| running (above) |", "| paused |"))]
+    assert len(control_rows) == 2, text
+    assert sum("(worker paused)" in line for line in text.splitlines()) == 2, text
+
+
+def test_the_control_pauses_the_log_worker_only_while_it_measures():
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        with logging_cost.paused(sleeper.pid):
+            assert _state(sleeper.pid) == "T"  # stopped
+        assert _state(sleeper.pid) != "T"  # running or sleeping again
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _state(pid: int) -> str:
+    """A process' state letter, from /proc (the field after the parenthesised name)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
 
 
 def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
