@@ -3,11 +3,11 @@
 Three batch forms reach the same columns: a JSON array of /predict objects, pandas' "split" orientation
 (``{"columns": [...], "data": [[...], ...]}``) and the KServe v2 / Open Inference Protocol JSON body (one
 input tensor per feature). A valid body of the usual kind is converted column by column with numpy, never
-through a pydantic model per row: a list of objects is decoded by msgspec straight into structs whose types,
-bounds and names it checks in C (no dict per object), the columnar forms are read with orjson. Anything the
-fast path does not recognise as valid goes through the pydantic models (``bff.schemas``) instead, so that the
-422 lists every invalid field with its path exactly as FastAPI would (and a valid body the fast path declined
-still gets the same columns).
+through a pydantic model per row: msgspec decodes the body straight into structs that mirror the request
+models (``bff.schemas``), checking types, bounds and names in C (no dict per object). Anything the fast path
+does not recognise as valid goes through the pydantic models instead, so that the 422 lists every invalid
+field with its path exactly as FastAPI would (and a valid body the fast path declined still gets the same
+columns).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -31,25 +31,54 @@ from mlops_common.features import ENTITY_KEY, FEATURE_DTYPE, FEATURE_NAMES, MAX_
 
 N_FEATURES = len(FEATURE_NAMES)
 MISSING_FEATURE_MESSAGE = f"Field required when {ENTITY_KEY} is not given (null if the value is unknown)"
-# A plainly valid /predict object, as the fast path decodes it: what the models accept without converting
-# (numbers within float32's range, or null; an integer id in range), no other field. A feature the object
-# leaves out reads as infinity, which no JSON number within those bounds can be. Not tracked by the garbage
-# collector: numbers only, so no cycle.
+# The fast path's structs: what the models accept without converting (numbers within float32's range, or
+# null; an integer id in range; the same names and shapes), no other field.
+_Value = Annotated[float, msgspec.Meta(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+_ColumnName = Literal[(*FEATURE_NAMES, ENTITY_KEY)]  # type: ignore[valid-type]
+# A /predict object. A feature it leaves out reads as infinity, which no JSON number within those bounds can
+# be. Not tracked by the garbage collector: numbers only, so no cycle.
 _LEFT_OUT = math.inf
 _PlainObject = msgspec.defstruct(
     "_PlainObject",
     [
         (ENTITY_KEY, Annotated[int, msgspec.Meta(ge=0, le=MAX_ENTITY_ID)] | None, None),
-        *(
-            (name, Annotated[float, msgspec.Meta(ge=-FLOAT32_MAX, le=FLOAT32_MAX)] | None, _LEFT_OUT)
-            for name in FEATURE_NAMES
-        ),
+        *((name, _Value | None, _LEFT_OUT) for name in FEATURE_NAMES),
     ],
     forbid_unknown_fields=True,
     gc=False,
 )
+
+
+class _PlainSplit(msgspec.Struct, forbid_unknown_fields=True):
+    """``bff.schemas.SplitBatch``."""
+
+    columns: Annotated[list[_ColumnName], msgspec.Meta(min_length=1)]
+    data: Annotated[list[list[_Value | None]], msgspec.Meta(min_length=1)]
+    index: list[Any] | None = None
+
+
+class _PlainInput(msgspec.Struct, forbid_unknown_fields=True):
+    """``bff.schemas.InferInput``."""
+
+    name: _ColumnName
+    shape: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]], msgspec.Meta(min_length=1, max_length=2)]
+    datatype: Literal["FP32", "FP64", "INT32", "INT64"]
+    data: list[_Value | None]
+    parameters: dict[str, Any] | None = None
+
+
+class _PlainInferenceRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``bff.schemas.InferenceRequest``."""
+
+    inputs: Annotated[list[_PlainInput], msgspec.Meta(min_length=1, max_length=N_FEATURES + 1)]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
 _PLAIN_OBJECT = msgspec.json.Decoder(_PlainObject)
 _PLAIN_OBJECTS = msgspec.json.Decoder(list[_PlainObject])
+_PLAIN_SPLIT = msgspec.json.Decoder(_PlainSplit)
+_PLAIN_V2 = msgspec.json.Decoder(_PlainInferenceRequest)
 # An object's features in FEATURE_NAMES' order, and its id, in C.
 _FEATURE_VALUES = attrgetter(*FEATURE_NAMES)
 _ENTITY_ID = attrgetter(ENTITY_KEY)
@@ -109,11 +138,20 @@ def parse_batch(body: bytes, max_rows: int) -> Rows:
         rows = _objects_fast(items)
         if rows is not None:
             return rows
+    rows = _columnar_fast(body, max_rows)
+    if rows is not None:
+        return rows
     value = _load(body)
     if isinstance(value, dict) and "columns" in value:
-        return _split(value, max_rows)
+        data = value.get("data")
+        if isinstance(data, list) and len(data) > max_rows:
+            raise BatchTooLarge(len(data))
+        return _split(_validated(_SPLIT, value), max_rows)
     if isinstance(value, dict) and "inputs" in value:
-        return _v2(value, max_rows)
+        inputs = value.get("inputs")
+        if isinstance(inputs, list):
+            _check_v2_size((i.get("data") for i in inputs if isinstance(i, dict)), max_rows)
+        return _v2(_validated(_V2, value), max_rows)
     if isinstance(value, list):
         if not value:
             raise RequestValidationError([_error("too_short", [], "batch is empty", [])])
@@ -161,6 +199,13 @@ def _load(body: bytes) -> Any:
 
 def _error(kind: str, loc: Iterable[str | int], msg: str, given: Any) -> dict[str, Any]:
     return {"type": kind, "loc": ["body", *loc], "msg": msg, "input": given}
+
+
+def _validated(adapter: TypeAdapter, value: Any) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as err:
+        raise _validation_errors(err) from None
 
 
 def _validation_errors(err: ValidationError, loc: Iterable[str | int] = ()) -> RequestValidationError:
@@ -212,14 +257,23 @@ def _objects_validated(items: Any, *, batch: bool) -> Rows:
 
 
 # -- columnar forms ----------------------------------------------------------------------------------
-def _split(value: dict, max_rows: int) -> Rows:
-    data = value.get("data")
-    if isinstance(data, list) and len(data) > max_rows:
-        raise BatchTooLarge(len(data))
-    try:
-        split = _SPLIT.validate_python(value)
-    except ValidationError as err:
-        raise _validation_errors(err) from None
+def _columnar_fast(body: bytes, max_rows: int) -> Rows | None:
+    """Rows of a plainly valid columnar body, or None for anything else: the models' objects then name the
+    errors (the checks below raise the same ones from either kind of object, but the models echo the values
+    as the body gave them)."""
+    for decoder, rows_of in ((_PLAIN_SPLIT, _split), (_PLAIN_V2, _v2)):
+        decoded = _plain(decoder, body)
+        if decoded is not None:
+            try:
+                return rows_of(decoded, max_rows)
+            except RequestValidationError:
+                return None
+    return None
+
+
+def _split(split: SplitBatch | _PlainSplit, max_rows: int) -> Rows:
+    if len(split.data) > max_rows:
+        raise BatchTooLarge(len(split.data))
     columns = split.columns
     errors = _duplicate_names(columns, "columns")
     errors += [
@@ -238,19 +292,15 @@ def _split(value: dict, max_rows: int) -> Rows:
     )
 
 
-def _v2(value: dict, max_rows: int) -> Rows:
-    inputs = value.get("inputs")
-    if isinstance(inputs, list):
-        rows = max(
-            (len(i.get("data", [])) for i in inputs if isinstance(i, dict) and isinstance(i.get("data"), list)),
-            default=0,
-        )
-        if rows > max_rows:
-            raise BatchTooLarge(rows)
-    try:
-        request = _V2.validate_python(value)
-    except ValidationError as err:
-        raise _validation_errors(err) from None
+def _check_v2_size(datas: Iterable[Any], max_rows: int) -> None:
+    """BatchTooLarge when an input's data is longer than ``max_rows`` (a data that is not a list: not here)."""
+    rows = max((len(data) for data in datas if isinstance(data, list)), default=0)
+    if rows > max_rows:
+        raise BatchTooLarge(rows)
+
+
+def _v2(request: InferenceRequest | _PlainInferenceRequest, max_rows: int) -> Rows:
+    _check_v2_size((tensor.data for tensor in request.inputs), max_rows)
     names = [i.name for i in request.inputs]
     errors = _duplicate_names(names, "inputs", "name")
     # The rows: the length most inputs agree on; the inputs that disagree are named.

@@ -190,6 +190,44 @@ def test_fast_path_equals_the_models_for_valid_objects(items):
     assert fast.entity_ids == validated.entity_ids
 
 
+_feature_rows = st.fixed_dictionaries({name: _numbers for name in FEATURE_NAMES})
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    st.one_of(st.lists(_feature_rows, min_size=1, max_size=20), st.lists(_keyed_rows, min_size=1, max_size=20)),
+    st.sampled_from(["split", "v2"]),
+)
+def test_the_columnar_fast_path_equals_the_models_for_valid_bodies(items, form):
+    body = as_split(items) if form == "split" else as_v2(items)
+    fast = bodies._columnar_fast(json.dumps(body).encode(), max_rows=len(items))
+    assert fast is not None  # every one of these is plainly valid
+    if form == "split":
+        validated = bodies._split(bodies._SPLIT.validate_python(body), len(items))
+    else:
+        validated = bodies._v2(bodies._V2.validate_python(body), len(items))
+    np.testing.assert_array_equal(fast.matrix, validated.matrix)
+    np.testing.assert_array_equal(fast.given, validated.given)
+    assert fast.entity_ids == validated.entity_ids
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"columns": [*FEATURE_NAMES, "AMT_CREDIT"], "data": [[1.0] * 11]},  # a column twice
+        {"columns": list(FEATURE_NAMES), "data": [[1.0] * 9]},  # a short row
+        {"columns": list(FEATURE_NAMES), "data": [[1.0] * 9 + [True]]},
+        {"columns": [ENTITY_KEY], "data": [[1.5]]},
+        {"columns": list(FEATURE_NAMES), "data": [[1.0] * 10], "extra": 1},
+        _v2_with(shape=[3]),
+        _v2_with(datatype="INT64", data=[1.0, 2.5]),
+        {"inputs": [{"name": ENTITY_KEY, "shape": [1], "datatype": "INT64", "data": [True]}]},
+    ],
+)
+def test_the_columnar_fast_path_leaves_invalid_bodies_to_the_models(body):
+    assert bodies._columnar_fast(json.dumps(body).encode(), max_rows=10) is None
+
+
 @pytest.mark.parametrize(
     "item",
     [
