@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import sys
 import time
 from collections import defaultdict
 
@@ -274,7 +275,8 @@ class TritonPredictor:
         answer = orjson.loads(body[:header_length])
         [output] = answer["outputs"]
         probabilities = np.frombuffer(body, dtype=np.float32, offset=header_length).reshape(output["shape"])
-        return probabilities[:, 1], answer["model_version"]
+        # One string object per version, not one per answer: the inference log's publisher keeps the versions.
+        return probabilities[:, 1], sys.intern(answer["model_version"])
 
     async def routing(self) -> Routing | None:
         """The routing in the loaded model's config (None: a config without one, e.g. an older model sync)."""

@@ -32,6 +32,7 @@ from bff.settings import Settings
 from bff.spool import Spool
 from devstack.processes import free_port
 from log_worker.settings import Settings as LogWorkerSettings
+from mlops_common.decisions import decide
 from mlops_common.features import FEATURE_NAMES, MAX_ENTITY_ID
 from mlops_common.inference_log import InferenceLogRecord, encode_message
 from mlops_common.inference_log_wire import (
@@ -402,8 +403,7 @@ def request_block(rows: int, model_name: str = "credit_default") -> WireBlock:
         model_name=model_name,
         model_versions=["1"] * rows,
         probabilities=np.full(rows, 0.5, dtype=np.float32),
-        # A string per row, as the BFF's decide(...).tolist() makes them.
-        decisions=np.where(np.full(rows, 0.5) >= 0.5, "reject", "approve").tolist(),
+        decisions=decide(np.full(rows, 0.5, dtype=np.float32), 0.5).tolist(),  # as the BFF makes them
         latency_ms=1.0,
         roles=[Role.CHAMPION] * rows,
     )
