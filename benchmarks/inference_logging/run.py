@@ -171,6 +171,16 @@ class Costs:
         return self.cpu["on"]["BFF"] - self.cpu["off"]["BFF"]
 
 
+def phase_row(number: str, phase: Phase) -> str:
+    """A row of the report's table of phases."""
+    result = phase.result
+    shared = sum(phase.cpu_us_per_request(name) for name in PROCESSES[1:4])
+    return (
+        f"| {number} | {result.label} | {result.requests_per_s:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
+        f"| {phase.cpu_us_per_request('BFF'):.0f} | {shared:.0f} |"
+    )
+
+
 def report(
     command,
     platform,
@@ -270,18 +280,8 @@ def report(
         "",
         "| # | logging | req/s | p50 ms | p99 ms | BFF CPU us/request | log worker + RabbitMQ + S3 CPU us/request |",
         "|---:|---|---:|---:|---:|---:|---:|",
-        *(
-            f"| {i + 1} | {p.result.label} | {p.result.requests_per_s:,.0f} | {p.result.p50_ms:.2f} "
-            f"| {p.result.p99_ms:.2f} | {p.cpu_us_per_request('BFF'):.0f} "
-            f"| {sum(p.cpu_us_per_request(name) for name in PROCESSES[1:4]):.0f} |"
-            for i, p in enumerate(phases)
-        ),
-        *(
-            f"| {len(phases) + i + 1} (worker paused) | {p.result.label} | {p.result.requests_per_s:,.0f} "
-            f"| {p.result.p50_ms:.2f} | {p.result.p99_ms:.2f} | {p.cpu_us_per_request('BFF'):.0f} "
-            f"| {sum(p.cpu_us_per_request(name) for name in PROCESSES[1:4]):.0f} |"
-            for i, p in enumerate(control)
-        ),
+        *(phase_row(str(i + 1), p) for i, p in enumerate(phases)),
+        *(phase_row(f"{len(phases) + i + 1} (worker paused)", p) for i, p in enumerate(control)),
         "",
         "## Were the records delivered?",
         "",

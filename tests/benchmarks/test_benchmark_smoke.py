@@ -4,6 +4,7 @@ them all), so that `benchmarks/serving/` (`run.py`, `call_merging.py`), `benchma
 asserted: each part must measure something, without errors, and its report (section) must be written from it."""
 
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -141,16 +142,22 @@ def test_the_control_pauses_the_log_worker_only_while_it_measures():
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         with logging_cost.paused(sleeper.pid):
-            assert _state(sleeper.pid) == "T"  # stopped
-        assert _state(sleeper.pid) != "T"  # running or sleeping again
+            assert _state_becomes(sleeper.pid, lambda state: state == "T")  # stopped
+        assert _state_becomes(sleeper.pid, lambda state: state != "T")  # running or sleeping again
     finally:
         sleeper.kill()
         sleeper.wait()
 
 
-def _state(pid: int) -> str:
-    """A process' state letter, from /proc (the field after the parenthesised name)."""
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+def _state_becomes(pid: int, wanted, timeout_s: float = 10.0) -> bool:
+    """Whether the process' state letter (from /proc: the field after the parenthesised name) is one that
+    ``wanted`` accepts within ``timeout_s``: a signal takes effect when the process is next scheduled."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if wanted(state) or time.monotonic() > deadline:
+            return wanted(state)
+        time.sleep(0.01)
 
 
 def test_message_size_benchmark_alternates_the_settings_and_reports(serving):
