@@ -202,6 +202,7 @@ def _error(kind: str, loc: Iterable[str | int], msg: str, given: Any) -> dict[st
 
 
 def _validated(adapter: TypeAdapter, value: Any) -> Any:
+    """``value`` through a pydantic model, its errors as FastAPI reports a body's."""
     try:
         return adapter.validate_python(value)
     except ValidationError as err:
@@ -235,10 +236,7 @@ def _objects_fast(items: list) -> Rows | None:
 
 def _objects_validated(items: Any, *, batch: bool) -> Rows:
     """Columns through the pydantic models: every invalid field reported, as FastAPI would."""
-    try:
-        models = _OBJECTS.validate_python(items) if batch else [_OBJECT.validate_python(items[0])]
-    except ValidationError as err:
-        raise _validation_errors(err) from None
+    models = _validated(_OBJECTS, items) if batch else [_validated(_OBJECT, items[0])]
     errors = []
     for index, model in enumerate(models):
         if getattr(model, ENTITY_KEY) is None:
