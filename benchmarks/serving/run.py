@@ -21,6 +21,7 @@ import contextlib
 import csv
 import datetime as dt
 import functools
+import json
 import logging
 import math
 import shlex
@@ -28,12 +29,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import httpx
 import numpy as np
 
 from benchmarks.baseline.server import fit_baseline_model
@@ -97,12 +99,40 @@ class TritonTarget:
     model_name: str
     grpc_url: str
     env: dict[str, str]
+    # Where Triton's statistics are read (HTTP), when the time the model spends computing is wanted.
+    http_url: str = ""
+
+    def compute_ns(self) -> tuple[int, int]:
+        """(requests answered, nanoseconds spent computing them: compute_infer) so far, all versions."""
+        answer = httpx.get(f"http://{self.http_url}/v2/models/{self.model_name}/stats", timeout=10).json()
+        stats = [version["inference_stats"] for version in answer["model_stats"]]
+        return sum(s["success"]["count"] for s in stats), sum(s["compute_infer"]["ns"] for s in stats)
+
+
+def perf_analyzer_rows(bodies: list[dict[str, float]], path: Path) -> Path:
+    """``bodies`` as perf_analyzer's input data (``--input-data``), one entry per row: perf_analyzer then
+    sends the rows the BFF is sent rather than its default random numbers, on which the model's trees take
+    other paths (part (b) shows the time Triton spends computing each)."""
+    from mlops_common.features import FEATURE_NAMES, MODEL_INPUT
+
+    entries = [{MODEL_INPUT: [body[name] for name in FEATURE_NAMES]} for body in bodies]
+    path.write_text(json.dumps({"data": entries}))
+    return path
 
 
 def bench_perf_analyzer(
-    triton: TritonTarget, batch: int, concurrency: int, tmp: Path, *, measurement_ms: int = 3000
+    triton: TritonTarget,
+    batch: int,
+    concurrency: int,
+    tmp: Path,
+    *,
+    rows: Path | None = None,
+    measurement_ms: int = 3000,
 ) -> dict[str, float]:
-    out = tmp / f"pa_b{batch}_c{concurrency}.csv"
+    """perf_analyzer at one batch size and concurrency, sending ``rows`` (see ``perf_analyzer_rows``; a batch
+    takes consecutive entries) or, without them, its default random data."""
+    inputs = "rows" if rows else "random"
+    out = tmp / f"pa_b{batch}_c{concurrency}_{inputs}.csv"
     argv = [
         str(perf_analyzer_binary()),
         "-m",
@@ -119,12 +149,14 @@ def bench_perf_analyzer(
         str(measurement_ms),
         "--max-trials",
         "6",
+        *(["--input-data", str(rows)] if rows else []),
         "-f",
         str(out),
     ]
     # On this shared machine perf_analyzer sometimes gives up before writing its CSV (exit 2, no stable
     # window): measured again, and the third time with any window counted as stable (999 %), so that a run
     # always has a figure: kept, and flagged as not stable.
+    requests_before, ns_before = triton.compute_ns() if triton.http_url else (0, 0)
     for stability in ("25", "25", "999"):
         attempt = [*argv[:-2], "--stability-percentage", stability, *argv[-2:]]
         result = subprocess.run(attempt, env=triton.env, capture_output=True, text=True, timeout=240)
@@ -141,16 +173,44 @@ def bench_perf_analyzer(
             break
     with out.open() as handle:
         row = next(csv.DictReader(handle))
+    requests_after, ns_after = triton.compute_ns() if triton.http_url else (0, 0)
+    requests = requests_after - requests_before
     return {
         "batch": batch,
         "concurrency": concurrency,
+        "inputs": inputs,
         # perf_analyzer counts inferences: a batch-256 request is 256 of them, i.e. rows.
         "rows_per_s": float(row["Inferences/Second"]),
         "p50_ms": float(row["p50 latency"]) / 1000,
         "p99_ms": float(row["p99 latency"]) / 1000,
         "stable": result.returncode == 0 and stability != "999",
-        "command": shlex.join(["perf_analyzer", *argv[1:-2], "--stability-percentage", "25"]),
+        # Per request, over every attempt (warm-up included): the model's share of the latency.
+        "compute_us": (ns_after - ns_before) / requests / 1000 if requests else math.nan,
+        # The input file by its name: it lives in the run's work directory.
+        "command": shlex.join(
+            [
+                "perf_analyzer",
+                *(rows.name if rows and arg == str(rows) else arg for arg in argv[1:-2]),
+                "--stability-percentage",
+                "25",
+            ]
+        ),
     }
+
+
+def bench_direct_triton(
+    triton: TritonTarget, levels: Iterable[tuple[int, int]], work: Path, *, measurement_ms: int = 3000
+) -> list[dict[str, float]]:
+    """perf_analyzer at each (batch, concurrency), sending the BFF's rows and then its random data."""
+    rows = {
+        1: perf_analyzer_rows(SINGLE_BODIES, work / "pa_rows_1.json"),
+        256: perf_analyzer_rows(BATCH_BODIES, work / "pa_rows_256.json"),
+    }
+    return [
+        bench_perf_analyzer(triton, batch, concurrency, work, rows=inputs, measurement_ms=measurement_ms)
+        for batch, concurrency in levels
+        for inputs in (rows[batch], None)
+    ]
 
 
 # -- (d) where a 256-row /predict/batch spends its time outside Triton (in-process) ------------------
@@ -178,7 +238,6 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
     for comparison, what FastAPI and pydantic did per row before (``json.loads`` + ``list[PredictRequest]``,
     256 ``Prediction`` objects validated and dumped) and the log records as the BFF wrote them before (a
     dict per row, orjson)."""
-    import json
     import uuid
     from datetime import UTC, datetime
 
@@ -310,14 +369,17 @@ def bench_request_path(rows: int = 256, repeat: int = 200) -> list[tuple[str, fl
 # The concurrencies at which the batch targets compare the BFF with direct Triton and with the baseline: 1
 # (one request at a time, the BFF waiting on Triton) and 2 (the BFF and Triton working at once).
 BATCH_CONCURRENCIES = (1, 2)
+# The rows the BFF is sent with all features in the body, and perf_analyzer too (part (b)).
+SINGLE_BODIES = feature_bodies(1000)
+BATCH_BODIES = feature_bodies(256, seed=8)
 
 
 # -- (c) the BFF, (f) beside the in-process baseline ---------------------------------------------------
 def bff_loads(url: str, duration_s: float, *, warmup_s: float = 1.0, applicants: int = 1000) -> list[WrkResult]:
     """The BFF with logging off, one worker: ``/predict`` (body, then the first ``applicants`` ids read
     from the online store) and ``/predict/batch`` of 256 rows in each body form."""
-    batch = feature_bodies(256, seed=8)
-    loads = [("/predict", feature_bodies(1000), c, 1, "/predict") for c in (1, 4, 16)]
+    batch = BATCH_BODIES
+    loads = [("/predict", SINGLE_BODIES, c, 1, "/predict") for c in (1, 4, 16)]
     ids = [{"SK_ID_CURR": FIRST_ID + i} for i in range(applicants)]
     loads.append(("/predict", ids, 1, 1, "/predict (SK_ID_CURR)"))
     for name, body in (("list of objects", batch), ("split", split_form(batch)), ("KServe v2", v2_form(batch))):
@@ -577,6 +639,7 @@ def profile_bff(pid: int | None, url: str, duration_s: float, out: Path) -> dict
 
 # -- the plot: throughput vs p99 per variant ------------------------------------------------------------
 PLOT_NAME = "serving_throughput_vs_p99.png"
+PA_INPUTS = {"rows": "the BFF's rows", "random": "its random data"}
 
 
 def plot_variants(run: dict) -> dict[str, dict[str, list[tuple[int, float, float]]]]:
@@ -590,8 +653,13 @@ def plot_variants(run: dict) -> dict[str, dict[str, list[tuple[int, float, float
             panels[panel][variant] = sorted(points)
 
     for batch, panel in ((1, "single rows"), (256, "batches")):
-        direct = [(r["concurrency"], r["p99_ms"], r["rows_per_s"]) for r in run["perf_analyzer"] if r["batch"] == batch]
-        add(panel, "direct Triton (perf_analyzer)", direct)
+        for inputs, variant in PA_INPUTS.items():
+            direct = [
+                (r["concurrency"], r["p99_ms"], r["rows_per_s"])
+                for r in run["perf_analyzer"]
+                if r["batch"] == batch and r["inputs"] == inputs
+            ]
+            add(panel, f"direct Triton (perf_analyzer, {variant})", direct)
     loads: list[WrkResult] = run["bff"]
     for label in dict.fromkeys(r.label for r in loads):
         if label == "/predict (SK_ID_CURR)":  # one concurrency: in the tables only
@@ -669,8 +737,10 @@ def _find(loads: list[WrkResult], label: str, concurrency: int) -> WrkResult:
 def report(run: dict) -> str:
     machine = machine_summary()
     ok = {True: "**met**", False: "**not met**"}
-    pa256 = {r["concurrency"]: r for r in run["perf_analyzer"] if r["batch"] == 256}
-    pa1 = next(r for r in run["perf_analyzer"] if r["batch"] == 1 and r["concurrency"] == 1)
+    # The targets compare the BFF with perf_analyzer sending the same rows; its random data beside it.
+    pa256 = {r["concurrency"]: r for r in run["perf_analyzer"] if r["batch"] == 256 and r["inputs"] == "rows"}
+    random256 = {r["concurrency"]: r for r in run["perf_analyzer"] if r["batch"] == 256 and r["inputs"] == "random"}
+    pa1 = next(r for r in run["perf_analyzer"] if (r["batch"], r["concurrency"], r["inputs"]) == (1, 1, "rows"))
     bff: list[WrkResult] = run["bff"]
     batches = [r for r in bff if r.rows_per_request == 256]
     single = _find(bff, "/predict", 1)
@@ -728,8 +798,9 @@ def report(run: dict) -> str:
         "|---|---|---|",
         *(
             f"| BFF `{r.label}`, c={r.concurrency}, rows/s >= 0.5 x direct Triton batch-256 (c={r.concurrency}) "
-            f"rows/s | {r.rows_per_s:,.0f} / {pa256[r.concurrency]['rows_per_s']:,.0f} "
+            f"rows/s, the same rows | {r.rows_per_s:,.0f} / {pa256[r.concurrency]['rows_per_s']:,.0f} "
             f"= **{r.rows_per_s / pa256[r.concurrency]['rows_per_s']:.2f}** "
+            f"(÷ perf_analyzer's random data: {r.rows_per_s / random256[r.concurrency]['rows_per_s']:.2f}) "
             f"| {ok[r.rows_per_s / pa256[r.concurrency]['rows_per_s'] >= 0.5]} |"
             for r in batches
         ),
@@ -760,16 +831,26 @@ def report(run: dict) -> str:
         "",
         "## (b) Direct Triton, perf_analyzer 2.51 over gRPC",
         "",
-        "| batch | concurrency | rows/s | p50 ms | p99 ms | stable |",
-        "|---:|---:|---:|---:|---:|---|",
+        "Each level twice, one after the other: sending the rows the BFF is sent in part (c) (`--input-data`: the "
+        "1,000 bodies of `/predict`, the 256 rows of `/predict/batch`), which the targets compare with, and "
+        "perf_analyzer's default random data. The model's trees take cheaper paths through random numbers, so "
+        "Triton answers those faster: comparing the BFF's rows with them would measure the data, not the API.",
+        "",
+        "| batch | concurrency | inputs | rows/s | p50 ms | p99 ms | Triton computing, µs per request | stable |",
+        "|---:|---:|---|---:|---:|---:|---:|---|",
         *(
-            f"| {r['batch']} | {r['concurrency']} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['batch']} | {r['concurrency']} | {PA_INPUTS[r['inputs']]} | {r['rows_per_s']:,.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['compute_us']:,.0f} "
             f"| {'yes' if r['stable'] else 'no (last window)'} |"
             for r in run["perf_analyzer"]
         ),
         "",
+        "Triton computing: `compute_infer` of Triton's model statistics over the level's requests (the Python "
+        "backend's execution: ONNX Runtime and the stub's hand-over), the rest of the latency being the network, "
+        "the queue and gRPC.",
+        "",
         f"Command shape: `{run['perf_analyzer'][0]['command']} -f out.csv` "
-        "(with `-b` and `--concurrency-range` varied).",
+        "(with `-b` and `--concurrency-range` varied; `--input-data` left out for the random data).",
         "",
         "## (c) BFF over HTTP: one worker, inference logging off",
         "",
@@ -852,9 +933,12 @@ def main() -> int:
         log.info("champion %s v%d served; measuring", platform.model_name, platform.model_version)
         run |= {"model_name": platform.model_name, "model_version": platform.model_version}
         run["ort"] = [bench_onnxruntime(platform.onnx_path, b) for b in (1, 256)]
-        triton = TritonTarget(platform.model_name, platform.triton.grpc_url, platform.triton_home.env())
-        levels = ((1, 1), (1, 2), *((256, c) for c in BATCH_CONCURRENCIES))
-        run["perf_analyzer"] = [bench_perf_analyzer(triton, b, c, work) for b, c in levels]
+        triton = TritonTarget(
+            platform.model_name, platform.triton.grpc_url, platform.triton_home.env(), platform.triton.http_url
+        )
+        run["perf_analyzer"] = bench_direct_triton(
+            triton, ((1, 1), (1, 2), *((256, c) for c in BATCH_CONCURRENCIES)), work
+        )
         run["pieces"] = bench_request_path(PIECES_ROWS)
         run["triton_clients"] = bench_triton_clients(
             platform.triton.http_url, platform.triton.grpc_url, platform.model_name

@@ -32,10 +32,11 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     run |= {"model_name": env["TRITON_MODEL_NAME"], "model_version": int(onnx.parent.name)}
     run["ort"] = [bench.bench_onnxruntime(onnx, batch, duration_s=SECONDS) for batch in (1, 256)]
     home = ensure_triton_home(infra_dir / "triton-home", stack_settings.triton_venv)
-    triton = bench.TritonTarget(env["TRITON_MODEL_NAME"], env["TRITON_GRPC_URL"], home.env())
-    run["perf_analyzer"] = [
-        bench.bench_perf_analyzer(triton, batch, concurrency, tmp_path, measurement_ms=300)
-        for batch, concurrency in ((1, 1), *((256, c) for c in bench.BATCH_CONCURRENCIES))
+    triton = bench.TritonTarget(env["TRITON_MODEL_NAME"], env["TRITON_GRPC_URL"], home.env(), env["TRITON_HTTP_URL"])
+    levels = ((1, 1), *((256, c) for c in bench.BATCH_CONCURRENCIES))
+    run["perf_analyzer"] = bench.bench_direct_triton(triton, levels, tmp_path, measurement_ms=300)
+    assert [(r["batch"], r["concurrency"], r["inputs"]) for r in run["perf_analyzer"]] == [
+        (batch, concurrency, inputs) for batch, concurrency in levels for inputs in ("rows", "random")
     ]
     run["pieces"] = bench.bench_request_path(rows=16, repeat=2)
     run["triton_clients"] = bench.bench_triton_clients(
@@ -70,6 +71,7 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     failed = [load for load in loads if load.requests == 0 or load.errors]
     assert not failed, failed
     assert all(r["rows_per_s"] > 0 for r in run["ort"] + run["perf_analyzer"])
+    assert all(r["compute_us"] > 0 for r in run["perf_analyzer"])
     assert size["trees"] > 0
     clients = {r["client"] for r in run["triton_clients"]}
     assert len(clients) == 4
@@ -83,7 +85,8 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
     assert f"]({bench.PLOT_NAME})" in text
     # The plot: every variant of both panels with a point per concurrency measured, written as a PNG.
     panels = bench.plot_variants(run)
-    assert {"direct Triton (perf_analyzer)", "baseline", "BFF, logging off: /predict"} <= set(panels["single rows"])
+    direct = {f"direct Triton (perf_analyzer, {inputs})" for inputs in bench.PA_INPUTS.values()}
+    assert direct | {"baseline", "BFF, logging off: /predict"} <= set(panels["single rows"])
     assert len(panels["batches"]["BFF, logging off: /predict/batch (256 rows, split)"]) == 2
     plot = tmp_path / bench.PLOT_NAME
     bench.plot_throughput_vs_p99(run, plot)
