@@ -11,8 +11,9 @@
    merged again (a redelivery: it must insert 0 rows) and DuckDB reads every request id. The same is
    then done, in a second fresh table, with the MERGE as it was before, which compared each batch
    with the whole day's partition instead of the rows of its own time range. Last, writes of 1,000,
-   5,000 and 20,000 rows taking turns, each written into two fresh tables, one with deltalake's default encoding
-   and one with the table's own (``TABLE_WRITER_PROPERTIES``): the cost of one write by its size and encoding.
+   5,000, 20,000, 50,000 and 100,000 rows taking turns, each written into two fresh tables, one with
+   deltalake's default encoding and one with the table's own (``TABLE_WRITER_PROPERTIES``): the cost of one
+   write by its size and encoding.
 2. End-to-end lag: ``/predict`` on the platform's BFF (logging on) at a fixed concurrency for
    ``--duration`` s, the real log worker with its default settings writing the table. Each answer's
    ``request_id`` and arrival time are kept; a thread polls the table with DuckDB (``delta_scan``)
@@ -76,9 +77,9 @@ log = logging.getLogger("benchmarks.inference_log_table")
 # Part 1 writes tables of its own beside the one the log worker fills in part 2.
 WRITE_PREFIX = "bench-write-throughput"
 REDELIVERIES = 3
-# Rows per write: a small batch, the worker's BATCH_MAX_RECORDS before (5,000) and now (20,000, also its
-# BATCH_BACKLOG_MAX_RECORDS).
-BATCH_SIZES = (1_000, 5_000, 20_000)
+# Rows per write: a small batch, the worker's BATCH_MAX_RECORDS of earlier versions (5,000, 20,000) and now
+# (50,000), and its BATCH_BACKLOG_MAX_RECORDS now (100,000).
+BATCH_SIZES = (1_000, 5_000, 20_000, 50_000, 100_000)
 
 
 def scan_ids(con: duckdb.DuckDBPyConnection, uri: str) -> list[str]:
@@ -292,11 +293,14 @@ def batch_size_section(writes: list[SizedWrite], bytes_per_row: dict[str, float]
         return statistics.median(getattr(w, attribute) for w in writes if w.rows == size and w.encoding == encoding)
 
     before, now = ENCODINGS
+    defaults = LogWorkerSettings.model_fields
     lines = [
         "**Cost of one write by its size and encoding** (the log worker's MERGE into a fresh table per encoding, "
         f"the sizes and encodings taking turns, {repeats} writes of each; medians): under load the log worker writes "
-        "`BATCH_MAX_RECORDS` rows at a time (20,000; 5,000 before), and everything waiting, up to "
-        "`BATCH_BACKLOG_MAX_RECORDS`, when it is behind. CPU: this process' user + system time over the write "
+        f"`BATCH_MAX_RECORDS` rows at a time ({defaults['batch_max_records'].default:,}; 20,000 and 5,000 in "
+        "earlier versions), and everything waiting, up to `BATCH_BACKLOG_MAX_RECORDS` "
+        f"({defaults['batch_backlog_max_records'].default:,}), when it is behind. CPU: this process' user + "
+        "system time over the write "
         "(deltalake's Rust threads). The table's writer gives up a column's dictionary once it passes 8 KiB "
         "(`TABLE_WRITER_PROPERTIES`); before, deltalake's default kept it up to 1 MiB, so a column of distinct "
         "values (request ids, times, probabilities, most features) was dictionary-encoded whole. The synthetic "

@@ -12,12 +12,12 @@ class Settings(RabbitSettings, GroundTruthStoreSettings):
     # A batch is written once it holds batch_max_records records (or its oldest is batch_max_age_s old).
     # What waits beyond that (a backlog: the load outruns the writes) goes into the same write, up to
     # batch_backlog_max_records. A write's cost is mostly per commit (benchmarks/results/
-    # inference_log_table.md: 5,000 rows cost what 1,000 do, 20,000 about twice), so a worker that falls
-    # behind catches up instead of falling further behind, and full batches of 20,000 cost less than half
-    # the CPU per row of 5,000 (the default before): under loads of batches, the worker's MERGE was the
-    # largest cost of logging. Below 4,000 records/s the age decides, as before.
-    batch_max_records: int = Field(20_000, ge=1)
-    batch_backlog_max_records: int = Field(20_000, ge=1)
+    # inference_log_table.md, by the size of a write), so a worker that falls behind catches up instead of
+    # falling further behind, and a full batch of 50,000 costs about 0.6 of the CPU per row of 20,000 (the
+    # default before; 5,000 before that), 100,000 about 0.55: under loads of batches the worker's MERGE is
+    # the largest cost of logging, on cores the API may share. Below 10,000 records/s the age decides.
+    batch_max_records: int = Field(50_000, ge=1)
+    batch_backlog_max_records: int = Field(100_000, ge=1)
     batch_max_age_s: float = Field(5.0, gt=0)
     # Memory bound: at most this many message bytes are held unacknowledged (their parsed rows take
     # about as much again). The prefetch window is this over MAX_MESSAGE_BYTES; a larger message goes
