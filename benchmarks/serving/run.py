@@ -610,31 +610,100 @@ def _raw_stacks(text: str) -> Iterator[tuple[str, int]]:
             pending += "\n"
 
 
-def profile_bff(pid: int | None, url: str, duration_s: float, out: Path) -> dict[str, list[tuple[str, float]]]:
-    """Sample the BFF process with py-spy while ``/predict`` runs at concurrency 8: the share of busy
-    samples per area of the stack (the innermost frame of a known package decides), and the innermost
-    functions that take the most."""
+# Steps of the request path: the share of busy samples whose stack holds the function (inclusive).
+PROFILE_STEPS = (
+    (("parse_single", "parse_batch"), "body -> columns (bff.bodies)"),
+    (("Router.score",), "Triton call: routing, merging, the client (bff.routing, bff.batching)"),
+    (("answer_rows",), "answer: a dict per row (bff.app)"),
+    (("_log_inferences",), "inference log: the rows' block handed to the publisher"),
+    (("InferenceLogPublisher._run",), "inference log: the publisher's background task"),
+    (("PredictionTrafficMiddleware.__call__",), "everything inside the traffic middleware (the route and the rest)"),
+)
+
+
+@dataclass(frozen=True)
+class ProfiledLoad:
+    """What profile_bff samples: a route, its bodies, the concurrency, and how the report names it."""
+
+    path: str
+    bodies: list
+    concurrency: int
+    label: str
+
+
+SINGLE_PROFILE = ProfiledLoad(
+    "/predict", SINGLE_BODIES, 8, "`/predict` at concurrency 8, inference logging on, 1 worker"
+)
+BATCH_PROFILE = ProfiledLoad(
+    "/predict/batch",
+    [BATCH_BODIES],
+    1,
+    "`/predict/batch` of 256 rows (a list of objects) at concurrency 1, logging off",
+)
+
+
+def profile_bff(pid: int | None, url: str, load: ProfiledLoad, duration_s: float, out: Path) -> dict:
+    """Sample the BFF process with py-spy while ``load`` runs: the share of busy samples per area of the
+    stack (the innermost frame of a known package decides), per step of the request path (inclusive), and
+    the innermost functions that take the most."""
     if pid is None:
         raise RuntimeError("the BFF is not running")
     pyspy = Path(sys.executable).parent / "py-spy"
     argv = [str(pyspy), "record", "--pid", str(pid), "--rate", "250", "--duration", str(math.ceil(duration_s))]
     argv += ["--format", "raw", "--nonblocking", "--output", str(out)]
     sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    run_wrk(f"{url}/predict", feature_bodies(1000), concurrency=8, duration_s=duration_s, warmup_s=0)
+    run_wrk(url + load.path, load.bodies, concurrency=load.concurrency, duration_s=duration_s, warmup_s=0)
     _, errors = sampler.communicate(timeout=duration_s + 60)
     if sampler.returncode != 0:
         raise RuntimeError(f"py-spy failed: {errors[-800:]}")
+    return {"load": load.label, "seconds": duration_s, **profile_summary(out.read_text())}
+
+
+def profile_summary(raw: str) -> dict[str, list[tuple[str, float]]]:
+    """Shares of py-spy's busy samples (its raw output) by area, by step (PROFILE_STEPS) and by innermost
+    function."""
     areas: collections.Counter[str] = collections.Counter()
+    steps: collections.Counter[str] = collections.Counter()
     functions: collections.Counter[str] = collections.Counter()
-    for stack, samples in _raw_stacks(out.read_text()):
+    for stack, samples in _raw_stacks(raw):
         frames = stack.split(";")
         functions[frames[-1]] += samples
         areas[next(filter(None, map(_area, reversed(frames))), "other")] += samples
+        for names, step in PROFILE_STEPS:
+            if any(frame.startswith(f"{name} (") for frame in frames for name in names):
+                steps[step] += samples
     total = sum(areas.values()) or 1
     return {
         "areas": [(name, count / total) for name, count in areas.most_common()],
+        "steps": [(step, steps[step] / total) for _, step in PROFILE_STEPS],
         "functions": [(name, count / total) for name, count in functions.most_common(12)],
     }
+
+
+def profile_section(profile: dict) -> list[str]:
+    return [
+        f"### {profile['load']}",
+        "",
+        f"py-spy sampled the BFF process at 250 Hz for {profile['seconds']:g} s (idle samples left out). By area of "
+        "the stack (the innermost frame of a known package decides):",
+        "",
+        "| area | share of busy samples |",
+        "|---|---:|",
+        *(f"| {name} | {share:.1%} |" for name, share in profile["areas"]),
+        "",
+        "By step of the request path (samples whose stack holds the step; the steps overlap the areas above):",
+        "",
+        "| step | share of busy samples |",
+        "|---|---:|",
+        *(f"| {step} | {share:.1%} |" for step, share in profile["steps"]),
+        "",
+        "The innermost functions with the most samples:",
+        "",
+        "| function (file:line) | share |",
+        "|---|---:|",
+        *(f"| `{name}` | {share:.1%} |" for name, share in profile["functions"]),
+        "",
+    ]
 
 
 # -- the plot: throughput vs p99 per variant ------------------------------------------------------------
@@ -899,21 +968,12 @@ def report(run: dict) -> str:
         "|---|---:|---:|---:|---:|",
         *cpu_rows,
         "",
-        "## (g) Where the BFF's CPU goes at concurrency 8 (py-spy, inference logging on, 1 worker)",
+        "## (g) Where the BFF's CPU goes (py-spy)",
         "",
-        f"py-spy sampled the BFF process at 250 Hz for {run['profile_s']:g} s of `/predict` at concurrency 8 "
-        "(idle samples left out). By area of the stack (the innermost frame of a known package decides):",
+        "Two loads: `/predict` at concurrency 8 (inference logging on, 1 worker: the load of the target against the "
+        "baseline) and 256-row batches at concurrency 1 (logging off: the load of the batch target that is not met).",
         "",
-        "| area | share of busy samples |",
-        "|---|---:|",
-        *(f"| {name} | {share:.1%} |" for name, share in run["profile"]["areas"]),
-        "",
-        "The innermost functions with the most samples:",
-        "",
-        "| function (file:line) | share |",
-        "|---|---:|",
-        *(f"| `{name}` | {share:.1%} |" for name, share in run["profile"]["functions"]),
-        "",
+        *(line for profile in run["profiles"] for line in profile_section(profile)),
     ]
     return "\n".join(lines)
 
@@ -945,6 +1005,7 @@ def main() -> int:
         )
         bff = platform.start_bff("bff", inference_logging=False)
         run["bff"] = bff_loads(bff.url, args.duration)
+        run["profiles"] = [profile_bff(bff.daemon.pid(), bff.url, BATCH_PROFILE, args.duration, work / "batch.pyspy")]
         bff.daemon.stop()
         triton_pid = platform.triton.daemon.pid()
         with baseline_server(platform.onnx_path, work) as (url, size, pid):
@@ -957,8 +1018,10 @@ def main() -> int:
             processes = {"server": logged.daemon.pid(), "triton": triton_pid}
             run["versus"][variant] = versus_baseline_loads(logged.url, args.duration, variant, processes)
             if workers == 1:
-                run["profile_s"] = args.duration
-                run["profile"] = profile_bff(logged.daemon.pid(), logged.url, args.duration, work / "bff.pyspy")
+                profile = profile_bff(
+                    logged.daemon.pid(), logged.url, SINGLE_PROFILE, args.duration, work / "bff.pyspy"
+                )
+                run["profiles"].insert(0, profile)
             logged.daemon.stop()
         run["took_s"] = time.monotonic() - started
         text = report(run)

@@ -62,10 +62,14 @@ def test_every_part_of_the_serving_benchmark_measures_and_reports(serving, infra
         batch_rows=16,
     )
 
-    run["profile_s"] = SECONDS
-    run["profile"] = bench.profile_bff(bff_pid, serving.bff_url, SECONDS, tmp_path / "bff.pyspy")
-    assert sum(share for _, share in run["profile"]["areas"]) == pytest.approx(1.0)
-    assert "BFF code (services/bff)" in dict(run["profile"]["areas"])
+    run["profiles"] = [
+        bench.profile_bff(bff_pid, serving.bff_url, load, SECONDS, tmp_path / f"bff-{i}.pyspy")
+        for i, load in enumerate((bench.SINGLE_PROFILE, bench.BATCH_PROFILE))
+    ]
+    # A second of sampling: what it holds varies; that each profile has samples and reports every step does not.
+    for profile in run["profiles"]:
+        assert sum(share for _, share in profile["areas"]) == pytest.approx(1.0)
+        assert [step for step, _ in profile["steps"]] == [step for _, step in bench.PROFILE_STEPS]
 
     loads = run["bff"] + [m.load for results in run["versus"].values() for m in results]
     failed = [load for load in loads if load.requests == 0 or load.errors]
@@ -238,3 +242,25 @@ def test_py_spy_raw_stacks_are_read_even_where_a_frame_name_breaks_the_line():
         ("main (a.py:1);g[Annotated[int,\nAny]] (c.py:3)", 2),
         ("h (d.py:4)", 1),
     ]
+
+
+def test_the_profile_counts_a_step_once_per_sample_whose_stack_holds_it():
+    steps = dict(bench.PROFILE_STEPS)
+    body, triton, outer = steps[("parse_single", "parse_batch")], steps[("Router.score",)], bench.PROFILE_STEPS[-1][1]
+    middleware = "PredictionTrafficMiddleware.__call__ (bff/metrics.py:220)"
+    raw = (
+        f"run (asyncio/runners.py:118);{middleware};parse_batch (bff/bodies.py:138);_plain (bff/bodies.py:167) 6\n"
+        f"run (asyncio/runners.py:118);{middleware};Router.score (bff/routing.py:129);"
+        "Router.score (bff/routing.py:129);send (mlops_common/triton_client.py:107) 3\n"
+        "run (asyncio/runners.py:118);Server.main_loop (uvicorn/server.py:240) 1\n"
+    )
+    summary = bench.profile_summary(raw)
+    shares = dict(summary["steps"])
+    # A step's function twice in one stack (recursion, a wrapper) counts its samples once.
+    assert (shares[body], shares[triton], shares[outer]) == (0.6, 0.3, 0.9)
+    assert shares["answer: a dict per row (bff.app)"] == 0
+    assert dict(summary["areas"]) == {
+        "BFF code (services/bff)": 0.9,
+        "HTTP server (uvicorn, httptools, h11)": 0.1,
+    }
+    assert summary["functions"][0] == ("_plain (bff/bodies.py:167)", 0.6)
