@@ -650,7 +650,9 @@ def profile_bff(pid: int | None, url: str, load: ProfiledLoad, duration_s: float
         raise RuntimeError("the BFF is not running")
     pyspy = Path(sys.executable).parent / "py-spy"
     argv = [str(pyspy), "record", "--pid", str(pid), "--rate", "250", "--duration", str(math.ceil(duration_s))]
-    argv += ["--format", "raw", "--nonblocking", "--output", str(out)]
+    # Blocking: each sample pauses the process for a moment, but reads a whole stack; --nonblocking read many
+    # an async stack cut short (a step seen without the middleware it runs in).
+    argv += ["--format", "raw", "--output", str(out)]
     sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_wrk(url + load.path, load.bodies, concurrency=load.concurrency, duration_s=duration_s, warmup_s=0)
     _, errors = sampler.communicate(timeout=duration_s + 60)
@@ -684,8 +686,10 @@ def profile_section(profile: dict) -> list[str]:
     return [
         f"### {profile['load']}",
         "",
-        f"py-spy sampled the BFF process at 250 Hz for {profile['seconds']:g} s (idle samples left out). By area of "
-        "the stack (the innermost frame of a known package decides):",
+        f"py-spy sampled the BFF process at 250 Hz for {profile['seconds']:g} s (the samples py-spy finds idle left "
+        "out; uvloop's own C code has no Python frame, so its work and its waits for the network both count as "
+        "the event loop's: at concurrency 1 that is mostly the BFF waiting for Triton and for the next request). "
+        "By area of the stack (the innermost frame of a known package decides):",
         "",
         "| area | share of busy samples |",
         "|---|---:|",
