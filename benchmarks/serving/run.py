@@ -378,11 +378,11 @@ BATCH_BODIES = feature_bodies(256, seed=8)
 def bff_loads(url: str, duration_s: float, *, warmup_s: float = 1.0, applicants: int = 1000) -> list[WrkResult]:
     """The BFF with logging off, one worker: ``/predict`` (body, then the first ``applicants`` ids read
     from the online store) and ``/predict/batch`` of 256 rows in each body form."""
-    batch = BATCH_BODIES
     loads = [("/predict", SINGLE_BODIES, c, 1, "/predict") for c in (1, 4, 16)]
     ids = [{"SK_ID_CURR": FIRST_ID + i} for i in range(applicants)]
     loads.append(("/predict", ids, 1, 1, "/predict (SK_ID_CURR)"))
-    for name, body in (("list of objects", batch), ("split", split_form(batch)), ("KServe v2", v2_form(batch))):
+    forms = {"list of objects": BATCH_BODIES, "split": split_form(BATCH_BODIES), "KServe v2": v2_form(BATCH_BODIES)}
+    for name, body in forms.items():
         loads += [("/predict/batch", [body], c, 256, f"/predict/batch (256 rows, {name})") for c in BATCH_CONCURRENCIES]
     return [
         run_wrk(
@@ -428,7 +428,7 @@ def versus_baseline_loads(
     the targets against the baseline compare; with the CPU of ``processes`` (name -> pid) during each
     (the warm-up before each is in neither)."""
     batch = feature_bodies(batch_rows, seed=8)
-    loads = [("/predict", feature_bodies(1000), c, 1, f"{label}: /predict") for c in (1, 8)]
+    loads = [("/predict", SINGLE_BODIES, c, 1, f"{label}: /predict") for c in (1, 8)]
     loads += [
         ("/predict/batch", [batch], c, batch_rows, f"{label}: /predict/batch ({batch_rows} rows)")
         for c in BATCH_CONCURRENCIES
